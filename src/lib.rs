@@ -1,0 +1,7 @@
+//! vkhmm — user-space HMM on Vulkan (crate docs are written as the rooms land).
+#![warn(missing_docs)]
+
+mod error;
+pub mod shader;
+
+pub use error::{Error, MemoryReason, Result};
