@@ -50,7 +50,9 @@ impl fmt::Display for MemoryReason {
             MemoryReason::HugeTlb => f.write_str("it is backed by hugetlbfs pages"),
             MemoryReason::Protection => f.write_str("it is not readable and writable"),
             MemoryReason::Backend(why) => write!(f, "the fault backend cannot serve it: {why}"),
-            MemoryReason::Refused => f.write_str("the kernel refused to register it with userfaultfd"),
+            MemoryReason::Refused => {
+                f.write_str("the kernel refused to register it with userfaultfd")
+            }
         }
     }
 }
@@ -177,7 +179,9 @@ pub enum Error {
     },
 
     /// A buffer argument is larger than the device can bind.
-    #[error("binding {binding} is {len} bytes, over the device's limit of {max} bytes per binding")]
+    #[error(
+        "binding {binding} is {len} bytes, over the device's limit of {max} bytes per binding"
+    )]
     BindingTooLarge {
         /// The binding number.
         binding: u32,
@@ -317,7 +321,10 @@ mod tests {
 
     #[test]
     fn no_device_message_names_the_fix_and_the_filter() {
-        let e = Error::NoDevice { filter: Some("nvidia".into()), available: vec!["llvmpipe".into()] };
+        let e = Error::NoDevice {
+            filter: Some("nvidia".into()),
+            available: vec!["llvmpipe".into()],
+        };
         let s = e.to_string();
         assert!(s.contains("VKHMM_DEVICE=\"nvidia\""), "{s}");
         assert!(s.contains("mesa-vulkan-drivers"), "{s}");

@@ -1,0 +1,232 @@
+//! An extent: a contiguous run of mirrored host pages with one contiguous device copy.
+//!
+//! The range and the device copy of an extent never change after creation; what changes is
+//! the per-page state ([`PageCell`]), the LRU stamp and the fault handler's streaming state.
+//! Growing or joining extents means building a new one and retiring the old ones
+//! ([`super::map`]), so a reader holding an extent never sees its geometry move.
+//!
+//! `D` is the device copy (a `DeviceBlock` with its device in the runtime, a plain value in
+//! the tests): this room never looks inside it.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::page::{PageCell, Residence};
+use super::{Residency, PAGE};
+
+/// A contiguous run of mirrored pages and its device copy.
+pub struct Extent<D> {
+    start: usize,
+    cells: Box<[PageCell]>,
+    device: D,
+    last_use: AtomicU64,
+    stream_next: AtomicUsize,
+    stream_pages: AtomicUsize,
+}
+
+impl<D> Extent<D> {
+    /// An extent over `pages` pages from the page-aligned address `start`, each page in the
+    /// residence `init` gives it, not owned.
+    pub fn new(start: usize, pages: usize, device: D, init: impl Fn(usize) -> Residence) -> Self {
+        debug_assert_eq!(start % PAGE, 0, "extent start must be page-aligned");
+        Extent {
+            start,
+            cells: (0..pages).map(|i| PageCell::with(init(i))).collect(),
+            device,
+            last_use: AtomicU64::new(0),
+            stream_next: AtomicUsize::new(usize::MAX),
+            stream_pages: AtomicUsize::new(0),
+        }
+    }
+
+    /// First byte.
+    pub fn start(&self) -> usize {
+        self.start
+    }
+
+    /// One past the last byte.
+    pub fn end(&self) -> usize {
+        self.start + self.cells.len() * PAGE
+    }
+
+    /// The byte range.
+    pub fn range(&self) -> Range<usize> {
+        self.start..self.end()
+    }
+
+    /// Number of pages.
+    pub fn pages(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Size in bytes (also the size of the device copy that matters).
+    pub fn bytes(&self) -> usize {
+        self.cells.len() * PAGE
+    }
+
+    /// Whether `addr` lies inside.
+    pub fn contains(&self, addr: usize) -> bool {
+        addr >= self.start && addr < self.end()
+    }
+
+    /// Index of the page holding `addr` (which must lie inside).
+    pub fn page_index(&self, addr: usize) -> usize {
+        debug_assert!(self.contains(addr));
+        (addr - self.start) / PAGE
+    }
+
+    /// Address of page `index`.
+    pub fn page_addr(&self, index: usize) -> usize {
+        self.start + index * PAGE
+    }
+
+    /// Byte offset of `addr` from the start (also its offset in the device copy).
+    pub fn offset_of(&self, addr: usize) -> u64 {
+        (addr - self.start) as u64
+    }
+
+    /// Page indices covering the byte range `range` clipped to this extent.
+    pub fn page_span(&self, range: &Range<usize>) -> Range<usize> {
+        let lo = range.start.max(self.start);
+        let hi = range.end.min(self.end());
+        if lo >= hi {
+            return 0..0;
+        }
+        (lo - self.start) / PAGE..(hi - self.start).div_ceil(PAGE)
+    }
+
+    /// The state cell of page `index`.
+    pub fn cell(&self, index: usize) -> &PageCell {
+        &self.cells[index]
+    }
+
+    /// All state cells.
+    pub fn cells(&self) -> &[PageCell] {
+        &self.cells
+    }
+
+    /// The device copy.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// Marks the extent used at `stamp` (a monotonically increasing launch counter).
+    pub fn touch(&self, stamp: u64) {
+        self.last_use.fetch_max(stamp, Ordering::Relaxed);
+    }
+
+    /// The latest stamp given to [`touch`](Self::touch).
+    pub fn last_use(&self) -> u64 {
+        self.last_use.load(Ordering::Relaxed)
+    }
+
+    /// Page counts by residence over `pages` (indices).
+    pub fn residency(&self, pages: Range<usize>) -> Residency {
+        let mut r = Residency::default();
+        for cell in &self.cells[pages] {
+            match cell.load().residence() {
+                Residence::Host => r.host += 1,
+                Residence::Shared => r.shared += 1,
+                Residence::Device => r.device += 1,
+            }
+        }
+        r
+    }
+
+    /// True when every page was unmapped or discarded and nobody owns any: the extent only
+    /// holds dead device memory.
+    pub fn all_gone(&self) -> bool {
+        self.cells.iter().all(|c| {
+            let b = c.load();
+            b.gone() && !b.busy()
+        })
+    }
+
+    /// True when no page holds data that exists only on the device, and nobody owns any.
+    pub fn holds_no_device_only_data(&self) -> bool {
+        self.cells.iter().all(|c| {
+            let b = c.load();
+            b.residence() != Residence::Device && !b.busy()
+        })
+    }
+
+    /// The fault handler's streaming state: (the page a sequential reader would fault on
+    /// next, the chunk size in pages last used). Only the fault handler reads and writes it.
+    pub fn stream(&self) -> (usize, usize) {
+        (
+            self.stream_next.load(Ordering::Relaxed),
+            self.stream_pages.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stores the fault handler's streaming state.
+    pub fn set_stream(&self, next: usize, pages: usize) {
+        self.stream_next.store(next, Ordering::Relaxed);
+        self.stream_pages.store(pages, Ordering::Relaxed);
+    }
+}
+
+impl<D> std::fmt::Debug for Extent<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extent")
+            .field("start", &format_args!("{:#x}", self.start))
+            .field("pages", &self.cells.len())
+            .field("residency", &self.residency(0..self.cells.len()))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry() {
+        let e = Extent::new(0x10000, 4, (), |_| Residence::Host);
+        assert_eq!(e.range(), 0x10000..0x14000);
+        assert!(e.contains(0x13fff));
+        assert!(!e.contains(0x14000));
+        assert_eq!(e.page_index(0x12345), 2);
+        assert_eq!(e.page_span(&(0x10010..0x12001)), 0..3);
+        assert_eq!(e.page_span(&(0x0..0x10000)), 0..0);
+        assert_eq!(e.page_span(&(0x0..0x20000)), 0..4);
+        assert_eq!(e.offset_of(0x11008), 0x1008);
+    }
+
+    #[test]
+    fn residency_counts_and_gone() {
+        let e = Extent::new(0, 3, (), |i| {
+            [Residence::Host, Residence::Shared, Residence::Device][i]
+        });
+        assert_eq!(
+            e.residency(0..3),
+            Residency {
+                host: 1,
+                shared: 1,
+                device: 1
+            }
+        );
+        assert!(!e.holds_no_device_only_data());
+        for c in e.cells() {
+            c.mark_gone();
+        }
+        assert!(e.all_gone());
+        assert!(e.holds_no_device_only_data());
+        assert_eq!(
+            e.residency(0..3),
+            Residency {
+                host: 3,
+                shared: 0,
+                device: 0
+            }
+        );
+    }
+
+    #[test]
+    fn touch_keeps_the_latest_stamp() {
+        let e = Extent::new(0, 1, (), |_| Residence::Host);
+        e.touch(5);
+        e.touch(3);
+        assert_eq!(e.last_use(), 5);
+    }
+}

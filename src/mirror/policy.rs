@@ -1,0 +1,157 @@
+//! Chunk and eviction policy: pure functions of page numbers, sizes and stamps.
+//!
+//! **Fault-back chunks.** A CPU fault on a device-resident page brings back a window of pages
+//! around it, not one page: a round trip through the handler costs more than copying 64 KiB.
+//! A fault at an unpredictable place brings back the aligned window of `base` pages holding
+//! it. A fault exactly where the previous window ended is a sequential reader: the window
+//! doubles (up to `max` pages) and starts at the faulting page, so a stream through a large
+//! buffer ends up moving 2 MiB per fault — what NVIDIA UVM does with its 64 KiB fault
+//! batches grown within 2 MiB blocks.
+//!
+//! **Eviction.** When a launch needs more device memory than the budget leaves, the least
+//! recently used extents that the launch itself does not use are evicted first.
+
+use std::ops::Range;
+
+/// How many pages a CPU fault brings back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkPolicy {
+    /// Pages per fault for random access (16 = 64 KiB).
+    pub base: usize,
+    /// The most pages one fault may bring back (512 = 2 MiB).
+    pub max: usize,
+    /// Grow the window on sequential access.
+    pub adaptive: bool,
+}
+
+impl Default for ChunkPolicy {
+    fn default() -> Self {
+        ChunkPolicy {
+            base: 16,
+            max: 512,
+            adaptive: true,
+        }
+    }
+}
+
+impl ChunkPolicy {
+    /// A fixed chunk of `pages` pages (no growth).
+    pub fn fixed(pages: usize) -> Self {
+        ChunkPolicy {
+            base: pages.max(1),
+            max: pages.max(1),
+            adaptive: false,
+        }
+    }
+}
+
+/// The window a fault brings back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// Page numbers (absolute, `addr / PAGE`) to bring back, clipped to the extent.
+    pub pages: Range<usize>,
+    /// Streaming state to remember: the page a sequential reader faults on next, and the
+    /// window size used.
+    pub next: usize,
+    /// Window size in pages before clipping.
+    pub size: usize,
+}
+
+/// Chooses the window for a fault at absolute page `page` inside the extent whose pages are
+/// `extent`, given the streaming state `(next, size)` left by the previous fault.
+pub fn fault_window(
+    policy: &ChunkPolicy,
+    page: usize,
+    extent: Range<usize>,
+    prev: (usize, usize),
+) -> Window {
+    let (next, prev_size) = prev;
+    let base = policy.base.max(1);
+    let sequential = policy.adaptive && page == next && prev_size > 0;
+    let (start, size) = if sequential {
+        (page, (prev_size * 2).min(policy.max.max(base)))
+    } else {
+        (page - page % base, base)
+    };
+    let lo = start.max(extent.start);
+    let hi = (start + size).min(extent.end);
+    Window {
+        pages: lo..hi,
+        next: hi,
+        size,
+    }
+}
+
+/// Picks eviction victims: indices into `candidates` (`(last_use, bytes)`), least recently
+/// used first, until at least `need` bytes are freed. Returns `None` if all of them together
+/// free less than `need`.
+pub fn lru_victims(candidates: &[(u64, u64)], need: u64) -> Option<Vec<usize>> {
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by_key(|&i| candidates[i].0);
+    let mut freed = 0u64;
+    let mut out = Vec::new();
+    for i in order {
+        if freed >= need {
+            break;
+        }
+        freed += candidates[i].1;
+        out.push(i);
+    }
+    (freed >= need).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_faults_get_aligned_base_windows() {
+        let p = ChunkPolicy::default();
+        let w = fault_window(&p, 37, 0..1000, (usize::MAX, 0));
+        assert_eq!(w.pages, 32..48);
+        // A fault elsewhere does not grow.
+        let w2 = fault_window(&p, 100, 0..1000, (w.next, w.size));
+        assert_eq!(w2.pages, 96..112);
+        assert_eq!(w2.size, 16);
+    }
+
+    #[test]
+    fn sequential_faults_double_up_to_max() {
+        let p = ChunkPolicy::default();
+        let mut state = (usize::MAX, 0);
+        let mut page = 0;
+        let mut sizes = vec![];
+        for _ in 0..8 {
+            let w = fault_window(&p, page, 0..100_000, state);
+            assert_eq!(w.pages.start, page);
+            sizes.push(w.pages.len());
+            state = (w.next, w.size);
+            page = w.next;
+        }
+        assert_eq!(sizes, vec![16, 32, 64, 128, 256, 512, 512, 512]);
+    }
+
+    #[test]
+    fn windows_are_clipped_to_the_extent() {
+        let p = ChunkPolicy::default();
+        let w = fault_window(&p, 5, 3..9, (usize::MAX, 0));
+        assert_eq!(w.pages, 3..9);
+        let w = fault_window(&p, 8, 3..9, (8, 16));
+        assert_eq!(w.pages, 8..9);
+    }
+
+    #[test]
+    fn fixed_policy_never_grows() {
+        let p = ChunkPolicy::fixed(1);
+        let w = fault_window(&p, 10, 0..100, (10, 1));
+        assert_eq!(w.pages, 10..11);
+    }
+
+    #[test]
+    fn lru_picks_oldest_until_enough() {
+        let c = [(5, 100), (1, 50), (3, 70), (9, 10)];
+        assert_eq!(lru_victims(&c, 100), Some(vec![1, 2]));
+        assert_eq!(lru_victims(&c, 0), Some(vec![]));
+        assert_eq!(lru_victims(&c, 1000), None);
+    }
+}
