@@ -125,6 +125,67 @@ pub fn plan_groups(existing: &[Range<usize>], wanted: &[Range<usize>]) -> (Vec<G
     (groups, group_of)
 }
 
+/// What a launch does to each page it touches, merged over all its bindings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PageRoles {
+    /// Runs of interior pages (page-aligned byte ranges, sorted, disjoint): pages wholly
+    /// inside some binding, with whether any binding covering them is written. These follow
+    /// the state machine and are claimed once each.
+    pub interior: Vec<(Range<usize>, bool)>,
+    /// Edge pages (page addresses, sorted, unique) not inside any interior run, with whether
+    /// any binding touching them is written. These are never dropped or write-protected.
+    pub edges: Vec<(usize, bool)>,
+}
+
+/// Merges the pages of a launch's bindings (`(addr, len, written)`, `len > 0`).
+///
+/// Two bindings can share pages: the same slice passed twice for reading, or two small
+/// `Vec`s on one page. A page is claimed once, so roles are merged here: overlapping
+/// interior runs join (written if either is — with Rust borrows only read runs can overlap),
+/// and an edge page that lies inside some binding's interior is handled as interior.
+pub fn page_roles(bindings: &[(usize, usize, bool)]) -> PageRoles {
+    let mut runs: Vec<(Range<usize>, bool)> = bindings
+        .iter()
+        .map(|&(a, l, w)| (binding_pages(a, l).interior, w))
+        .filter(|(r, _)| !r.is_empty())
+        .collect();
+    runs.sort_by_key(|(r, _)| r.start);
+    let mut interior: Vec<(Range<usize>, bool)> = Vec::with_capacity(runs.len());
+    for (r, w) in runs {
+        match interior.last_mut() {
+            Some((last, lw)) if r.start < last.end => {
+                last.end = last.end.max(r.end);
+                *lw |= w;
+            }
+            _ => interior.push((r, w)),
+        }
+    }
+    let inside = |p: usize| {
+        let i = interior.partition_point(|(r, _)| r.end <= p);
+        i < interior.len() && interior[i].0.contains(&p)
+    };
+    let mut edges: Vec<(usize, bool)> = bindings
+        .iter()
+        .flat_map(|&(a, l, w)| {
+            binding_pages(a, l)
+                .edges()
+                .map(move |p| (p, w))
+                .collect::<Vec<_>>()
+        })
+        .filter(|&(p, _)| !inside(p))
+        .collect();
+    edges.sort_by_key(|&(p, _)| p);
+    edges.dedup_by(|b, a| {
+        if a.0 == b.0 {
+            a.1 |= b.1;
+            true
+        } else {
+            false
+        }
+    });
+    PageRoles { interior, edges }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +280,26 @@ mod tests {
                 absorb: vec![0]
             }]
         );
+    }
+
+    #[test]
+    fn roles_merge_aliases_and_neighbours() {
+        // The same slice twice for reading: one interior run, read.
+        let r = page_roles(&[(P + 16, 4 * P, false), (P + 16, 4 * P, false)]);
+        assert_eq!(r.interior, vec![(2 * P..5 * P, false)]);
+        assert_eq!(r.edges, vec![(P, false), (5 * P, false)]);
+        // Two small Vecs on one page, one written: one edge page, written.
+        let r = page_roles(&[(P + 16, 100, false), (P + 200, 100, true)]);
+        assert!(r.interior.is_empty());
+        assert_eq!(r.edges, vec![(P, true)]);
+        // An edge page of one binding inside another's interior is interior.
+        let r = page_roles(&[(0, 8 * P, false), (3 * P + 8, 16, false)]);
+        assert_eq!(r.interior, vec![(0..8 * P, false)]);
+        assert!(r.edges.is_empty());
+        // Adjacent written Vecs sharing a boundary page.
+        let r = page_roles(&[(16, 3 * P, true), (3 * P + 32, 2 * P, true)]);
+        assert_eq!(r.interior, vec![(P..3 * P, true), (4 * P..5 * P, true)]);
+        assert_eq!(r.edges, vec![(0, true), (3 * P, true), (5 * P, true)]);
     }
 
     proptest! {
