@@ -173,6 +173,15 @@ impl PageCell {
         )
     }
 
+    /// Marks the page `GONE` unless somebody owns it, in one atomic step. For `REMOVE`
+    /// events: an owned page is being moved by the runtime itself (its own `MADV_DONTNEED`)
+    /// or belongs to a live borrow, so the discard is not the user's.
+    pub fn mark_gone_if_idle(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| (cur & BUSY == 0).then_some(GONE))
+            .is_ok()
+    }
+
     fn update(&self, f: impl Fn(u8) -> u8) -> PageBits {
         let prev = self
             .0
@@ -255,6 +264,17 @@ mod tests {
             !c.transition(Residence::Host, Residence::Shared),
             "owned pages do not transition"
         );
+    }
+
+    #[test]
+    fn gone_if_idle_skips_owned_pages() {
+        let c = PageCell::with(Residence::Device);
+        c.try_claim(|_| true).unwrap();
+        assert!(!c.mark_gone_if_idle());
+        assert_eq!(c.release(Residence::Device).residence(), Residence::Device);
+        assert!(c.mark_gone_if_idle());
+        let b = c.load();
+        assert!(b.gone() && b.residence() == Residence::Host);
     }
 
     #[test]

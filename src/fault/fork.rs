@@ -1,0 +1,82 @@
+//! `fork()`: every device-resident page is copied home before the child is made.
+//!
+//! The child of a `fork()` does not inherit the userfaultfd registration (vkhmm does not ask
+//! for `UFFD_FEATURE_EVENT_FORK`), has no fault-handler thread and cannot use the parent's
+//! Vulkan objects. A page whose data lives only on the device would read as zero there. So
+//! a `pthread_atfork` prepare hook takes the fork gate exclusively — waiting for launches and
+//! prefetches in flight, which hold it shared — and brings every `Device` page home as
+//! `Shared` (the parent keeps its device copies). The child then sees ordinary memory with
+//! the right bytes; a `Runtime` used in the child returns [`Error::ForkedChild`].
+//!
+//! `posix_spawn` and `vfork`-based process creation (what `std::process::Command` uses where
+//! it can) do not run atfork hooks and need none: the child execs at once.
+//!
+//! [`Error::ForkedChild`]: crate::Error::ForkedChild
+
+use std::sync::{Mutex, Once, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::service::FaultService;
+
+/// Held shared by every operation that migrates pages; exclusively around `fork()`.
+static FORK_GATE: RwLock<()> = RwLock::new(());
+/// The exclusive guard, carried from the prepare hook to the parent/child hooks.
+static HELD: Mutex<Option<RwLockWriteGuard<'static, ()>>> = Mutex::new(None);
+
+/// Keeps `fork()` out while pages move.
+pub(crate) fn hold_off_fork() -> RwLockReadGuard<'static, ()> {
+    FORK_GATE.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+extern "C" {
+    fn pthread_atfork(
+        prepare: Option<unsafe extern "C" fn()>,
+        parent: Option<unsafe extern "C" fn()>,
+        child: Option<unsafe extern "C" fn()>,
+    ) -> i32;
+}
+
+/// Registers the hooks once per process.
+pub(crate) fn install_atfork_handlers() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the three hooks are `extern "C"` functions that never unwind (each catches
+        // panics) and live for the whole program.
+        let rc = unsafe { pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+        if rc != 0 {
+            tracing::error!(rc, "pthread_atfork failed: fork() children may read zeros for device-resident pages");
+        }
+    });
+}
+
+unsafe extern "C" fn prepare() {
+    let guard = FORK_GATE.write().unwrap_or_else(PoisonError::into_inner);
+    if let Err(e) = std::panic::catch_unwind(bring_everything_home) {
+        tracing::error!(?e, "bringing device-resident pages home before fork() panicked");
+    }
+    *HELD.lock().unwrap_or_else(PoisonError::into_inner) = Some(guard);
+}
+
+unsafe extern "C" fn parent() {
+    drop(HELD.lock().unwrap_or_else(PoisonError::into_inner).take());
+}
+
+unsafe extern "C" fn child() {
+    // The child never migrates (its runtimes refuse to work), so the gate may stay closed.
+    if let Some(g) = HELD.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        std::mem::forget(g);
+    }
+}
+
+fn bring_everything_home() {
+    let Ok(svc) = FaultService::get() else { return };
+    svc.sync_events();
+    for ext in svc.mirror.snapshot().iter() {
+        if !ext.cells().iter().any(|c| c.load().residence() == crate::mirror::page::Residence::Device) {
+            continue;
+        }
+        let mut worker = ext.device().ctx.lock_worker();
+        if let Err(e) = crate::migrate::to_host(&svc.uffd, &mut worker.transfer, ext, 0..ext.pages(), true) {
+            tracing::error!(error = %e, "copying device-resident pages home before fork() failed");
+        }
+    }
+}

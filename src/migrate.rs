@@ -1,0 +1,817 @@
+//! Migration: carries out the mirror's page-state transitions with `device/` and `fault/`.
+//!
+//! This is where decisions made in `mirror/` meet memory. Three operations cover the brief's
+//! `migrate_vma_*` counterparts:
+//!
+//! - [`prepare_launch`] / [`Launch::finish`]: make a launch's bindings resident before submit
+//!   (Vulkan has no GPU page faults) and settle them after the kernel;
+//! - [`install`]: copy the device copy of claimed, absent pages into place with
+//!   `UFFDIO_COPY` — used by the fault handler for one chunk and by prefetch, eviction,
+//!   runtime drop and `fork()` for whole extents;
+//! - [`to_device`] / [`to_host`]: explicit bulk moves (prefetch, eviction, drop).
+//!
+//! Ordering rules, per page (the concurrency protocol of the design brief §2):
+//!
+//! 1. A page is claimed (`BUSY`) before anything about it changes and released after. The
+//!    handler defers faults on claimed pages, so a CPU toucher waits instead of seeing a
+//!    half-moved page.
+//! 2. Read bindings: write-protect first, then upload, then `Shared`, then release — a
+//!    concurrent writer (only `unsafe` code can be one) blocks in a WP fault and lands its
+//!    write after the snapshot was taken, moving the page to `Host`.
+//! 3. Written bindings: upload, then `MADV_DONTNEED`, then `Device`; the page stays claimed
+//!    until the kernel is done, so a toucher waits for the result (brief §2 rule 2).
+//! 4. Host pages that are neither present nor swapped (`/proc/self/pagemap`) are zero on the
+//!    host; the device copy is zero-filled instead of copied.
+//! 5. Edge pages are never claimed across a kernel: a written binding's edge page is brought
+//!    to `Host` first and its bytes are copied back after the kernel.
+//! 6. Any failure releases every claimed page to the state that matches reality at that
+//!    moment — a page is only dropped after its upload succeeded, so nothing is lost.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::device::{Device, DeviceBlock, Dispatcher, Transfer};
+use crate::fault::service::FaultService;
+use crate::fault::uffd::{CopyOutcome, Uffd};
+use crate::mirror::extent::Extent;
+use crate::mirror::page::Residence;
+use crate::mirror::plan::{binding_pages, page_roles, plan_groups, PageRoles};
+use crate::mirror::policy::{lru_victims, ChunkPolicy};
+use crate::mirror::PAGE;
+use crate::sys;
+use crate::{Error, MemoryReason, Result};
+
+/// The device copy of an extent: a pool block and the runtime context it belongs to.
+pub(crate) struct DeviceCopy {
+    pub block: DeviceBlock,
+    pub ctx: Arc<DeviceContext>,
+}
+
+/// An extent of the process-wide mirror.
+pub(crate) type Ext = Extent<DeviceCopy>;
+
+/// What one runtime shares with the fault service and with the extents it owns.
+pub(crate) struct DeviceContext {
+    pub device: Arc<Device>,
+    pub counters: Counters,
+    pub policy: ChunkPolicy,
+    /// The launch path's tools; also used for prefetch, eviction, drop and fork.
+    pub worker: Mutex<Worker>,
+    /// The fault handler's own transfer context (nobody else locks it).
+    pub fault_transfer: Mutex<Transfer>,
+}
+
+/// Tools of the launch path, used under one lock.
+pub(crate) struct Worker {
+    pub transfer: Transfer,
+    pub dispatcher: Dispatcher,
+    pub stamp: u64,
+}
+
+/// Event counters, shared by the launch path and the fault handler.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub launches: AtomicU64,
+    pub cpu_faults: AtomicU64,
+    pub deferred_faults: AtomicU64,
+    pub bytes_to_device: AtomicU64,
+    pub bytes_to_host: AtomicU64,
+    pub bytes_zero_filled: AtomicU64,
+    pub evictions: AtomicU64,
+    pub prefetches: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl DeviceContext {
+    pub fn lock_worker(&self) -> std::sync::MutexGuard<'_, Worker> {
+        self.worker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One buffer of a launch, as the migration sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Binding {
+    pub addr: usize,
+    pub len: usize,
+    pub write: bool,
+}
+
+/// Where a binding lives on the device for one launch.
+pub(crate) enum Placement {
+    /// In a mirror extent at this byte offset.
+    Mirrored { ext: Arc<Ext>, offset: u64 },
+    /// In a temporary block (memory on the launching thread's stack).
+    Transient { block: DeviceBlock },
+}
+
+impl Placement {
+    /// The block and offset to bind.
+    pub fn target(&self) -> (&DeviceBlock, u64) {
+        match self {
+            Placement::Mirrored { ext, offset } => (&ext.device().block, *offset),
+            Placement::Transient { block } => (block, 0),
+        }
+    }
+}
+
+/// A prepared launch: bindings resident, written interior pages claimed.
+pub(crate) struct Launch {
+    pub placements: Vec<Placement>,
+    bindings: Vec<Binding>,
+    held: Vec<(Arc<Ext>, Range<usize>)>,
+    edge_out: Vec<(usize, Range<usize>)>,
+}
+
+// ------------------------------------------------------------------------------------------
+// Claiming
+
+/// Claims pages `pages` of `ext` whatever their state, waiting for current owners (the fault
+/// handler holds a page for one chunk copy; a launcher for one kernel).
+fn claim_all(ext: &Ext, pages: Range<usize>) -> Vec<Residence> {
+    pages
+        .map(|i| {
+            let cell = ext.cell(i);
+            let mut spins = 0u32;
+            loop {
+                if let Some(bits) = cell.try_claim(|_| true) {
+                    if bits.gone() {
+                        cell.revalidate();
+                    }
+                    return bits.residence();
+                }
+                backoff(&mut spins);
+            }
+        })
+        .collect()
+}
+
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else if *spins < 256 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+}
+
+/// Releases claimed pages to the residences in `states`.
+fn release_all(ext: &Ext, first: usize, states: &[Residence]) {
+    for (k, &r) in states.iter().enumerate() {
+        ext.cell(first + k).release(r);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Installing device data into absent host pages
+
+/// Why an [`install`] stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InstallStop {
+    /// The address space is changing (`EAGAIN`): release the pages and retry later.
+    Again,
+    /// The host range is gone (`ENOENT`/`ESRCH`): the pages will be marked `GONE`.
+    Gone,
+}
+
+/// Result of an [`install`]: bytes installed, pages found already present, or a stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Installed {
+    pub bytes: u64,
+    pub already_present: u64,
+    pub stop: Option<InstallStop>,
+}
+
+/// Copies the device copy of the claimed, absent pages `pages` of `ext` into host memory at
+/// `dst` (the address of the first page; normally `ext.page_addr(pages.start)`), page `i`
+/// write-protected iff `wp(i)`. Allocates nothing: the fault handler calls it.
+pub(crate) fn install(
+    uffd: &Uffd,
+    transfer: &mut Transfer,
+    ext: &Ext,
+    pages: Range<usize>,
+    dst: usize,
+    wp: impl Fn(usize) -> bool,
+) -> Result<Installed> {
+    let mut out = Installed { bytes: 0, already_present: 0, stop: None };
+    let mut i = pages.start;
+    while i < pages.end && out.stop.is_none() {
+        let flag = wp(i);
+        let mut j = i + 1;
+        while j < pages.end && wp(j) == flag {
+            j += 1;
+        }
+        let run_dst = dst + (i - pages.start) * PAGE;
+        let offset = ext.offset_of(ext.page_addr(i));
+        let len = (j - i) * PAGE;
+        let mut stop = None;
+        let r = transfer.download(&ext.device().block, &[(offset, len)], &mut |_, at, bytes| {
+            match copy_piece(uffd, run_dst + at, bytes, flag, &mut out) {
+                Ok(()) => Ok(()),
+                Err(s) => {
+                    stop = Some(s);
+                    Err(Error::Os { op: "UFFDIO_COPY", source: std::io::ErrorKind::Interrupted.into() })
+                }
+            }
+        });
+        match (r, stop) {
+            (_, Some(s)) => out.stop = Some(s),
+            (Err(e), None) => return Err(e),
+            (Ok(()), None) => {}
+        }
+        i = j;
+    }
+    Ok(out)
+}
+
+/// `UFFDIO_COPY` of one piece, skipping pages that are already present.
+fn copy_piece(uffd: &Uffd, dst: usize, bytes: &[u8], wp: bool, out: &mut Installed) -> Result<(), InstallStop> {
+    let mut done = 0;
+    while done < bytes.len() {
+        let rest = &bytes[done..];
+        // SAFETY: `rest` is readable for its length; `dst + done` lies in a registered range
+        // whose pages are claimed by the caller and absent (a present one reports EEXIST).
+        let r = unsafe { uffd.copy(dst + done, rest.as_ptr(), rest.len(), wp, true) };
+        match r {
+            CopyOutcome::Copied(n) => {
+                out.bytes += n as u64;
+                done += n;
+            }
+            CopyOutcome::Exists(n) => {
+                // Pages before `n` were copied; the page at `n` is already present (resolved
+                // by someone else): keep it and wake whoever waits on it.
+                out.bytes += n as u64;
+                out.already_present += 1;
+                uffd.wake(dst + done + n, PAGE);
+                done += n + PAGE;
+            }
+            CopyOutcome::Again(n) => {
+                out.bytes += n as u64;
+                return Err(InstallStop::Again);
+            }
+            CopyOutcome::Gone => return Err(InstallStop::Gone),
+            CopyOutcome::Error(e) => {
+                tracing::error!(error = %e, dst = dst + done, "UFFDIO_COPY failed");
+                return Err(InstallStop::Gone);
+            }
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Bulk moves to the host
+
+/// Brings pages `pages` of `ext` home: `Device` pages are installed (write-protected and
+/// `Shared` if `keep_device`, else `Host`), `Shared` pages become `Host` unless
+/// `keep_device`. Returns bytes copied.
+pub(crate) fn to_host(uffd: &Uffd, transfer: &mut Transfer, ext: &Ext, pages: Range<usize>, keep_device: bool) -> Result<u64> {
+    let mut bytes = 0;
+    let mut attempts = 0;
+    loop {
+        let first = pages.start;
+        let mut states = claim_all(ext, pages.clone());
+        let r = to_host_claimed(uffd, transfer, ext, first, &mut states, keep_device);
+        release_all(ext, first, &states);
+        match r {
+            Ok((b, None)) => return Ok(bytes + b),
+            Ok((b, Some(InstallStop::Again))) if attempts < 100 => {
+                bytes += b;
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Ok((b, Some(_))) => return Ok(bytes + b),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// [`to_host`] on pages the caller claimed; updates `states` to what is true afterwards.
+fn to_host_claimed(
+    uffd: &Uffd,
+    transfer: &mut Transfer,
+    ext: &Ext,
+    first: usize,
+    states: &mut [Residence],
+    keep_device: bool,
+) -> Result<(u64, Option<InstallStop>)> {
+    let mut bytes = 0;
+    for run in runs(states, |r| r == Residence::Device) {
+        let (a, b) = (first + run.start, first + run.end);
+        let got = install(uffd, transfer, ext, a..b, ext.page_addr(a), |_| keep_device)?;
+        bytes += got.bytes;
+        let done_pages = (got.bytes as usize).div_ceil(PAGE).min(run.len());
+        let settled = if keep_device { Residence::Shared } else { Residence::Host };
+        let done = if got.stop.is_some() { done_pages } else { run.len() };
+        for s in &mut states[run.start..run.start + done] {
+            *s = settled;
+        }
+        if let Some(stop) = got.stop {
+            return Ok((bytes, Some(stop)));
+        }
+    }
+    if !keep_device {
+        for run in runs(states, |r| r == Residence::Shared) {
+            let (a, b) = (first + run.start, first + run.end);
+            uffd.write_protect(ext.page_addr(a), (b - a) * PAGE, false, true)
+                .map_err(|e| Error::os("UFFDIO_WRITEPROTECT (clear)", e))?;
+            for s in &mut states[run] {
+                *s = Residence::Host;
+            }
+        }
+    }
+    Ok((bytes, None))
+}
+
+/// Maximal runs of indices whose element satisfies `pred`.
+fn runs<T: Copy>(items: &[T], pred: impl Fn(T) -> bool) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < items.len() {
+        if pred(items[i]) {
+            let s = i;
+            while i < items.len() && pred(items[i]) {
+                i += 1;
+            }
+            out.push(s..i);
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------------------------------
+// Reaping, eviction, evacuation
+
+/// Retires extents whose host memory is gone, and frees retired extents the handler no
+/// longer uses.
+pub(crate) fn reap(svc: &FaultService) {
+    let mut w = svc.mirror.write();
+    let dead: Vec<Arc<Ext>> = w.snapshot().iter().filter(|e| e.all_gone()).cloned().collect();
+    if !dead.is_empty() {
+        w.replace(&dead, []);
+    }
+    drop(w.collect_garbage());
+}
+
+/// Frees the device copies of `victims`: brings their data home, retires them, stops
+/// trapping their ranges, and waits until their device memory is really released.
+fn evict(svc: &FaultService, w: &mut crate::mirror::map::Writer<'_, DeviceCopy>, transfer: &mut Transfer, victims: &[Arc<Ext>]) -> Result<()> {
+    for v in victims {
+        to_host(&svc.uffd, transfer, v, 0..v.pages(), false)?;
+        Counters::add(&v.device().ctx.counters.evictions, 1);
+    }
+    w.replace(victims, []);
+    for v in victims {
+        // Nothing of it is mirrored any more: stop trapping faults there. The range may be
+        // partly unmapped already; that is fine.
+        let _ = svc.uffd.unregister(v.start(), v.bytes());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        drop(w.collect_garbage());
+        if w.graveyard_len() == 0 || std::time::Instant::now() > deadline {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+}
+
+/// Allocates a block of `size` bytes, evicting least recently used extents of the same
+/// context (not in `keep`) when the budget is short.
+fn alloc_evicting(
+    svc: &FaultService,
+    ctx: &Arc<DeviceContext>,
+    w: &mut crate::mirror::map::Writer<'_, DeviceCopy>,
+    transfer: &mut Transfer,
+    size: u64,
+    keep: &[Range<usize>],
+) -> Result<DeviceBlock> {
+    match ctx.device.alloc_block(size, crate::device::BlockInit::Uninit, "vkhmm extent") {
+        Err(Error::OutOfDeviceMemory { .. }) => {}
+        other => return other,
+    }
+    let snap = w.snapshot();
+    let cands: Vec<&Arc<Ext>> = snap
+        .iter()
+        .filter(|e| Arc::ptr_eq(&e.device().ctx, ctx))
+        .filter(|e| !keep.iter().any(|k| k.start < e.end() && e.start() < k.end))
+        .collect();
+    let need = size.saturating_sub(ctx.device.pool_budget().saturating_sub(ctx.device.pool_in_use()));
+    let weights: Vec<(u64, u64)> = cands.iter().map(|e| (e.last_use(), e.bytes() as u64)).collect();
+    let Some(order) = lru_victims(&weights, need) else {
+        return Err(Error::OutOfDeviceMemory {
+            needed: size,
+            budget: ctx.device.pool_budget(),
+            in_use: ctx.device.pool_in_use(),
+        });
+    };
+    let victims: Vec<Arc<Ext>> = order.iter().map(|&i| Arc::clone(cands[i])).collect();
+    evict(svc, w, transfer, &victims)?;
+    ctx.device.alloc_block(size, crate::device::BlockInit::Uninit, "vkhmm extent")
+}
+
+/// Brings home every page of extents that overlap `spans` but belong to another runtime,
+/// using that runtime's tools. Call without holding the own worker lock.
+pub(crate) fn evacuate_foreign(svc: &FaultService, ctx: &Arc<DeviceContext>, spans: &[Range<usize>]) -> Result<()> {
+    for span in spans {
+        for e in svc.mirror.overlapping(span.clone()) {
+            let owner = &e.device().ctx;
+            if Arc::ptr_eq(owner, ctx) {
+                continue;
+            }
+            let mut wk = owner.lock_worker();
+            to_host(&svc.uffd, &mut wk.transfer, &e, 0..e.pages(), false)?;
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Launch preparation
+
+/// Why a launch's pages are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// For a kernel: written pages stay claimed until [`Launch::finish`].
+    Kernel,
+    /// `prefetch(Device)`: every interior page ends `Device` and is released at once; edge
+    /// pages are left alone.
+    Prefetch,
+}
+
+/// Makes `bindings` resident on `ctx`'s device. The caller holds `worker` (the context's
+/// worker lock) and has called [`evacuate_foreign`] for the bindings' spans.
+pub(crate) fn prepare(
+    svc: &FaultService,
+    ctx: &Arc<DeviceContext>,
+    worker: &mut Worker,
+    bindings: &[Binding],
+    purpose: Purpose,
+) -> Result<Launch> {
+    svc.sync_events();
+    reap(svc);
+    worker.stamp += 1;
+    let stamp = worker.stamp;
+
+    // 1. Which memory is mirrored, which is copied through (the launching thread's stack).
+    let stack = sys::stack_vma_of_current_thread();
+    let on_stack = |b: &Binding| stack.as_ref().is_some_and(|s| b.addr < s.end && s.start < b.addr + b.len);
+    let mut mirrored = Vec::new();
+    for (i, b) in bindings.iter().enumerate() {
+        if on_stack(b) {
+            continue;
+        }
+        sys::classify(b.addr, b.len).map_err(|reason| Error::UnsupportedMemory { addr: b.addr, len: b.len, reason })?;
+        mirrored.push(i);
+    }
+    let spans: Vec<Range<usize>> = mirrored.iter().map(|&i| binding_pages(bindings[i].addr, bindings[i].len).span).collect();
+    for (k, span) in spans.iter().enumerate() {
+        let b = &bindings[mirrored[k]];
+        svc.register(span.clone())
+            .map_err(|_| Error::UnsupportedMemory { addr: b.addr, len: b.len, reason: MemoryReason::Refused })?;
+    }
+
+    // 2. Extents: reuse, create or merge; allocate device copies (evicting if needed).
+    let mut w = svc.mirror.write();
+    let snap = w.snapshot();
+    let existing: Vec<Range<usize>> = snap.iter().map(|e| e.range()).collect();
+    let (groups, group_of) = plan_groups(&existing, &spans);
+    let transient_bytes: u64 =
+        bindings.iter().filter(|b| on_stack(b)).map(|b| b.len.next_multiple_of(4) as u64).sum();
+    let needed: u64 = groups.iter().map(|g| g.range.len() as u64).sum::<u64>() + transient_bytes;
+    if needed > ctx.device.pool_budget() {
+        return Err(Error::LaunchExceedsBudget { needed, budget: ctx.device.pool_budget() });
+    }
+    let keep: Vec<Range<usize>> = groups.iter().map(|g| g.range.clone()).collect();
+    let mut exts: Vec<Arc<Ext>> = Vec::with_capacity(groups.len());
+    let mut retired: Vec<Arc<Ext>> = Vec::new();
+    let mut added: Vec<Arc<Ext>> = Vec::new();
+    for g in &groups {
+        if let Some(j) = g.reuse {
+            if Arc::ptr_eq(&snap[j].device().ctx, ctx) {
+                exts.push(Arc::clone(&snap[j]));
+                continue;
+            }
+        }
+        let block = alloc_evicting(svc, ctx, &mut w, &mut worker.transfer, g.range.len() as u64, &keep)?;
+        let absorbed: Vec<Arc<Ext>> = g.absorb.iter().chain(g.reuse.iter()).map(|&j| Arc::clone(&snap[j])).collect();
+        let ext = merge(&svc.uffd, ctx, &mut worker.transfer, g.range.clone(), block, &absorbed)?;
+        retired.extend(absorbed);
+        added.push(Arc::clone(&ext));
+        exts.push(ext);
+    }
+    if !retired.is_empty() || !added.is_empty() {
+        w.replace(&retired, added);
+    }
+    for e in &exts {
+        e.touch(stamp);
+    }
+
+    // 3. Pages: interior runs follow the state machine, edge pages are copied through.
+    let mut launch = Launch { placements: Vec::new(), bindings: bindings.to_vec(), held: Vec::new(), edge_out: Vec::new() };
+    let roles = page_roles(&mirrored.iter().map(|&i| (bindings[i].addr, bindings[i].len, bindings[i].write)).collect::<Vec<_>>());
+    let ext_of = |addr: usize| exts.iter().find(|e| e.contains(addr)).expect("every span lies in a planned extent");
+    if let Err(e) = move_pages(svc, ctx, worker, &roles, &ext_of, purpose, &mut launch, bindings, &mirrored) {
+        launch.release_held();
+        return Err(e);
+    }
+    drop(w);
+
+    // 4. Placements, in binding order; stack memory gets a temporary block.
+    let mut mirrored_k = 0;
+    for b in bindings {
+        if mirrored.get(mirrored_k).is_some_and(|&i| std::ptr::eq(&bindings[i], b)) {
+            let ext = Arc::clone(&exts[group_of[mirrored_k]]);
+            let offset = ext.offset_of(b.addr);
+            launch.placements.push(Placement::Mirrored { ext, offset });
+            mirrored_k += 1;
+        } else {
+            let mut w = svc.mirror.write();
+            let block = alloc_evicting(svc, ctx, &mut w, &mut worker.transfer, b.len.next_multiple_of(4) as u64, &keep);
+            drop(w);
+            let block = match block {
+                Ok(b) => b,
+                Err(e) => {
+                    launch.release_held();
+                    return Err(e);
+                }
+            };
+            // SAFETY: the binding is a live borrow of `len` readable bytes.
+            let src = unsafe { std::slice::from_raw_parts(b.addr as *const u8, b.len) };
+            if let Err(e) = worker.transfer.upload(&block, &[(0, src)]) {
+                launch.release_held();
+                return Err(e);
+            }
+            Counters::add(&ctx.counters.bytes_to_device, b.len as u64);
+            launch.placements.push(Placement::Transient { block });
+        }
+    }
+    Ok(launch)
+}
+
+/// Builds the extent `range` on `block`, taking over the pages of `absorbed` extents: their
+/// pages are claimed for good (the old extents are retired by the caller), pages valid on
+/// this device are copied device-to-device, and pages valid only on another device (which
+/// [`evacuate_foreign`] should have brought home) make the call fail so the caller retries.
+fn merge(
+    uffd: &Uffd,
+    ctx: &Arc<DeviceContext>,
+    transfer: &mut Transfer,
+    range: Range<usize>,
+    block: DeviceBlock,
+    absorbed: &[Arc<Ext>],
+) -> Result<Arc<Ext>> {
+    let pages = range.len() / PAGE;
+    let mut init = vec![Residence::Host; pages];
+    let mut claimed: Vec<(&Arc<Ext>, Vec<Residence>)> = Vec::with_capacity(absorbed.len());
+    let mut result = Ok(());
+    for old in absorbed {
+        let states = claim_all(old, 0..old.pages());
+        let base = (old.start() - range.start) / PAGE;
+        if result.is_ok() {
+            result = take_over(uffd, ctx, transfer, old, &states, &block, base);
+        }
+        if Arc::ptr_eq(&old.device().ctx, ctx) {
+            init[base..base + states.len()].copy_from_slice(&states);
+        }
+        claimed.push((old, states));
+    }
+    if let Err(e) = result {
+        for (old, states) in claimed {
+            release_all(old, 0, &states);
+        }
+        return Err(e);
+    }
+    let ext = Extent::new(range.start, pages, DeviceCopy { block, ctx: Arc::clone(ctx) }, |i| init[i]);
+    Ok(Arc::new(ext))
+}
+
+/// Moves what `old` (claimed, in `states`) holds into `block` at page `base`.
+fn take_over(
+    uffd: &Uffd,
+    ctx: &Arc<DeviceContext>,
+    transfer: &mut Transfer,
+    old: &Ext,
+    states: &[Residence],
+    block: &DeviceBlock,
+    base: usize,
+) -> Result<()> {
+    if Arc::ptr_eq(&old.device().ctx, ctx) {
+        let regions: Vec<(u64, u64, u64)> = runs(states, Residence::device_valid)
+            .into_iter()
+            .map(|r| ((r.start * PAGE) as u64, ((base + r.start) * PAGE) as u64, (r.len() * PAGE) as u64))
+            .collect();
+        return if regions.is_empty() { Ok(()) } else { transfer.copy(&old.device().block, block, &regions) };
+    }
+    if states.contains(&Residence::Device) {
+        return Err(Error::InvalidConfig("memory is being migrated by another Runtime at the same time".into()));
+    }
+    // Shared there means valid here only on the host: drop the stale write protection.
+    for r in runs(states, |s| s == Residence::Shared) {
+        uffd.write_protect(old.page_addr(r.start), r.len() * PAGE, false, true)
+            .map_err(|e| Error::os("UFFDIO_WRITEPROTECT (clear)", e))?;
+    }
+    Ok(())
+}
+
+/// Moves the interior runs and edge pages of a launch.
+#[allow(clippy::too_many_arguments)]
+fn move_pages<'e>(
+    svc: &FaultService,
+    ctx: &DeviceContext,
+    worker: &mut Worker,
+    roles: &PageRoles,
+    ext_of: &impl Fn(usize) -> &'e Arc<Ext>,
+    purpose: Purpose,
+    launch: &mut Launch,
+    bindings: &[Binding],
+    mirrored: &[usize],
+) -> Result<()> {
+    for (run, write) in &roles.interior {
+        let ext = ext_of(run.start);
+        let idx = ext.page_span(run);
+        let mut states = claim_all(ext, idx.clone());
+        let drop_host = *write || purpose == Purpose::Prefetch;
+        if let Err(e) = migrate_run(svc, ctx, &mut worker.transfer, ext, idx.start, &mut states, drop_host) {
+            release_all(ext, idx.start, &states);
+            return Err(e);
+        }
+        if *write && purpose == Purpose::Kernel {
+            launch.held.push((Arc::clone(ext), idx));
+        } else {
+            release_all(ext, idx.start, &states);
+        }
+    }
+    if purpose == Purpose::Prefetch {
+        return Ok(());
+    }
+    for &(page, write) in &roles.edges {
+        let ext = ext_of(page);
+        let i = ext.page_index(page);
+        let mut st = claim_all(ext, i..i + 1);
+        let moved = if write {
+            to_host_claimed(&svc.uffd, &mut worker.transfer, ext, i, &mut st, false)
+        } else {
+            Ok((0, None))
+        };
+        release_all(ext, i, &st);
+        match moved {
+            Ok((b, None)) => Counters::add(&ctx.counters.bytes_to_host, b),
+            Ok((_, Some(_))) => {
+                return Err(Error::UnsupportedMemory { addr: page, len: PAGE, reason: MemoryReason::NotMapped })
+            }
+            Err(e) => return Err(e),
+        }
+        if st[0] != Residence::Host {
+            continue; // the device copy is valid for the whole page
+        }
+        let mut regions: Vec<(u64, &[u8])> = Vec::new();
+        for &bi in mirrored {
+            let b = &bindings[bi];
+            let (lo, hi) = (b.addr.max(page), (b.addr + b.len).min(page + PAGE));
+            if lo >= hi {
+                continue;
+            }
+            // SAFETY: lo..hi lies inside binding `bi`, a live borrow for the whole launch.
+            regions.push((ext.offset_of(lo), unsafe { std::slice::from_raw_parts(lo as *const u8, hi - lo) }));
+            if b.write {
+                launch.edge_out.push((bi, lo..hi));
+            }
+        }
+        worker.transfer.upload(&ext.device().block, &regions)?;
+        Counters::add(&ctx.counters.bytes_to_device, regions.iter().map(|r| r.1.len() as u64).sum());
+    }
+    Ok(())
+}
+
+/// Moves one claimed interior run (pages `first..first + states.len()` of `ext`) to the
+/// device: `Shared` (read) or `Device` (`drop_host`). Updates `states` as it goes, so that on
+/// error they describe reality.
+fn migrate_run(
+    svc: &FaultService,
+    ctx: &DeviceContext,
+    transfer: &mut Transfer,
+    ext: &Ext,
+    first: usize,
+    states: &mut [Residence],
+    drop_host: bool,
+) -> Result<()> {
+    let n = states.len();
+    let mut present = vec![sys::PageEntry::default(); n];
+    svc.pagemap.query(ext.page_addr(first), &mut present).map_err(|e| Error::os("read /proc/self/pagemap", e))?;
+    let filled = |k: usize| present[k].present() || present[k].swapped();
+    let host = |k: usize, want_filled: bool| states[k] == Residence::Host && filled(k) == want_filled;
+
+    let copy_runs = runs_where(n, |k| host(k, true));
+    let zero_runs = runs_where(n, |k| host(k, false));
+    let region = |r: &Range<usize>| (ext.offset_of(ext.page_addr(first + r.start)), r.len() * PAGE);
+    if !drop_host {
+        // Protocol rule 1: write-protect before copying, so a concurrent writer waits.
+        for r in &copy_runs {
+            svc.uffd
+                .write_protect(ext.page_addr(first + r.start), r.len() * PAGE, true, false)
+                .map_err(|e| Error::os("UFFDIO_WRITEPROTECT", e))?;
+        }
+    }
+    let uploads: Vec<(u64, &[u8])> = copy_runs
+        .iter()
+        .map(|r| {
+            let (off, len) = region(r);
+            // SAFETY: interior pages lie wholly inside a binding, a live borrow for the whole
+            // operation; they are present or swapped (pagemap), so reading does not fault
+            // into the handler while we hold them claimed.
+            (off, unsafe { std::slice::from_raw_parts(ext.page_addr(first + r.start) as *const u8, len) })
+        })
+        .collect();
+    let zeros: Vec<(u64, u64)> = zero_runs.iter().map(|r| { let (o, l) = region(r); (o, l as u64) }).collect();
+    transfer.upload(&ext.device().block, &uploads)?;
+    transfer.zero(&ext.device().block, &zeros)?;
+    Counters::add(&ctx.counters.bytes_to_device, uploads.iter().map(|u| u.1.len() as u64).sum());
+    Counters::add(&ctx.counters.bytes_zero_filled, zeros.iter().map(|z| z.1).sum());
+
+    // Both copies are valid now.
+    for r in &copy_runs {
+        states[r.clone()].fill(Residence::Shared);
+    }
+    for r in &zero_runs {
+        states[r.clone()].fill(Residence::Device);
+    }
+    if drop_host {
+        for r in runs(states, |s| s == Residence::Shared) {
+            // SAFETY: interior pages of a live borrow, valid on the device: discarding the
+            // host copy loses nothing; the next touch faults and copies it back.
+            unsafe { sys::madvise_dontneed(ext.page_addr(first + r.start), r.len() * PAGE) }
+                .map_err(|e| Error::os("madvise(MADV_DONTNEED)", e))?;
+            states[r].fill(Residence::Device);
+        }
+        // Our own discards raised REMOVE events; make sure the handler has seen them while
+        // the pages are still claimed (it ignores REMOVE on claimed pages).
+        svc.sync_events();
+    }
+    Ok(())
+}
+
+/// Maximal runs of `0..n` where `pred` holds.
+fn runs_where(n: usize, pred: impl Fn(usize) -> bool) -> Vec<Range<usize>> {
+    let idx: Vec<usize> = (0..n).collect();
+    runs(&idx, pred)
+}
+
+impl Launch {
+    /// Releases written interior pages: they end `Device`, holding the kernel's results.
+    fn release_held(&mut self) {
+        for (ext, idx) in self.held.drain(..) {
+            for i in idx {
+                ext.cell(i).release(Residence::Device);
+            }
+        }
+    }
+
+    /// Settles the launch after the kernel: releases written pages, copies written edge
+    /// bytes and stack bindings back, wakes deferred faults.
+    pub fn finish(mut self, svc: &FaultService, ctx: &DeviceContext, transfer: &mut Transfer) -> Result<()> {
+        self.release_held();
+        svc.poke();
+        let mut copied = 0u64;
+        let mut result = Ok(());
+        let mut back = |block: &DeviceBlock, offset: u64, dst: usize, len: usize| {
+            let r = transfer.download(block, &[(offset, len)], &mut |_, at, bytes| {
+                // SAFETY: dst..dst+len lies inside a `&mut` binding borrowed for the launch.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (dst + at) as *mut u8, bytes.len()) };
+                Ok(())
+            });
+            copied += len as u64;
+            if result.is_ok() {
+                result = r;
+            }
+        };
+        for (bi, r) in &self.edge_out {
+            if let Placement::Mirrored { ext, .. } = &self.placements[*bi] {
+                back(&ext.device().block, ext.offset_of(r.start), r.start, r.len());
+            }
+        }
+        for (b, p) in self.bindings.iter().zip(&self.placements) {
+            if let (true, Placement::Transient { block }) = (b.write, p) {
+                back(block, 0, b.addr, b.len);
+            }
+        }
+        Counters::add(&ctx.counters.bytes_to_host, copied);
+        result
+    }
+}
+
+impl Drop for Launch {
+    fn drop(&mut self) {
+        // A launch abandoned after prepare (an error before submit) still releases its pages.
+        self.release_held();
+    }
+}

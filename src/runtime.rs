@@ -1,0 +1,442 @@
+//! `Runtime`: one Vulkan device, wired to the process-wide mirror and fault service.
+//!
+//! A runtime owns a [`DeviceContext`] — the device, its launch tools (a transfer context and a
+//! dispatcher behind one lock), the fault handler's transfer context, counters and the
+//! chunk policy — and shares it with the extents whose device copies live on its device.
+//! Everything a runtime call does is: check the arguments (nothing has changed if that
+//! fails), keep `fork()` out, make the memory resident (`migrate`), do the device work,
+//! settle. The public contract is the design brief's §3.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use bytemuck::Pod;
+
+use crate::args::{self, ArgList, KernelArgs};
+use crate::device::{self, Device, DeviceConfig, DeviceInfo, Dispatcher, Pipeline, Transfer, TransferPath};
+use crate::fault::fork::hold_off_fork;
+use crate::fault::service::FaultService;
+use crate::managed::Managed;
+use crate::migrate::{self, Binding, Counters, DeviceContext, Purpose, Worker};
+use crate::mirror::plan::binding_pages;
+use crate::mirror::policy::ChunkPolicy;
+use crate::mirror::{Location, Residency, PAGE};
+use crate::shader::{self, Access, BindingKind, KernelInfo};
+use crate::{Error, Result};
+
+/// Counters of what a runtime moved and served, as returned by [`Runtime::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Kernel launches completed.
+    pub launches: u64,
+    /// CPU faults served on mirrored pages: copy-backs of device-resident chunks and writes
+    /// to write-protected (`Shared`) chunks.
+    pub cpu_faults: u64,
+    /// Faults that had to wait: the page was being migrated or written by a running kernel.
+    pub deferred_faults: u64,
+    /// Bytes copied from host to device.
+    pub bytes_to_device: u64,
+    /// Bytes copied from device to host.
+    pub bytes_to_host: u64,
+    /// Bytes of never-touched (zero) host pages that were zero-filled on the device instead
+    /// of copied.
+    pub bytes_zero_filled: u64,
+    /// Extents evicted from the device to make room.
+    pub evictions: u64,
+    /// Calls to [`Runtime::prefetch`].
+    pub prefetches: u64,
+    /// Device memory the runtime holds now.
+    pub device_bytes_in_use: u64,
+    /// The device memory budget.
+    pub device_budget: u64,
+}
+
+/// A compute kernel: a pipeline plus its reflected interface. Made by
+/// [`Runtime::kernel_wgsl`] or [`Runtime::kernel_spirv`]; cheap to clone.
+#[derive(Clone)]
+pub struct Kernel {
+    pipeline: Arc<Pipeline>,
+    info: Arc<KernelInfo>,
+    runtime: u64,
+}
+
+impl Kernel {
+    /// The kernel's bindings, push-constant size and workgroup size.
+    pub fn info(&self) -> &KernelInfo {
+        &self.info
+    }
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+/// Options for [`Runtime::builder`]. Starts from the environment (`VKHMM_DEVICE`,
+/// `VKHMM_TRANSFER`, `VKHMM_BUDGET`, `VKHMM_CHUNK`); each method overrides it.
+#[derive(Debug, Clone)]
+pub struct RuntimeBuilder {
+    device: std::result::Result<DeviceConfig, String>,
+    chunk: std::result::Result<ChunkPolicy, String>,
+}
+
+impl RuntimeBuilder {
+    fn from_env() -> Self {
+        let device = DeviceConfig::from_env().map_err(|e| e.to_string());
+        let chunk = match std::env::var("VKHMM_CHUNK") {
+            Ok(v) => parse_bytes(&v)
+                .filter(|&b| b >= PAGE as u64 && b % PAGE as u64 == 0)
+                .map(|b| ChunkPolicy { base: b as usize / PAGE, ..ChunkPolicy::default() })
+                .ok_or_else(|| format!("VKHMM_CHUNK={v:?} is not a multiple of {PAGE} bytes")),
+            Err(_) => Ok(ChunkPolicy::default()),
+        };
+        RuntimeBuilder { device, chunk }
+    }
+
+    /// Chooses the device: a decimal index or a case-insensitive substring of its name.
+    pub fn device(mut self, filter: impl Into<String>) -> Self {
+        if let Ok(d) = &mut self.device {
+            d.filter = Some(filter.into());
+        }
+        self
+    }
+
+    /// Forces a transfer path (`Staged` exercises the discrete-GPU path on any device).
+    pub fn transfer(mut self, path: TransferPath) -> Self {
+        if let Ok(d) = &mut self.device {
+            d.transfer = Some(path);
+        }
+        self
+    }
+
+    /// Sets the device memory budget in bytes (default: 80% of the device-local heap).
+    pub fn budget(mut self, bytes: u64) -> Self {
+        if let Ok(d) = &mut self.device {
+            d.budget = Some(bytes);
+        }
+        self
+    }
+
+    /// Sets the size of the Staged path's staging ring in bytes.
+    pub fn staging_bytes(mut self, bytes: u64) -> Self {
+        if let Ok(d) = &mut self.device {
+            d.staging_bytes = bytes;
+        }
+        self
+    }
+
+    /// Sets how much a CPU fault brings back at least (bytes, a multiple of 4096; default
+    /// 64 KiB). Sequential access grows it toward 2 MiB unless [`fixed_chunks`] is set.
+    ///
+    /// [`fixed_chunks`]: Self::fixed_chunks
+    pub fn chunk_size(mut self, bytes: usize) -> Self {
+        self.chunk = if bytes >= PAGE && bytes % PAGE == 0 {
+            self.chunk.map(|c| ChunkPolicy { base: bytes / PAGE, max: c.max.max(bytes / PAGE), ..c })
+        } else {
+            Err(format!("chunk size {bytes} is not a positive multiple of {PAGE}"))
+        };
+        self
+    }
+
+    /// Turns growth of the fault-back chunk on sequential access off (or on).
+    pub fn fixed_chunks(mut self, fixed: bool) -> Self {
+        if let Ok(c) = &mut self.chunk {
+            c.adaptive = !fixed;
+        }
+        self
+    }
+
+    /// Creates the runtime: the device, its pool and transfer contexts, and (once per
+    /// process) the fault service.
+    pub fn build(self) -> Result<Runtime> {
+        let config = self.device.map_err(Error::InvalidConfig)?;
+        let policy = self.chunk.map_err(Error::InvalidConfig)?;
+        let svc = FaultService::get()?;
+        let device = Device::new(&config)?;
+        let path = device.info().transfer_path;
+        let ctx = Arc::new(DeviceContext {
+            worker: Mutex::new(Worker {
+                transfer: Transfer::new(&device, path, config.staging_bytes)?,
+                dispatcher: Dispatcher::new(&device)?,
+                stamp: 0,
+            }),
+            fault_transfer: Mutex::new(Transfer::new(&device, path, config.staging_bytes)?),
+            counters: Counters::default(),
+            policy,
+            device,
+        });
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Ok(Runtime {
+            ctx,
+            svc,
+            kernels: Mutex::new(HashMap::new()),
+            owner: rustix::process::getpid().as_raw_nonzero().get() as u32,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+}
+
+fn parse_bytes(s: &str) -> Option<u64> {
+    device::parse_bytes(s)
+}
+
+/// One Vulkan device driving unified memory. See the crate docs for an example.
+pub struct Runtime {
+    ctx: Arc<DeviceContext>,
+    svc: &'static FaultService,
+    kernels: Mutex<HashMap<u64, Weak<Pipeline>>>,
+    owner: u32,
+    id: u64,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("device", &self.ctx.device.info().name).finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A runtime on the default device (or the one `VKHMM_DEVICE` names).
+    pub fn new() -> Result<Self> {
+        Self::builder().build()
+    }
+
+    /// Options: device, transfer path, budget, chunk size.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::from_env()
+    }
+
+    /// The device this runtime drives.
+    pub fn device_info(&self) -> &DeviceInfo {
+        self.ctx.device.info()
+    }
+
+    /// Compiles a WGSL kernel and creates its pipeline (cached per source and entry point).
+    pub fn kernel_wgsl(&self, source: &str, entry: &str) -> Result<Kernel> {
+        self.check_owner()?;
+        let words = shader::compile_wgsl(source)?;
+        self.kernel_spirv(&words, entry)
+    }
+
+    /// Creates a kernel from SPIR-V words of any compiler (glslc, dxc, Slang, naga),
+    /// reflecting its bindings, push constants and workgroup size.
+    pub fn kernel_spirv(&self, words: &[u32], entry: &str) -> Result<Kernel> {
+        self.check_owner()?;
+        let info = Arc::new(shader::reflect(words, entry)?);
+        let key = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            words.hash(&mut h);
+            entry.hash(&mut h);
+            h.finish()
+        };
+        let mut cache = self.kernels.lock().unwrap_or_else(PoisonError::into_inner);
+        let pipeline = match cache.get(&key).and_then(Weak::upgrade) {
+            Some(p) => p,
+            None => {
+                let p = Arc::new(Pipeline::new(&self.ctx.device, words, &info)?);
+                cache.retain(|_, w| w.strong_count() > 0);
+                cache.insert(key, Arc::downgrade(&p));
+                p
+            }
+        };
+        Ok(Kernel { pipeline, info, runtime: self.id })
+    }
+
+    /// Runs `kernel` over `groups` workgroups with `args` bound in order to
+    /// `@group(0) @binding(0..)`, and returns when the kernel is done and its results are
+    /// visible to the CPU through the same pointers.
+    ///
+    /// Pages the kernel reads become `Shared` (host copies write-protected, still readable);
+    /// pages it writes become `Device` (host copies dropped). A later CPU touch faults them
+    /// back. Bad arguments give a typed error and change nothing.
+    pub fn launch<A: KernelArgs>(&self, kernel: &Kernel, groups: [u32; 3], args: A) -> Result<()> {
+        self.check_owner()?;
+        if kernel.runtime != self.id {
+            return Err(Error::ForeignKernel);
+        }
+        let list = args::collect(&args);
+        let bindings = validate(&kernel.info, &list, self.ctx.device.info())?;
+        device::validate_groups(groups, &self.ctx.device.info().limits)?;
+        let _fork = hold_off_fork();
+        let spans: Vec<_> = bindings.iter().map(|b| binding_pages(b.addr, b.len).span).collect();
+        migrate::evacuate_foreign(self.svc, &self.ctx, &spans)?;
+        let mut worker = self.ctx.lock_worker();
+        let launch = migrate::prepare(self.svc, &self.ctx, &mut worker, &bindings, Purpose::Kernel)?;
+        let buffers: Vec<device::BufferArg<'_>> = launch
+            .placements
+            .iter()
+            .zip(&bindings)
+            .map(|(p, b)| {
+                let (block, offset) = p.target();
+                device::BufferArg { block, offset, range: b.len as u64 }
+            })
+            .collect();
+        let Worker { dispatcher, transfer, .. } = &mut *worker;
+        let ran = dispatcher.dispatch(&kernel.pipeline, &buffers, &list.push, groups);
+        drop(buffers);
+        let settled = launch.finish(self.svc, &self.ctx, transfer);
+        Counters::add(&self.ctx.counters.launches, u64::from(ran.is_ok()));
+        ran.and(settled)
+    }
+
+    /// Moves `data` explicitly: to the device (host pages dropped, like a written binding)
+    /// or home (device copies kept, pages `Shared`). Pages only partly covered by `data`
+    /// are left where they are on the way to the device.
+    pub fn prefetch<T: Pod>(&self, data: &[T], to: Location) -> Result<()> {
+        self.check_owner()?;
+        let len = std::mem::size_of_val(data);
+        if len == 0 {
+            return Ok(());
+        }
+        let addr = data.as_ptr() as usize;
+        let _fork = hold_off_fork();
+        Counters::add(&self.ctx.counters.prefetches, 1);
+        match to {
+            Location::Device => {
+                let b = Binding { addr, len, write: true };
+                migrate::evacuate_foreign(self.svc, &self.ctx, &[binding_pages(addr, len).span])?;
+                let mut worker = self.ctx.lock_worker();
+                migrate::prepare(self.svc, &self.ctx, &mut worker, &[b], Purpose::Prefetch).map(drop)
+            }
+            Location::Host => {
+                self.svc.sync_events();
+                let span = binding_pages(addr, len).span;
+                for ext in self.svc.mirror.overlapping(span.clone()) {
+                    let mut worker = ext.device().ctx.lock_worker();
+                    let pages = ext.page_span(&span);
+                    migrate::to_host(&self.svc.uffd, &mut worker.transfer, &ext, pages, true)?;
+                }
+                self.svc.poke();
+                Ok(())
+            }
+        }
+    }
+
+    /// Where the pages under `data` are, counted without touching (or faulting in) any of
+    /// them. Pages vkhmm does not mirror count as `host`.
+    pub fn residency<T>(&self, data: &[T]) -> Residency {
+        let len = std::mem::size_of_val(data);
+        if len == 0 {
+            return Residency::default();
+        }
+        self.svc.sync_events();
+        let span = binding_pages(data.as_ptr() as usize, len).span;
+        let mut r = Residency::default();
+        for ext in self.svc.mirror.overlapping(span.clone()) {
+            r += ext.residency(ext.page_span(&span));
+        }
+        r.host += span.len() / PAGE - r.pages();
+        r
+    }
+
+    /// What this runtime has moved and served so far.
+    pub fn stats(&self) -> Stats {
+        let c = &self.ctx.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        migrate::reap(self.svc);
+        Stats {
+            launches: get(&c.launches),
+            cpu_faults: get(&c.cpu_faults),
+            deferred_faults: get(&c.deferred_faults),
+            bytes_to_device: get(&c.bytes_to_device),
+            bytes_to_host: get(&c.bytes_to_host),
+            bytes_zero_filled: get(&c.bytes_zero_filled),
+            evictions: get(&c.evictions),
+            prefetches: get(&c.prefetches),
+            device_bytes_in_use: self.ctx.device.pool_in_use(),
+            device_budget: self.ctx.device.pool_budget(),
+        }
+    }
+
+    /// Allocates `len` zeroed elements in runtime-owned, page-aligned memory.
+    pub fn alloc<T: Pod>(&self, len: usize) -> Result<Managed<T>> {
+        self.check_owner()?;
+        Managed::zeroed(len)
+    }
+
+    /// Allocates runtime-owned memory holding a copy of `data`.
+    pub fn alloc_from<T: Pod>(&self, data: &[T]) -> Result<Managed<T>> {
+        let mut m = self.alloc(data.len())?;
+        m.copy_from_slice(data);
+        Ok(m)
+    }
+
+    fn check_owner(&self) -> Result<()> {
+        if rustix::process::getpid().as_raw_nonzero().get() as u32 != self.owner {
+            return Err(Error::ForkedChild { owner: self.owner });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if self.check_owner().is_err() {
+            return; // a forked child: the parent's device objects are not ours to touch
+        }
+        let _fork = hold_off_fork();
+        self.svc.sync_events();
+        let mut worker = self.ctx.lock_worker();
+        let mine: Vec<_> =
+            self.svc.mirror.snapshot().iter().filter(|e| Arc::ptr_eq(&e.device().ctx, &self.ctx)).cloned().collect();
+        for ext in &mine {
+            if let Err(e) = migrate::to_host(&self.svc.uffd, &mut worker.transfer, ext, 0..ext.pages(), false) {
+                tracing::error!(error = %e, "copying device-resident data home at Runtime drop failed");
+            }
+        }
+        drop(worker);
+        let mut w = self.svc.mirror.write();
+        w.replace(&mine, []);
+        for ext in &mine {
+            let _ = self.svc.uffd.unregister(ext.start(), ext.bytes());
+        }
+        drop(mine);
+        self.svc.poke();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while w.graveyard_len() > 0 && std::time::Instant::now() < deadline {
+            drop(w.collect_garbage());
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+}
+
+/// Checks a launch's arguments against the kernel and the device; returns the bindings.
+fn validate(info: &KernelInfo, list: &ArgList, dev: &DeviceInfo) -> Result<Vec<Binding>> {
+    let push_given = list.push.len();
+    if list.push_count > 1 || push_given != info.push_constant_size as usize {
+        return Err(Error::PushConstantSize { expected: info.push_constant_size, given: push_given });
+    }
+    if list.buffers.len() != info.bindings.len() {
+        return Err(Error::ArgumentCount { expected: info.bindings.len(), given: list.buffers.len() });
+    }
+    let limits = &dev.limits;
+    info.bindings
+        .iter()
+        .zip(&list.buffers)
+        .map(|(bi, arg)| {
+            let binding = bi.binding;
+            let write = bi.access == Access::ReadWrite;
+            if write && !arg.mutable {
+                return Err(Error::NeedsMutable { binding });
+            }
+            if arg.len == 0 {
+                return Err(Error::EmptyBinding { binding });
+            }
+            let (max, align) = match bi.kind {
+                BindingKind::Storage => (limits.max_storage_buffer_range, limits.min_storage_buffer_offset_alignment),
+                BindingKind::Uniform => (limits.max_uniform_buffer_range, limits.min_uniform_buffer_offset_alignment),
+            };
+            if arg.len as u64 > max {
+                return Err(Error::BindingTooLarge { binding, len: arg.len as u64, max });
+            }
+            if arg.addr as u64 % align.max(1) != 0 {
+                return Err(Error::MisalignedBinding { binding, addr: arg.addr, required: align });
+            }
+            Ok(Binding { addr: arg.addr, len: arg.len, write })
+        })
+        .collect()
+}
