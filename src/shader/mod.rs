@@ -8,6 +8,63 @@
 //! to decide which host pages become `Shared` and which become `Device` at launch.
 //!
 //! This room touches no device and holds no `unsafe`.
+//!
+//! # Pieces
+//!
+//! - `wgsl.rs` — naga front end, validator and SPIR-V writer with vkhmm's options (SPIR-V 1.3,
+//!   no loop bounding, no workgroup zero-init polyfill, no integer-division wrappers, debug
+//!   names kept). It uses nothing from the crate because `build.rs` compiles the very same file
+//!   to turn the bundled `shaders/*.wgsl` into [`crate::shaders`]: a bundled shader and the same
+//!   source compiled at run time give identical words.
+//! - `reflect.rs` — `reflect`, a reader written from the SPIR-V specification rather than
+//!   naga's SPIR-V front end (which rejects valid modules from other compilers). It accepts
+//!   untrusted input: malformed words give [`Error::InvalidShader`], never a panic.
+//!
+//! # How access is decided
+//!
+//! A binding is [`Access::Read`] when the variable is decorated `NonWritable` (naga writes this
+//! for `var<storage, read>`) or every member of its block is (glslang writes member decorations
+//! for `readonly buffer`). Uniform buffers are always read. Everything else is
+//! [`Access::ReadWrite`] — even a `read_write` binding the kernel never stores to, since the
+//! declaration, not a guess from the code, is the contract.
+//!
+//! Only bindings the entry point statically uses are reported: a module with several entry
+//! points gives each its own interface.
+//!
+//! # WGSL notes
+//!
+//! naga 30 spells push constants `var<immediate>`; that is what the bundled shaders use.
+//! Kernels run on `robustBufferAccess`, so buffer indexing is not clamped by the compiler;
+//! workgroup memory is *not* zero-initialised (kernels must clear what they read).
+
+#![forbid(unsafe_code)]
+
+mod wgsl;
+
+use crate::{Error, Result};
+
+/// Compiles WGSL source to SPIR-V words with vkhmm's naga options.
+///
+/// The words can be given to `reflect` and to the runtime's SPIR-V entry.
+///
+/// # Errors
+///
+/// [`Error::InvalidShader`] with naga's report: the message names the line and column and
+/// quotes the source under the offending span.
+pub fn compile_wgsl(source: &str) -> Result<Vec<u32>> {
+    wgsl::wgsl_to_spirv(source).map_err(Error::InvalidShader)
+}
+
+/// A WGSL shader bundled with the crate (see [`crate::shaders`]), compiled at build time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundledShader {
+    /// File name in `shaders/`, e.g. `saxpy.wgsl`.
+    pub name: &'static str,
+    /// The WGSL source.
+    pub wgsl: &'static str,
+    /// The SPIR-V words, as [`compile_wgsl`] would produce them.
+    pub spirv: &'static [u32],
+}
 
 /// What a kernel declares about one buffer binding.
 #[derive(Debug, Clone, PartialEq, Eq)]
