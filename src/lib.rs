@@ -8,8 +8,9 @@ pub mod shader;
 ///
 /// For each `foo_bar.wgsl` there is `FOO_BAR_WGSL` (the source) and `FOO_BAR_SPIRV` (the
 /// words, compiled with the same naga options as [`shader::compile_wgsl`]); [`shaders::ALL`]
-/// lists them all. Every bundled kernel has one compute entry point, `main`, binds its buffers
-/// at `@group(0) @binding(0..)` and takes `n` (the element count) in its push constants.
+/// lists them all. Bundled kernels bind their buffers at `@group(0) @binding(0..)` in argument
+/// order (a test checks it) and loop grid-stride over the x dimension, so any `[groups, 1, 1]`
+/// dispatch covers any element count.
 pub mod shaders {
     include!(concat!(env!("OUT_DIR"), "/shaders.rs"));
 }
