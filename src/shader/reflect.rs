@@ -1410,6 +1410,17 @@ mod tests {
         assert_eq!(info.bindings[2].name.as_deref(), Some("unused"));
     }
 
+    /// WGSL compiled with vkhmm's options but SPIR-V 1.4, whose interface lists every global.
+    fn naga_spirv_1_4(source: &str) -> Vec<u32> {
+        let module = naga::front::wgsl::parse_str(source).unwrap();
+        let info = super::super::wgsl::validator().validate(&module).unwrap();
+        let options = naga::back::spv::Options {
+            lang_version: (1, 4),
+            ..super::super::wgsl::spirv_options()
+        };
+        naga::back::spv::write_vec(&module, &info, &options, None).unwrap()
+    }
+
     #[test]
     fn naga_spirv_1_4_reflects_from_the_interface() {
         let source = "
@@ -1419,13 +1430,7 @@ mod tests {
             @compute @workgroup_size(16) fn one() { b[0] = a[0]; }
             @compute @workgroup_size(16) fn two() { c[0] = 1u; }
         ";
-        let module = naga::front::wgsl::parse_str(source).unwrap();
-        let info = super::super::wgsl::validator().validate(&module).unwrap();
-        let options = naga::back::spv::Options {
-            lang_version: (1, 4),
-            ..super::super::wgsl::spirv_options()
-        };
-        let words = naga::back::spv::write_vec(&module, &info, &options, None).unwrap();
+        let words = naga_spirv_1_4(source);
         assert_eq!(words[1], 0x0001_0400);
         let one = reflect(&words, "one").unwrap();
         let names: Vec<_> = one
@@ -1727,7 +1732,7 @@ mod tests {
             .map(|s| s.spirv.to_vec())
             .collect();
         seeds.push(glslc_module((1, 0)));
-        seeds.push(glslc_module((1, 5)));
+        seeds.push(naga_spirv_1_4(crate::shaders::SAXPY_WGSL));
         seeds
     }
 
