@@ -33,9 +33,16 @@
 //!
 //! # WGSL notes
 //!
-//! naga 30 spells push constants `var<immediate>`; that is what the bundled shaders use.
-//! Kernels run on `robustBufferAccess`, so buffer indexing is not clamped by the compiler;
-//! workgroup memory is *not* zero-initialised (kernels must clear what they read).
+//! - naga 30 spells push constants `var<immediate>` (not `var<push_constant>`); the bundled
+//!   shaders use it. The push-constant size reported is the end of the last member
+//!   (`Offset` + size), not the WGSL struct size rounded to its alignment: for
+//!   `{ a: f32, b: vec3<f32> }` it is 28, not 32.
+//! - Storage and uniform buffer indexing is not clamped by the compiler: vkhmm enables
+//!   `robustBufferAccess` instead. Indexing into function-local and workgroup arrays is
+//!   clamped (naga's `Restrict` policy), so it cannot reach memory outside them.
+//! - Workgroup memory is *not* zero-initialised, unlike the WGSL specification says: kernels
+//!   must write what they read. Integer division by zero gives an unspecified value instead
+//!   of WGSL's defined one.
 
 #![forbid(unsafe_code)]
 
