@@ -40,7 +40,7 @@
 //! - Storage and uniform buffer indexing is not clamped by the compiler: vkhmm enables
 //!   `robustBufferAccess` instead. Indexing into function-local and workgroup arrays is
 //!   clamped (naga's `Restrict` policy), so it cannot reach memory outside them.
-//! - Workgroup memory is *not* zero-initialised, unlike the WGSL specification says: kernels
+//! - Workgroup memory is *not* zero-initialised, contrary to the WGSL specification: kernels
 //!   must write what they read. Integer division by zero gives an unspecified value instead
 //!   of WGSL's defined one.
 
