@@ -8,6 +8,17 @@ mod managed;
 pub(crate) mod mirror;
 pub mod shader;
 
+/// The WGSL kernels bundled in `shaders/`, compiled to SPIR-V by `build.rs`.
+///
+/// For each `foo_bar.wgsl` there is `FOO_BAR_WGSL` (the source) and `FOO_BAR_SPIRV` (the
+/// words, compiled with the same naga options as [`shader::compile_wgsl`]); [`shaders::ALL`]
+/// lists them all. Bundled kernels bind their buffers at `@group(0) @binding(0..)` in argument
+/// order (a test checks it) and loop grid-stride over the x dimension, so any `[groups, 1, 1]`
+/// dispatch covers any element count.
+pub mod shaders {
+    include!(concat!(env!("OUT_DIR"), "/shaders.rs"));
+}
+
 pub use args::{Arg, KernelArgs, Push};
 pub use error::{Error, MemoryReason, Result};
 pub use managed::Managed;
