@@ -436,3 +436,175 @@ impl std::fmt::Debug for DeviceBlock {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::config::DEFAULT_STAGING_BYTES;
+    use crate::device::{test_device, DeviceConfig, Transfer};
+
+    /// The default device and one forced to the Staged path (zeroing with vkCmdFillBuffer).
+    fn devices() -> Vec<Arc<Device>> {
+        [None, Some(TransferPath::Staged)]
+            .into_iter()
+            .map_while(|transfer| {
+                test_device(DeviceConfig {
+                    transfer,
+                    ..DeviceConfig::default()
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sizes_round_up_to_pages_and_count_while_alive() {
+        for dev in devices() {
+            let a = dev.alloc_block(1, BlockInit::Uninit, "a").unwrap();
+            let b = dev.alloc_block(0, BlockInit::Zeroed, "b").unwrap();
+            let c = dev
+                .alloc_block(3 * PAGE + 1, BlockInit::Zeroed, "c")
+                .unwrap();
+            assert_eq!((a.size(), b.size(), c.size()), (PAGE, PAGE, 4 * PAGE));
+            assert_eq!(dev.pool().in_use(), 6 * PAGE);
+            assert!(Arc::ptr_eq(a.device(), &dev));
+            assert_eq!(a.mapped().is_some(), dev.info().pool_type().host_visible);
+            drop((a, b));
+            assert_eq!(dev.pool().in_use(), 4 * PAGE);
+            drop(c);
+            assert_eq!(dev.pool().in_use(), 0);
+        }
+    }
+
+    #[test]
+    fn freed_space_is_reused() {
+        for dev in devices() {
+            let keep = dev.alloc_block(PAGE, BlockInit::Uninit, "keep").unwrap();
+            let first = dev
+                .alloc_block(1 << 20, BlockInit::Uninit, "first")
+                .unwrap()
+                .memory();
+            for round in 0..50 {
+                let again = dev
+                    .alloc_block(1 << 20, BlockInit::Zeroed, "again")
+                    .unwrap();
+                assert_eq!(
+                    again.memory(),
+                    first,
+                    "round {round} did not reuse the freed space"
+                );
+            }
+            assert_eq!(dev.pool().in_use(), PAGE);
+            drop(keep);
+        }
+    }
+
+    #[test]
+    fn zeroed_blocks_never_show_earlier_bytes() {
+        for dev in devices() {
+            let mut t =
+                Transfer::new(&dev, dev.info().transfer_path, DEFAULT_STAGING_BYTES).unwrap();
+            let size = 256 << 10;
+            let read = |t: &mut Transfer, block: &DeviceBlock| {
+                let mut out = Vec::new();
+                // SAFETY: the test owns the block.
+                unsafe {
+                    t.download(block, &[(0, size)], &mut |_, _, b| {
+                        out.extend_from_slice(b);
+                        Ok(())
+                    })
+                }
+                .unwrap();
+                out
+            };
+            let secret = vec![0xA5u8; size];
+            let old = dev
+                .alloc_block(size as u64, BlockInit::Uninit, "old")
+                .unwrap();
+            let place = old.memory();
+            // SAFETY: the test owns the block.
+            unsafe { t.upload(&old, &[(0, &secret)]) }.unwrap();
+            drop(old);
+
+            // The memory really comes back with the old bytes in it…
+            let uninit = dev
+                .alloc_block(size as u64, BlockInit::Uninit, "uninit")
+                .unwrap();
+            assert_eq!(uninit.memory(), place);
+            assert_eq!(
+                read(&mut t, &uninit),
+                secret,
+                "test premise: Uninit shows the old bytes"
+            );
+            drop(uninit);
+
+            // …and Zeroed hides every one of them.
+            let zeroed = dev
+                .alloc_block(size as u64, BlockInit::Zeroed, "zeroed")
+                .unwrap();
+            assert_eq!(zeroed.memory(), place);
+            assert!(
+                read(&mut t, &zeroed).iter().all(|&b| b == 0),
+                "{:?}",
+                dev.info().transfer_path
+            );
+        }
+    }
+
+    #[test]
+    fn over_budget_fails_before_the_driver_and_changes_nothing() {
+        for dev in devices() {
+            let pool = dev.pool();
+            pool.set_budget(1 << 20);
+            let held = dev
+                .alloc_block(512 << 10, BlockInit::Uninit, "held")
+                .unwrap();
+            match dev.alloc_block((512 << 10) + 1, BlockInit::Uninit, "too much") {
+                Err(Error::OutOfDeviceMemory {
+                    needed,
+                    budget,
+                    in_use,
+                }) => {
+                    assert_eq!(
+                        (needed, budget, in_use),
+                        ((512 << 10) + PAGE, 1 << 20, 512 << 10)
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(pool.in_use(), 512 << 10);
+            let rest = dev
+                .alloc_block(512 << 10, BlockInit::Uninit, "exactly the rest")
+                .unwrap();
+            assert!(matches!(
+                dev.alloc_block(1, BlockInit::Uninit, "one more"),
+                Err(Error::OutOfDeviceMemory { .. })
+            ));
+            drop((held, rest));
+
+            // Past the heap itself: gpu-allocator's OutOfMemory maps to the same error.
+            pool.set_budget(u64::MAX);
+            let heap = dev.info().heaps[dev.info().pool_type().heap_index as usize].size;
+            let e = dev
+                .alloc_block(heap + PAGE, BlockInit::Uninit, "huge")
+                .unwrap_err();
+            assert!(matches!(e, Error::OutOfDeviceMemory { .. }), "{e}");
+            let e = dev
+                .alloc_block(u64::MAX, BlockInit::Uninit, "overflow")
+                .unwrap_err();
+            assert!(matches!(e, Error::OutOfDeviceMemory { .. }), "{e}");
+            assert_eq!(pool.in_use(), 0);
+        }
+    }
+
+    #[test]
+    fn blocks_and_devices_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<DeviceBlock>();
+        send_sync::<Device>();
+        let Some(dev) = devices().pop() else { return };
+        let block = dev.alloc_block(PAGE, BlockInit::Zeroed, "thread").unwrap();
+        let size = std::thread::spawn(move || block.size()).join().unwrap();
+        assert_eq!(size, PAGE);
+        assert_eq!(dev.pool().in_use(), 0);
+    }
+}

@@ -114,6 +114,12 @@ impl Transfer {
         }
     }
 
+    /// Queue submissions this transfer has made (always 0 on the Direct path): how well
+    /// regions are batched.
+    pub(crate) fn submissions(&self) -> u64 {
+        self.staging.as_ref().map_or(0, |s| s.submissions)
+    }
+
     /// Writes each `(offset, bytes)` region into `dst` at `offset`; returns when done.
     ///
     /// # Safety
@@ -360,6 +366,8 @@ struct Staging {
     /// Source and destination buffers of the operation running.
     src: vk::Buffer,
     dst: vk::Buffer,
+    /// Submissions made so far.
+    submissions: u64,
 }
 
 // SAFETY: `Staging` owns its ring and command slots outright (no other object refers to them)
@@ -397,6 +405,7 @@ impl Staging {
             cur: 0,
             src: vk::Buffer::null(),
             dst: vk::Buffer::null(),
+            submissions: 0,
         })
     }
 
@@ -488,6 +497,7 @@ impl Staging {
         // SAFETY: the recorded commands use the ring and the operation's blocks, which live
         // until `run` returns, and `run` waits for every slot before returning.
         unsafe { self.cmds.submit(dev, i) }?;
+        self.submissions += 1;
         self.cur = (i + 1) % SLOTS;
         Ok(())
     }
@@ -652,5 +662,333 @@ impl Drop for Staging {
         // SAFETY: the slots were created on this device and are not used again; every
         // operation waits before returning, so nothing is in flight (destroy waits anyway).
         unsafe { self.cmds.destroy(&device.raw) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::device::config::DEFAULT_STAGING_BYTES;
+    use crate::device::{test_device, BlockInit, DeviceConfig};
+
+    /// A transfer on the device's own path (Direct on lavapipe) and one on a device forced to
+    /// Staged; empty when there is no device (outside CI).
+    fn transfers(staging_bytes: u64) -> Vec<Transfer> {
+        let mut out = Vec::new();
+        for transfer in [None, Some(TransferPath::Staged)] {
+            let Some(dev) = test_device(DeviceConfig {
+                transfer,
+                ..DeviceConfig::default()
+            }) else {
+                return Vec::new();
+            };
+            out.push(Transfer::new(&dev, dev.info().transfer_path, staging_bytes).unwrap());
+        }
+        out
+    }
+
+    /// Bytes that differ at every position and between seeds.
+    pub(crate) fn pattern(len: usize, seed: u32) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| ((i ^ seed).wrapping_mul(0x9E37_79B1) >> 24) as u8)
+            .collect()
+    }
+
+    /// Downloads `regions`, checking that pieces come in order, contiguous, and no larger than
+    /// a staging slot.
+    fn read(t: &mut Transfer, block: &DeviceBlock, regions: &[(u64, usize)]) -> Vec<Vec<u8>> {
+        let slot = t
+            .staging
+            .as_ref()
+            .map_or(usize::MAX, |s| s.slot_bytes as usize);
+        let mut out: Vec<Vec<u8>> = regions
+            .iter()
+            .map(|&(_, len)| Vec::with_capacity(len))
+            .collect();
+        let mut last = 0;
+        // SAFETY: the test owns the block; nothing else touches it.
+        unsafe {
+            t.download(block, regions, &mut |region, offset, bytes| {
+                assert!(region >= last, "region {region} after {last}");
+                assert_eq!(
+                    offset,
+                    out[region].len(),
+                    "pieces of region {region} out of order"
+                );
+                assert!(
+                    bytes.len() <= slot,
+                    "piece of {} bytes > slot of {slot}",
+                    bytes.len()
+                );
+                last = region;
+                out[region].extend_from_slice(bytes);
+                Ok(())
+            })
+        }
+        .unwrap();
+        out
+    }
+
+    fn upload(t: &mut Transfer, block: &DeviceBlock, regions: &[(u64, &[u8])]) {
+        // SAFETY: the test owns the block; nothing else touches it.
+        unsafe { t.upload(block, regions) }.unwrap();
+    }
+
+    #[test]
+    fn path_follows_the_memory_type_unless_forced() {
+        use vk::MemoryPropertyFlags as F;
+        let cached = F::DEVICE_LOCAL | F::HOST_VISIBLE | F::HOST_COHERENT | F::HOST_CACHED;
+        let rebar = F::DEVICE_LOCAL | F::HOST_VISIBLE | F::HOST_COHERENT;
+        assert_eq!(choose_path(cached, None).unwrap(), TransferPath::Direct);
+        assert_eq!(choose_path(rebar, None).unwrap(), TransferPath::Staged);
+        assert_eq!(
+            choose_path(F::DEVICE_LOCAL, None).unwrap(),
+            TransferPath::Staged
+        );
+        assert_eq!(
+            choose_path(cached, Some(TransferPath::Staged)).unwrap(),
+            TransferPath::Staged
+        );
+        assert_eq!(
+            choose_path(rebar, Some(TransferPath::Direct)).unwrap(),
+            TransferPath::Direct
+        );
+        let e = choose_path(F::DEVICE_LOCAL, Some(TransferPath::Direct)).unwrap_err();
+        assert!(matches!(e, Error::InvalidConfig(_)), "{e}");
+    }
+
+    #[test]
+    fn round_trips_at_unaligned_offsets_and_sizes() {
+        // A small ring (4 KiB slots) makes the Staged path wrap around many times.
+        for staging in [DEFAULT_STAGING_BYTES, 16 << 10] {
+            for mut t in transfers(staging) {
+                let dev = Arc::clone(&t.device);
+                for size in [1usize, 3, 4095, 4096, 4097, 65537, (1 << 20) + 7] {
+                    for offset in [0u64, 1, 4093, 65539] {
+                        let block = dev
+                            .alloc_block(offset + size as u64, BlockInit::Uninit, "rt")
+                            .unwrap();
+                        let data = pattern(size, size as u32 ^ offset as u32);
+                        upload(&mut t, &block, &[(offset, &data)]);
+                        let back = read(&mut t, &block, &[(offset, size)]);
+                        assert!(
+                            back[0] == data,
+                            "{:?}: {size} bytes at {offset} differ",
+                            t.path()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn round_trip_of_64_mib() {
+        const SIZE: usize = 64 << 20;
+        for mut t in transfers(DEFAULT_STAGING_BYTES) {
+            let dev = Arc::clone(&t.device);
+            let offset = 4093;
+            let block = dev
+                .alloc_block(offset + SIZE as u64, BlockInit::Uninit, "64m")
+                .unwrap();
+            let data = pattern(SIZE, 64);
+            let start = Instant::now();
+            upload(&mut t, &block, &[(offset, &data)]);
+            let up = start.elapsed();
+            let start = Instant::now();
+            let mut back = vec![0u8; SIZE];
+            // SAFETY: the test owns the block.
+            unsafe {
+                t.download(&block, &[(offset, SIZE)], &mut |_, at, bytes| {
+                    back[at..at + bytes.len()].copy_from_slice(bytes);
+                    Ok(())
+                })
+            }
+            .unwrap();
+            let down = start.elapsed();
+            assert!(back == data, "{:?}: 64 MiB round trip differs", t.path());
+            let gbps = |d: std::time::Duration| SIZE as f64 / d.as_secs_f64() / 1e9;
+            eprintln!(
+                "{:?}: 64 MiB up {:.2} GB/s, down {:.2} GB/s, {} submissions",
+                t.path(),
+                gbps(up),
+                gbps(down),
+                t.submissions()
+            );
+        }
+    }
+
+    #[test]
+    fn many_small_regions_share_submissions() {
+        for mut t in transfers(DEFAULT_STAGING_BYTES) {
+            let dev = Arc::clone(&t.device);
+            let block = dev
+                .alloc_block(1 << 20, BlockInit::Zeroed, "small")
+                .unwrap();
+            let datas: Vec<Vec<u8>> = (0..1000).map(|i| pattern(1 + i % 17, i as u32)).collect();
+            let at = |i: usize| (i * 997 + i % 13) as u64;
+            let regions: Vec<(u64, &[u8])> = datas
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (at(i), &d[..]))
+                .collect();
+            let before = t.submissions();
+            upload(&mut t, &block, &regions);
+            let spans: Vec<(u64, usize)> = datas
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (at(i), d.len()))
+                .collect();
+            let back = read(&mut t, &block, &spans);
+            assert_eq!(back, datas, "{:?}", t.path());
+            if t.path() == TransferPath::Staged {
+                let per_op = 1000u64.div_ceil(MAX_COPIES as u64);
+                assert_eq!(
+                    t.submissions() - before,
+                    2 * per_op,
+                    "batched into full slots"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zero_clears_exactly_the_ranges() {
+        for mut t in transfers(16 << 10) {
+            let dev = Arc::clone(&t.device);
+            let size = 256 << 10;
+            let block = dev
+                .alloc_block(size as u64, BlockInit::Uninit, "zero")
+                .unwrap();
+            let mut expect = pattern(size, 7);
+            upload(&mut t, &block, &[(0, &expect)]);
+            let ranges = [
+                (0, 0),
+                (1, 1),
+                (2, 3),
+                (6, 6),
+                (13, 9),
+                (40, 4),
+                (100, 4096),
+                (12289, 70001),
+                (size as u64 - 3, 3),
+            ];
+            // SAFETY: the test owns the block.
+            unsafe { t.zero(&block, &ranges) }.unwrap();
+            for &(at, len) in &ranges {
+                expect[at as usize..(at + len) as usize].fill(0);
+            }
+            let back = read(&mut t, &block, &[(0, size)]);
+            assert!(back[0] == expect, "{:?}: zero went wrong", t.path());
+        }
+    }
+
+    #[test]
+    fn copy_moves_bytes_between_and_within_blocks() {
+        for mut t in transfers(DEFAULT_STAGING_BYTES) {
+            let dev = Arc::clone(&t.device);
+            let size = 512 << 10;
+            let src = dev
+                .alloc_block(size as u64, BlockInit::Uninit, "src")
+                .unwrap();
+            let dst = dev
+                .alloc_block(size as u64, BlockInit::Zeroed, "dst")
+                .unwrap();
+            let data = pattern(size, 3);
+            upload(&mut t, &src, &[(0, &data)]);
+            let regions = [
+                (0u64, 0u64, 1u64),
+                (1, 5, 100),
+                (1001, 4097, 65537),
+                (200_000, 3, 0),
+                (300_001, 400_003, 7),
+            ];
+            // SAFETY: the test owns both blocks; the regions do not overlap within a block.
+            unsafe { t.copy(&src, &dst, &regions) }.unwrap();
+            let mut expect = vec![0u8; size];
+            for &(s, d, len) in &regions {
+                let (s, d, len) = (s as usize, d as usize, len as usize);
+                expect[d..d + len].copy_from_slice(&data[s..s + len]);
+            }
+            assert!(
+                read(&mut t, &dst, &[(0, size)])[0] == expect,
+                "{:?}: copy between blocks",
+                t.path()
+            );
+
+            // SAFETY: as above; source [0, 4096) and destination [300000, 304096) are disjoint.
+            unsafe { t.copy(&src, &src, &[(0, 300_000, 4096)]) }.unwrap();
+            let mut expect = data.clone();
+            expect.copy_within(0..4096, 300_000);
+            assert!(
+                read(&mut t, &src, &[(0, size)])[0] == expect,
+                "{:?}: copy within a block",
+                t.path()
+            );
+        }
+    }
+
+    #[test]
+    fn a_failing_sink_stops_the_download_and_leaves_the_transfer_usable() {
+        for mut t in transfers(16 << 10) {
+            let dev = Arc::clone(&t.device);
+            let size = 1 << 20;
+            let block = dev
+                .alloc_block(size as u64, BlockInit::Uninit, "sink")
+                .unwrap();
+            let data = pattern(size, 9);
+            upload(&mut t, &block, &[(0, &data)]);
+            let mut calls = 0;
+            let regions: Vec<(u64, usize)> =
+                (0..8).map(|i| (i * (size as u64 / 8), size / 8)).collect();
+            // SAFETY: the test owns the block.
+            let result = unsafe {
+                t.download(&block, &regions, &mut |_, _, _| {
+                    calls += 1;
+                    if calls == 3 {
+                        Err(Error::InvalidConfig("stop".into()))
+                    } else {
+                        Ok(())
+                    }
+                })
+            };
+            assert!(matches!(result, Err(Error::InvalidConfig(s)) if s == "stop"));
+            assert_eq!(calls, 3, "no piece after the error");
+            assert!(
+                read(&mut t, &block, &[(0, size)])[0] == data,
+                "{:?}",
+                t.path()
+            );
+        }
+    }
+
+    #[test]
+    fn ranges_past_the_end_panic_before_touching_anything() {
+        for mut t in transfers(DEFAULT_STAGING_BYTES) {
+            let block = Arc::clone(&t.device)
+                .alloc_block(4096, BlockInit::Zeroed, "oob")
+                .unwrap();
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // SAFETY: the test owns the block (and the call panics before touching it).
+                let _ = unsafe { t.zero(&block, &[(4000, 97)]) };
+            }));
+            let message = caught.unwrap_err();
+            let message = message.downcast_ref::<String>().unwrap();
+            assert!(
+                message.contains("range 4000+97 outside a 4096-byte block"),
+                "{message}"
+            );
+            assert!(read(&mut t, &block, &[(0, 4096)])[0]
+                .iter()
+                .all(|&b| b == 0));
+        }
+    }
+
+    #[test]
+    fn transfer_is_send() {
+        fn send<T: Send>() {}
+        send::<Transfer>();
     }
 }
