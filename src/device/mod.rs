@@ -233,6 +233,8 @@ pub(crate) struct Device {
     one_shot: Mutex<CommandSlots>,
     pool: DevicePool,
     info: DeviceInfo,
+    /// `DeviceConfig::staging_bytes`, for the transfers made on this device.
+    staging_bytes: u64,
     /// Keeps the loader loaded; dropped after everything above.
     _entry: ash::Entry,
 }
@@ -316,6 +318,7 @@ impl Device {
             one_shot: Mutex::new(one_shot),
             pool,
             info,
+            staging_bytes: config.staging_bytes,
             _entry: entry,
         }))
     }
@@ -338,6 +341,12 @@ impl Device {
     /// The device-memory pool (budget and accounting).
     pub(crate) fn pool(&self) -> &DevicePool {
         &self.pool
+    }
+
+    /// The staging ring size the device was configured with
+    /// ([`DeviceConfig::staging_bytes`]), for [`Transfer::new`].
+    pub(crate) fn staging_bytes(&self) -> u64 {
+        self.staging_bytes
     }
 
     /// Submits `cmd` on the compute queue, signalling `fence` when it completes. Holds the
@@ -473,12 +482,16 @@ mod tests {
         let cfg = DeviceConfig {
             transfer: Some(TransferPath::Staged),
             budget: Some(1 << 20),
+            staging_bytes: 1 << 20,
             ..DeviceConfig::default()
         };
         let Some(device) = test_device(cfg) else {
             return;
         };
         assert_eq!(device.info().transfer_path, TransferPath::Staged);
+        assert_eq!(device.staging_bytes(), 1 << 20);
+        let t = Transfer::new(&device, TransferPath::Staged, device.staging_bytes()).unwrap();
+        assert_eq!(t.path(), TransferPath::Staged);
         assert_eq!(device.info().budget, 1 << 20);
         assert_eq!(device.pool().budget(), 1 << 20);
     }
