@@ -24,6 +24,9 @@
 //! few zero bytes kept at the end of the ring for the unaligned edges; `copy` is a
 //! device-to-device `vkCmdCopyBuffer`.
 //!
+//! The ring is allocated apart from the pool's budget (it is a few MiB per `Transfer`, and
+//! in host memory on a discrete GPU).
+//!
 //! Which path: Direct iff the pool memory type is host-visible, coherent and cached;
 //! `DeviceConfig::transfer` forces either, and forcing Direct on memory the CPU cannot map
 //! coherently is [`Error::InvalidConfig`].
@@ -158,7 +161,7 @@ impl Transfer {
                 &self.device,
                 s.ring.raw(),
                 dst.raw(),
-                &mut |_, _, _| Ok(()),
+                &mut discard,
                 |s, dev, sink| {
                     regions
                         .iter()
@@ -237,11 +240,11 @@ impl Transfer {
                 &self.device,
                 s.ring.raw(),
                 dst.raw(),
-                &mut |_, _, _| Ok(()),
+                &mut discard,
                 |s, dev, sink| {
                     ranges
                         .iter()
-                        .try_for_each(|&(at, len)| s.zero(dev, sink, dst.raw(), at, len))
+                        .try_for_each(|&(at, len)| s.zero(dev, sink, at, len))
                 },
             ),
         }
@@ -282,7 +285,7 @@ impl Transfer {
                 &self.device,
                 src.raw(),
                 dst.raw(),
-                &mut |_, _, _| Ok(()),
+                &mut discard,
                 |s, dev, sink| {
                     regions
                         .iter()
@@ -307,6 +310,11 @@ impl Transfer {
             );
         }
     }
+}
+
+/// The sink of operations that download nothing.
+fn discard(_: usize, _: usize, _: &[u8]) -> Result<()> {
+    Ok(())
 }
 
 /// The block's mapping, which the Direct path requires.
@@ -622,14 +630,7 @@ impl Staging {
 
     /// Zeroes `[at, at + len)` of `dst`: `vkCmdFillBuffer` on the dword-aligned middle, copies
     /// from the ring's zero bytes for the unaligned edges (at most 6 bytes in all).
-    fn zero(
-        &mut self,
-        dev: &Device,
-        sink: &mut Sink<'_>,
-        dst: vk::Buffer,
-        at: u64,
-        len: u64,
-    ) -> Result<()> {
+    fn zero(&mut self, dev: &Device, sink: &mut Sink<'_>, at: u64, len: u64) -> Result<()> {
         let end = at + len;
         let (middle_start, middle_end) = (at.next_multiple_of(4), end & !3);
         let (head_end, tail_start) = if middle_end > middle_start {
@@ -639,7 +640,7 @@ impl Staging {
             unsafe {
                 dev.raw.cmd_fill_buffer(
                     self.cmds.cmd(self.cur),
-                    dst,
+                    self.dst,
                     middle_start,
                     middle_end - middle_start,
                     0,
