@@ -132,16 +132,15 @@ impl CommandSlots {
         self.slots[i].in_flight
     }
 
-    /// Starts recording slot `i`, which must be idle, and records the leading barrier.
+    /// Starts recording slot `i` and records the leading barrier. A slot still in flight is
+    /// waited for first; a recording left open (after an error) is abandoned.
     pub(crate) fn begin(&mut self, raw: &ash::Device, i: usize) -> Result<vk::CommandBuffer> {
+        self.abandon(raw, i);
+        self.wait(raw, i)?;
         let slot = &mut self.slots[i];
-        assert!(
-            !slot.in_flight && !slot.recording,
-            "command slot {i} is busy"
-        );
         let info = vk::CommandBufferBeginInfo::default()
             .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
-        // SAFETY: the slot is neither pending nor recording (checked above) and only this
+        // SAFETY: the slot is neither pending nor recording (ensured above) and only this
         // owner records into its pool; RESET_COMMAND_BUFFER lets begin reset it implicitly.
         unsafe { raw.begin_command_buffer(slot.cmd, &info) }
             .map_err(map_host_oom("vkBeginCommandBuffer"))?;
@@ -173,9 +172,12 @@ impl CommandSlots {
         // SAFETY: the command buffer is recording (begun by `begin`).
         unsafe { device.raw.end_command_buffer(slot.cmd) }
             .map_err(map_host_oom("vkEndCommandBuffer"))?;
+        let fences = [slot.fence];
+        // SAFETY: the slot is not in flight (`begin` waited), so no queue operation refers to
+        // the fence.
+        unsafe { device.raw.reset_fences(&fences) }.map_err(map_host_oom("vkResetFences"))?;
         // SAFETY: the buffer is executable and from this device's pool; the fence is unsignaled
-        // (fresh, or reset by `wait` after its last signal); the caller keeps what the commands
-        // use alive until the wait.
+        // (reset above); the caller keeps what the commands use alive until the wait.
         unsafe { device.submit(slot.cmd, slot.fence) }?;
         slot.in_flight = true;
         Ok(())
@@ -192,7 +194,8 @@ impl CommandSlots {
         }
     }
 
-    /// Waits for slot `i` if it is in flight and resets its fence.
+    /// Waits for slot `i` if it is in flight (its fence is reset by the next submit). After `DEVICE_LOST` the
+    /// slot counts as idle (nothing will run on the device any more).
     pub(crate) fn wait(&mut self, raw: &ash::Device, i: usize) -> Result<()> {
         let slot = &mut self.slots[i];
         if !slot.in_flight {
@@ -200,11 +203,12 @@ impl CommandSlots {
         }
         let fences = [slot.fence];
         // SAFETY: the fence belongs to `raw` and was submitted with the slot's work.
-        unsafe { raw.wait_for_fences(&fences, true, u64::MAX) }
-            .map_err(map_host_oom_lost("vkWaitForFences"))?;
+        let waited = unsafe { raw.wait_for_fences(&fences, true, u64::MAX) };
+        if waited == Err(vk::Result::ERROR_DEVICE_LOST) {
+            slot.in_flight = false;
+        }
+        waited.map_err(map_host_oom_lost("vkWaitForFences"))?;
         slot.in_flight = false;
-        // SAFETY: the fence is signaled and no queue operation refers to it any more.
-        unsafe { raw.reset_fences(&fences) }.map_err(map_host_oom("vkResetFences"))?;
         Ok(())
     }
 
@@ -214,7 +218,6 @@ impl CommandSlots {
         for i in 0..self.slots.len() {
             if let Err(e) = self.wait(raw, i) {
                 first = first.and(Err(e));
-                self.slots[i].in_flight = false;
             }
         }
         first
@@ -229,6 +232,7 @@ impl CommandSlots {
         if let Err(e) = self.wait_all(raw) {
             tracing::error!("waiting for command slots before destroying them: {e}");
         }
+        // Whatever the wait said, the slots are destroyed now: the owner is going away.
         for slot in self.slots.drain(..) {
             // SAFETY: the fence belongs to `raw` and no submission refers to it (waited above,
             // or the device is lost and nothing will signal it).
