@@ -110,11 +110,6 @@ impl CommandSlots {
         Ok(())
     }
 
-    /// Number of slots.
-    pub(crate) fn len(&self) -> usize {
-        self.slots.len()
-    }
-
     /// The command buffer of slot `i` (valid to record into between [`begin`](Self::begin)
     /// and [`submit`](Self::submit)).
     pub(crate) fn cmd(&self, i: usize) -> vk::CommandBuffer {

@@ -10,11 +10,6 @@ use gpu_allocator::AllocationError;
 
 use crate::error::Error;
 
-/// Any code: [`Error::Vulkan`] naming `call`.
-pub(crate) fn map_vk(call: &'static str) -> impl FnOnce(vk::Result) -> Error {
-    move |source| Error::Vulkan { call, source }
-}
-
 /// `OUT_OF_HOST_MEMORY` → [`Error::OutOfHostMemory`]; anything else → [`Error::Vulkan`].
 ///
 /// For object creation, where `OUT_OF_DEVICE_MEMORY` means the driver's own bookkeeping ran
@@ -166,10 +161,6 @@ mod tests {
                 budget: 2,
                 in_use: 3
             }
-        ));
-        assert!(matches!(
-            map_vk("v")(vk::Result::TIMEOUT),
-            Error::Vulkan { call: "v", .. }
         ));
     }
 }
