@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 mod args;
+pub(crate) mod device;
 mod error;
 mod managed;
 #[allow(dead_code)] // wired up by migrate/runtime
@@ -20,6 +21,10 @@ pub mod shaders {
 }
 
 pub use args::{Arg, KernelArgs, Push};
+pub use device::{
+    DeviceConfig, DeviceFeatures, DeviceInfo, DeviceLimits, DeviceType, MemoryHeapInfo,
+    MemoryTypeInfo, TransferPath,
+};
 pub use error::{Error, MemoryReason, Result};
 pub use managed::Managed;
 pub use mirror::{Location, Residency};
