@@ -3,5 +3,6 @@
 
 mod error;
 pub mod shader;
+mod sys;
 
 pub use error::{Error, MemoryReason, Result};
