@@ -4,10 +4,12 @@
 mod args;
 pub(crate) mod device;
 mod error;
+mod fault;
 mod managed;
 #[allow(dead_code)] // wired up by migrate/runtime
 pub(crate) mod mirror;
 pub mod shader;
+mod sys;
 
 /// The WGSL kernels bundled in `shaders/`, compiled to SPIR-V by `build.rs`.
 ///
@@ -28,3 +30,7 @@ pub use device::{
 pub use error::{Error, MemoryReason, Result};
 pub use managed::Managed;
 pub use mirror::{Location, Residency};
+pub use fault::probe::{
+    probe as probe_fault_capabilities, DevNodeAccess, FaultCapabilities, OpenMode as UffdMode,
+    ProbeAttempt, ProbeFailure, SeccompMode,
+};
