@@ -6,8 +6,10 @@ pub(crate) mod device;
 mod error;
 mod fault;
 mod managed;
+mod migrate;
 #[allow(dead_code)] // wired up by migrate/runtime
 pub(crate) mod mirror;
+mod runtime;
 pub mod shader;
 mod sys;
 
@@ -28,9 +30,10 @@ pub use device::{
     MemoryTypeInfo, TransferPath,
 };
 pub use error::{Error, MemoryReason, Result};
-pub use managed::Managed;
-pub use mirror::{Location, Residency};
 pub use fault::probe::{
     probe as probe_fault_capabilities, DevNodeAccess, FaultCapabilities, OpenMode as UffdMode,
     ProbeAttempt, ProbeFailure, SeccompMode,
 };
+pub use managed::Managed;
+pub use mirror::{Location, Residency};
+pub use runtime::{Kernel, Runtime, RuntimeBuilder, Stats};

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::device::{Device, DeviceBlock, Dispatcher, Transfer};
 use crate::fault::service::FaultService;
-use crate::fault::uffd::{CopyOutcome, Uffd};
+use crate::fault::uffd::{CopyError, Uffd};
 use crate::mirror::extent::Extent;
 use crate::mirror::page::Residence;
 use crate::mirror::plan::{binding_pages, page_roles, plan_groups, PageRoles};
@@ -200,7 +200,11 @@ pub(crate) fn install(
     dst: usize,
     wp: impl Fn(usize) -> bool,
 ) -> Result<Installed> {
-    let mut out = Installed { bytes: 0, already_present: 0, stop: None };
+    let mut out = Installed {
+        bytes: 0,
+        already_present: 0,
+        stop: None,
+    };
     let mut i = pages.start;
     while i < pages.end && out.stop.is_none() {
         let flag = wp(i);
@@ -212,15 +216,24 @@ pub(crate) fn install(
         let offset = ext.offset_of(ext.page_addr(i));
         let len = (j - i) * PAGE;
         let mut stop = None;
-        let r = transfer.download(&ext.device().block, &[(offset, len)], &mut |_, at, bytes| {
-            match copy_piece(uffd, run_dst + at, bytes, flag, &mut out) {
-                Ok(()) => Ok(()),
-                Err(s) => {
-                    stop = Some(s);
-                    Err(Error::Os { op: "UFFDIO_COPY", source: std::io::ErrorKind::Interrupted.into() })
-                }
-            }
-        });
+        // SAFETY: pages `i..j` are claimed by the caller, so nothing else reads or writes
+        // their device copy (claims are the mirror's exclusion rule for device ranges).
+        let r = unsafe {
+            transfer.download(
+                &ext.device().block,
+                &[(offset, len)],
+                &mut |_, at, bytes| match copy_piece(uffd, run_dst + at, bytes, flag, &mut out) {
+                    Ok(()) => Ok(()),
+                    Err(s) => {
+                        stop = Some(s);
+                        Err(Error::Os {
+                            op: "UFFDIO_COPY",
+                            source: std::io::ErrorKind::Interrupted.into(),
+                        })
+                    }
+                },
+            )
+        };
         match (r, stop) {
             (_, Some(s)) => out.stop = Some(s),
             (Err(e), None) => return Err(e),
@@ -232,7 +245,13 @@ pub(crate) fn install(
 }
 
 /// `UFFDIO_COPY` of one piece, skipping pages that are already present.
-fn copy_piece(uffd: &Uffd, dst: usize, bytes: &[u8], wp: bool, out: &mut Installed) -> Result<(), InstallStop> {
+fn copy_piece(
+    uffd: &Uffd,
+    dst: usize,
+    bytes: &[u8],
+    wp: bool,
+    out: &mut Installed,
+) -> Result<(), InstallStop> {
     let mut done = 0;
     while done < bytes.len() {
         let rest = &bytes[done..];
@@ -240,24 +259,24 @@ fn copy_piece(uffd: &Uffd, dst: usize, bytes: &[u8], wp: bool, out: &mut Install
         // whose pages are claimed by the caller and absent (a present one reports EEXIST).
         let r = unsafe { uffd.copy(dst + done, rest.as_ptr(), rest.len(), wp, true) };
         match r {
-            CopyOutcome::Copied(n) => {
+            Ok(n) => {
                 out.bytes += n as u64;
                 done += n;
             }
-            CopyOutcome::Exists(n) => {
+            Err(CopyError::Exists { copied: n }) => {
                 // Pages before `n` were copied; the page at `n` is already present (resolved
                 // by someone else): keep it and wake whoever waits on it.
                 out.bytes += n as u64;
                 out.already_present += 1;
-                uffd.wake(dst + done + n, PAGE);
+                let _ = uffd.wake(dst + done + n, PAGE);
                 done += n + PAGE;
             }
-            CopyOutcome::Again(n) => {
+            Err(CopyError::Again { copied: n }) => {
                 out.bytes += n as u64;
                 return Err(InstallStop::Again);
             }
-            CopyOutcome::Gone => return Err(InstallStop::Gone),
-            CopyOutcome::Error(e) => {
+            Err(CopyError::Gone(_)) => return Err(InstallStop::Gone),
+            Err(e @ CopyError::Failed(_)) => {
                 tracing::error!(error = %e, dst = dst + done, "UFFDIO_COPY failed");
                 return Err(InstallStop::Gone);
             }
@@ -272,7 +291,13 @@ fn copy_piece(uffd: &Uffd, dst: usize, bytes: &[u8], wp: bool, out: &mut Install
 /// Brings pages `pages` of `ext` home: `Device` pages are installed (write-protected and
 /// `Shared` if `keep_device`, else `Host`), `Shared` pages become `Host` unless
 /// `keep_device`. Returns bytes copied.
-pub(crate) fn to_host(uffd: &Uffd, transfer: &mut Transfer, ext: &Ext, pages: Range<usize>, keep_device: bool) -> Result<u64> {
+pub(crate) fn to_host(
+    uffd: &Uffd,
+    transfer: &mut Transfer,
+    ext: &Ext,
+    pages: Range<usize>,
+    keep_device: bool,
+) -> Result<u64> {
     let mut bytes = 0;
     let mut attempts = 0;
     loop {
@@ -308,8 +333,16 @@ fn to_host_claimed(
         let got = install(uffd, transfer, ext, a..b, ext.page_addr(a), |_| keep_device)?;
         bytes += got.bytes;
         let done_pages = (got.bytes as usize).div_ceil(PAGE).min(run.len());
-        let settled = if keep_device { Residence::Shared } else { Residence::Host };
-        let done = if got.stop.is_some() { done_pages } else { run.len() };
+        let settled = if keep_device {
+            Residence::Shared
+        } else {
+            Residence::Host
+        };
+        let done = if got.stop.is_some() {
+            done_pages
+        } else {
+            run.len()
+        };
         for s in &mut states[run.start..run.start + done] {
             *s = settled;
         }
@@ -355,7 +388,12 @@ fn runs<T: Copy>(items: &[T], pred: impl Fn(T) -> bool) -> Vec<Range<usize>> {
 /// longer uses.
 pub(crate) fn reap(svc: &FaultService) {
     let mut w = svc.mirror.write();
-    let dead: Vec<Arc<Ext>> = w.snapshot().iter().filter(|e| e.all_gone()).cloned().collect();
+    let dead: Vec<Arc<Ext>> = w
+        .snapshot()
+        .iter()
+        .filter(|e| e.all_gone())
+        .cloned()
+        .collect();
     if !dead.is_empty() {
         w.replace(&dead, []);
     }
@@ -364,7 +402,12 @@ pub(crate) fn reap(svc: &FaultService) {
 
 /// Frees the device copies of `victims`: brings their data home, retires them, stops
 /// trapping their ranges, and waits until their device memory is really released.
-fn evict(svc: &FaultService, w: &mut crate::mirror::map::Writer<'_, DeviceCopy>, transfer: &mut Transfer, victims: &[Arc<Ext>]) -> Result<()> {
+fn evict(
+    svc: &FaultService,
+    w: &mut crate::mirror::map::Writer<'_, DeviceCopy>,
+    transfer: &mut Transfer,
+    victims: &[Arc<Ext>],
+) -> Result<()> {
     for v in victims {
         to_host(&svc.uffd, transfer, v, 0..v.pages(), false)?;
         Counters::add(&v.device().ctx.counters.evictions, 1);
@@ -395,7 +438,10 @@ fn alloc_evicting(
     size: u64,
     keep: &[Range<usize>],
 ) -> Result<DeviceBlock> {
-    match ctx.device.alloc_block(size, crate::device::BlockInit::Uninit, "vkhmm extent") {
+    match ctx
+        .device
+        .alloc_block(size, crate::device::BlockInit::Uninit, "vkhmm extent")
+    {
         Err(Error::OutOfDeviceMemory { .. }) => {}
         other => return other,
     }
@@ -405,23 +451,36 @@ fn alloc_evicting(
         .filter(|e| Arc::ptr_eq(&e.device().ctx, ctx))
         .filter(|e| !keep.iter().any(|k| k.start < e.end() && e.start() < k.end))
         .collect();
-    let need = size.saturating_sub(ctx.device.pool_budget().saturating_sub(ctx.device.pool_in_use()));
-    let weights: Vec<(u64, u64)> = cands.iter().map(|e| (e.last_use(), e.bytes() as u64)).collect();
+    let need = size.saturating_sub(
+        ctx.device
+            .pool()
+            .budget()
+            .saturating_sub(ctx.device.pool().in_use()),
+    );
+    let weights: Vec<(u64, u64)> = cands
+        .iter()
+        .map(|e| (e.last_use(), e.bytes() as u64))
+        .collect();
     let Some(order) = lru_victims(&weights, need) else {
         return Err(Error::OutOfDeviceMemory {
             needed: size,
-            budget: ctx.device.pool_budget(),
-            in_use: ctx.device.pool_in_use(),
+            budget: ctx.device.pool().budget(),
+            in_use: ctx.device.pool().in_use(),
         });
     };
     let victims: Vec<Arc<Ext>> = order.iter().map(|&i| Arc::clone(cands[i])).collect();
     evict(svc, w, transfer, &victims)?;
-    ctx.device.alloc_block(size, crate::device::BlockInit::Uninit, "vkhmm extent")
+    ctx.device
+        .alloc_block(size, crate::device::BlockInit::Uninit, "vkhmm extent")
 }
 
 /// Brings home every page of extents that overlap `spans` but belong to another runtime,
 /// using that runtime's tools. Call without holding the own worker lock.
-pub(crate) fn evacuate_foreign(svc: &FaultService, ctx: &Arc<DeviceContext>, spans: &[Range<usize>]) -> Result<()> {
+pub(crate) fn evacuate_foreign(
+    svc: &FaultService,
+    ctx: &Arc<DeviceContext>,
+    spans: &[Range<usize>],
+) -> Result<()> {
     for span in spans {
         for e in svc.mirror.overlapping(span.clone()) {
             let owner = &e.device().ctx;
@@ -464,20 +523,35 @@ pub(crate) fn prepare(
 
     // 1. Which memory is mirrored, which is copied through (the launching thread's stack).
     let stack = sys::stack_vma_of_current_thread();
-    let on_stack = |b: &Binding| stack.as_ref().is_some_and(|s| b.addr < s.end && s.start < b.addr + b.len);
+    let on_stack = |b: &Binding| {
+        stack
+            .as_ref()
+            .is_some_and(|s| b.addr < s.end && s.start < b.addr + b.len)
+    };
     let mut mirrored = Vec::new();
     for (i, b) in bindings.iter().enumerate() {
         if on_stack(b) {
             continue;
         }
-        sys::classify(b.addr, b.len).map_err(|reason| Error::UnsupportedMemory { addr: b.addr, len: b.len, reason })?;
+        sys::classify(b.addr, b.len).map_err(|reason| Error::UnsupportedMemory {
+            addr: b.addr,
+            len: b.len,
+            reason,
+        })?;
         mirrored.push(i);
     }
-    let spans: Vec<Range<usize>> = mirrored.iter().map(|&i| binding_pages(bindings[i].addr, bindings[i].len).span).collect();
+    let spans: Vec<Range<usize>> = mirrored
+        .iter()
+        .map(|&i| binding_pages(bindings[i].addr, bindings[i].len).span)
+        .collect();
     for (k, span) in spans.iter().enumerate() {
         let b = &bindings[mirrored[k]];
         svc.register(span.clone())
-            .map_err(|_| Error::UnsupportedMemory { addr: b.addr, len: b.len, reason: MemoryReason::Refused })?;
+            .map_err(|_| Error::UnsupportedMemory {
+                addr: b.addr,
+                len: b.len,
+                reason: MemoryReason::Refused,
+            })?;
     }
 
     // 2. Extents: reuse, create or merge; allocate device copies (evicting if needed).
@@ -485,11 +559,17 @@ pub(crate) fn prepare(
     let snap = w.snapshot();
     let existing: Vec<Range<usize>> = snap.iter().map(|e| e.range()).collect();
     let (groups, group_of) = plan_groups(&existing, &spans);
-    let transient_bytes: u64 =
-        bindings.iter().filter(|b| on_stack(b)).map(|b| b.len.next_multiple_of(4) as u64).sum();
+    let transient_bytes: u64 = bindings
+        .iter()
+        .filter(|b| on_stack(b))
+        .map(|b| b.len.next_multiple_of(4) as u64)
+        .sum();
     let needed: u64 = groups.iter().map(|g| g.range.len() as u64).sum::<u64>() + transient_bytes;
-    if needed > ctx.device.pool_budget() {
-        return Err(Error::LaunchExceedsBudget { needed, budget: ctx.device.pool_budget() });
+    if needed > ctx.device.pool().budget() {
+        return Err(Error::LaunchExceedsBudget {
+            needed,
+            budget: ctx.device.pool().budget(),
+        });
     }
     let keep: Vec<Range<usize>> = groups.iter().map(|g| g.range.clone()).collect();
     let mut exts: Vec<Arc<Ext>> = Vec::with_capacity(groups.len());
@@ -502,9 +582,28 @@ pub(crate) fn prepare(
                 continue;
             }
         }
-        let block = alloc_evicting(svc, ctx, &mut w, &mut worker.transfer, g.range.len() as u64, &keep)?;
-        let absorbed: Vec<Arc<Ext>> = g.absorb.iter().chain(g.reuse.iter()).map(|&j| Arc::clone(&snap[j])).collect();
-        let ext = merge(&svc.uffd, ctx, &mut worker.transfer, g.range.clone(), block, &absorbed)?;
+        let block = alloc_evicting(
+            svc,
+            ctx,
+            &mut w,
+            &mut worker.transfer,
+            g.range.len() as u64,
+            &keep,
+        )?;
+        let absorbed: Vec<Arc<Ext>> = g
+            .absorb
+            .iter()
+            .chain(g.reuse.iter())
+            .map(|&j| Arc::clone(&snap[j]))
+            .collect();
+        let ext = merge(
+            &svc.uffd,
+            ctx,
+            &mut worker.transfer,
+            g.range.clone(),
+            block,
+            &absorbed,
+        )?;
         retired.extend(absorbed);
         added.push(Arc::clone(&ext));
         exts.push(ext);
@@ -517,10 +616,34 @@ pub(crate) fn prepare(
     }
 
     // 3. Pages: interior runs follow the state machine, edge pages are copied through.
-    let mut launch = Launch { placements: Vec::new(), bindings: bindings.to_vec(), held: Vec::new(), edge_out: Vec::new() };
-    let roles = page_roles(&mirrored.iter().map(|&i| (bindings[i].addr, bindings[i].len, bindings[i].write)).collect::<Vec<_>>());
-    let ext_of = |addr: usize| exts.iter().find(|e| e.contains(addr)).expect("every span lies in a planned extent");
-    if let Err(e) = move_pages(svc, ctx, worker, &roles, &ext_of, purpose, &mut launch, bindings, &mirrored) {
+    let mut launch = Launch {
+        placements: Vec::new(),
+        bindings: bindings.to_vec(),
+        held: Vec::new(),
+        edge_out: Vec::new(),
+    };
+    let roles = page_roles(
+        &mirrored
+            .iter()
+            .map(|&i| (bindings[i].addr, bindings[i].len, bindings[i].write))
+            .collect::<Vec<_>>(),
+    );
+    let ext_of = |addr: usize| {
+        exts.iter()
+            .find(|e| e.contains(addr))
+            .expect("every span lies in a planned extent")
+    };
+    if let Err(e) = move_pages(
+        svc,
+        ctx,
+        worker,
+        &roles,
+        &ext_of,
+        purpose,
+        &mut launch,
+        bindings,
+        &mirrored,
+    ) {
         launch.release_held();
         return Err(e);
     }
@@ -529,14 +652,24 @@ pub(crate) fn prepare(
     // 4. Placements, in binding order; stack memory gets a temporary block.
     let mut mirrored_k = 0;
     for b in bindings {
-        if mirrored.get(mirrored_k).is_some_and(|&i| std::ptr::eq(&bindings[i], b)) {
+        if mirrored
+            .get(mirrored_k)
+            .is_some_and(|&i| std::ptr::eq(&bindings[i], b))
+        {
             let ext = Arc::clone(&exts[group_of[mirrored_k]]);
             let offset = ext.offset_of(b.addr);
             launch.placements.push(Placement::Mirrored { ext, offset });
             mirrored_k += 1;
         } else {
             let mut w = svc.mirror.write();
-            let block = alloc_evicting(svc, ctx, &mut w, &mut worker.transfer, b.len.next_multiple_of(4) as u64, &keep);
+            let block = alloc_evicting(
+                svc,
+                ctx,
+                &mut w,
+                &mut worker.transfer,
+                b.len.next_multiple_of(4) as u64,
+                &keep,
+            );
             drop(w);
             let block = match block {
                 Ok(b) => b,
@@ -547,7 +680,8 @@ pub(crate) fn prepare(
             };
             // SAFETY: the binding is a live borrow of `len` readable bytes.
             let src = unsafe { std::slice::from_raw_parts(b.addr as *const u8, b.len) };
-            if let Err(e) = worker.transfer.upload(&block, &[(0, src)]) {
+            // SAFETY: the block is fresh and this launch's alone.
+            if let Err(e) = unsafe { worker.transfer.upload(&block, &[(0, src)]) } {
                 launch.release_held();
                 return Err(e);
             }
@@ -591,7 +725,15 @@ fn merge(
         }
         return Err(e);
     }
-    let ext = Extent::new(range.start, pages, DeviceCopy { block, ctx: Arc::clone(ctx) }, |i| init[i]);
+    let ext = Extent::new(
+        range.start,
+        pages,
+        DeviceCopy {
+            block,
+            ctx: Arc::clone(ctx),
+        },
+        |i| init[i],
+    );
     Ok(Arc::new(ext))
 }
 
@@ -608,12 +750,26 @@ fn take_over(
     if Arc::ptr_eq(&old.device().ctx, ctx) {
         let regions: Vec<(u64, u64, u64)> = runs(states, Residence::device_valid)
             .into_iter()
-            .map(|r| ((r.start * PAGE) as u64, ((base + r.start) * PAGE) as u64, (r.len() * PAGE) as u64))
+            .map(|r| {
+                (
+                    (r.start * PAGE) as u64,
+                    ((base + r.start) * PAGE) as u64,
+                    (r.len() * PAGE) as u64,
+                )
+            })
             .collect();
-        return if regions.is_empty() { Ok(()) } else { transfer.copy(&old.device().block, block, &regions) };
+        // SAFETY: every page of `old` is claimed and `block` is new: nobody else touches
+        // either range; the two blocks are distinct, so no region overlaps itself.
+        return if regions.is_empty() {
+            Ok(())
+        } else {
+            unsafe { transfer.copy(&old.device().block, block, &regions) }
+        };
     }
     if states.contains(&Residence::Device) {
-        return Err(Error::InvalidConfig("memory is being migrated by another Runtime at the same time".into()));
+        return Err(Error::InvalidConfig(
+            "memory is being migrated by another Runtime at the same time".into(),
+        ));
     }
     // Shared there means valid here only on the host: drop the stale write protection.
     for r in runs(states, |s| s == Residence::Shared) {
@@ -641,7 +797,15 @@ fn move_pages<'e>(
         let idx = ext.page_span(run);
         let mut states = claim_all(ext, idx.clone());
         let drop_host = *write || purpose == Purpose::Prefetch;
-        if let Err(e) = migrate_run(svc, ctx, &mut worker.transfer, ext, idx.start, &mut states, drop_host) {
+        if let Err(e) = migrate_run(
+            svc,
+            ctx,
+            &mut worker.transfer,
+            ext,
+            idx.start,
+            &mut states,
+            drop_host,
+        ) {
             release_all(ext, idx.start, &states);
             return Err(e);
         }
@@ -667,7 +831,11 @@ fn move_pages<'e>(
         match moved {
             Ok((b, None)) => Counters::add(&ctx.counters.bytes_to_host, b),
             Ok((_, Some(_))) => {
-                return Err(Error::UnsupportedMemory { addr: page, len: PAGE, reason: MemoryReason::NotMapped })
+                return Err(Error::UnsupportedMemory {
+                    addr: page,
+                    len: PAGE,
+                    reason: MemoryReason::NotMapped,
+                })
             }
             Err(e) => return Err(e),
         }
@@ -682,13 +850,20 @@ fn move_pages<'e>(
                 continue;
             }
             // SAFETY: lo..hi lies inside binding `bi`, a live borrow for the whole launch.
-            regions.push((ext.offset_of(lo), unsafe { std::slice::from_raw_parts(lo as *const u8, hi - lo) }));
+            regions.push((ext.offset_of(lo), unsafe {
+                std::slice::from_raw_parts(lo as *const u8, hi - lo)
+            }));
             if b.write {
                 launch.edge_out.push((bi, lo..hi));
             }
         }
-        worker.transfer.upload(&ext.device().block, &regions)?;
-        Counters::add(&ctx.counters.bytes_to_device, regions.iter().map(|r| r.1.len() as u64).sum());
+        // SAFETY: the edge page was claimed and released above while the worker lock is held;
+        // only a launch (under that lock) writes a page's device copy while it is `Host`.
+        unsafe { worker.transfer.upload(&ext.device().block, &regions) }?;
+        Counters::add(
+            &ctx.counters.bytes_to_device,
+            regions.iter().map(|r| r.1.len() as u64).sum(),
+        );
     }
     Ok(())
 }
@@ -707,13 +882,21 @@ fn migrate_run(
 ) -> Result<()> {
     let n = states.len();
     let mut present = vec![sys::PageEntry::default(); n];
-    svc.pagemap.query(ext.page_addr(first), &mut present).map_err(|e| Error::os("read /proc/self/pagemap", e))?;
+    svc.pagemap
+        .query(ext.page_addr(first), &mut present)
+        .map_err(|e| Error::os("read /proc/self/pagemap", e))?;
     let filled = |k: usize| present[k].present() || present[k].swapped();
-    let host = |k: usize, want_filled: bool| states[k] == Residence::Host && filled(k) == want_filled;
+    let host =
+        |k: usize, want_filled: bool| states[k] == Residence::Host && filled(k) == want_filled;
 
     let copy_runs = runs_where(n, |k| host(k, true));
     let zero_runs = runs_where(n, |k| host(k, false));
-    let region = |r: &Range<usize>| (ext.offset_of(ext.page_addr(first + r.start)), r.len() * PAGE);
+    let region = |r: &Range<usize>| {
+        (
+            ext.offset_of(ext.page_addr(first + r.start)),
+            r.len() * PAGE,
+        )
+    };
     if !drop_host {
         // Protocol rule 1: write-protect before copying, so a concurrent writer waits.
         for r in &copy_runs {
@@ -729,14 +912,30 @@ fn migrate_run(
             // SAFETY: interior pages lie wholly inside a binding, a live borrow for the whole
             // operation; they are present or swapped (pagemap), so reading does not fault
             // into the handler while we hold them claimed.
-            (off, unsafe { std::slice::from_raw_parts(ext.page_addr(first + r.start) as *const u8, len) })
+            (off, unsafe {
+                std::slice::from_raw_parts(ext.page_addr(first + r.start) as *const u8, len)
+            })
         })
         .collect();
-    let zeros: Vec<(u64, u64)> = zero_runs.iter().map(|r| { let (o, l) = region(r); (o, l as u64) }).collect();
-    transfer.upload(&ext.device().block, &uploads)?;
-    transfer.zero(&ext.device().block, &zeros)?;
-    Counters::add(&ctx.counters.bytes_to_device, uploads.iter().map(|u| u.1.len() as u64).sum());
-    Counters::add(&ctx.counters.bytes_zero_filled, zeros.iter().map(|z| z.1).sum());
+    let zeros: Vec<(u64, u64)> = zero_runs
+        .iter()
+        .map(|r| {
+            let (o, l) = region(r);
+            (o, l as u64)
+        })
+        .collect();
+    // SAFETY: the run is claimed by the caller: nothing else reads or writes its device copy.
+    unsafe { transfer.upload(&ext.device().block, &uploads) }?;
+    // SAFETY: as above.
+    unsafe { transfer.zero(&ext.device().block, &zeros) }?;
+    Counters::add(
+        &ctx.counters.bytes_to_device,
+        uploads.iter().map(|u| u.1.len() as u64).sum(),
+    );
+    Counters::add(
+        &ctx.counters.bytes_zero_filled,
+        zeros.iter().map(|z| z.1).sum(),
+    );
 
     // Both copies are valid now.
     for r in &copy_runs {
@@ -778,17 +977,31 @@ impl Launch {
 
     /// Settles the launch after the kernel: releases written pages, copies written edge
     /// bytes and stack bindings back, wakes deferred faults.
-    pub fn finish(mut self, svc: &FaultService, ctx: &DeviceContext, transfer: &mut Transfer) -> Result<()> {
+    pub fn finish(
+        mut self,
+        svc: &FaultService,
+        ctx: &DeviceContext,
+        transfer: &mut Transfer,
+    ) -> Result<()> {
         self.release_held();
         svc.poke();
         let mut copied = 0u64;
         let mut result = Ok(());
         let mut back = |block: &DeviceBlock, offset: u64, dst: usize, len: usize| {
-            let r = transfer.download(block, &[(offset, len)], &mut |_, at, bytes| {
+            let mut write_back = |_: usize, at: usize, bytes: &[u8]| {
                 // SAFETY: dst..dst+len lies inside a `&mut` binding borrowed for the launch.
-                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (dst + at) as *mut u8, bytes.len()) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        (dst + at) as *mut u8,
+                        bytes.len(),
+                    )
+                };
                 Ok(())
-            });
+            };
+            // SAFETY: the kernel has finished (the dispatcher waited); edge bytes and
+            // transient blocks belong to this launch alone.
+            let r = unsafe { transfer.download(block, &[(offset, len)], &mut write_back) };
             copied += len as u64;
             if result.is_ok() {
                 result = r;
@@ -796,7 +1009,12 @@ impl Launch {
         };
         for (bi, r) in &self.edge_out {
             if let Placement::Mirrored { ext, .. } = &self.placements[*bi] {
-                back(&ext.device().block, ext.offset_of(r.start), r.start, r.len());
+                back(
+                    &ext.device().block,
+                    ext.offset_of(r.start),
+                    r.start,
+                    r.len(),
+                );
             }
         }
         for (b, p) in self.bindings.iter().zip(&self.placements) {

@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use bytemuck::Pod;
 
 use crate::args::{self, ArgList, KernelArgs};
-use crate::device::{self, Device, DeviceConfig, DeviceInfo, Dispatcher, Pipeline, Transfer, TransferPath};
+use crate::device::{
+    self, Device, DeviceConfig, DeviceInfo, Dispatcher, Pipeline, Transfer, TransferPath,
+};
 use crate::fault::fork::hold_off_fork;
 use crate::fault::service::FaultService;
 use crate::managed::Managed;
@@ -23,7 +25,7 @@ use crate::migrate::{self, Binding, Counters, DeviceContext, Purpose, Worker};
 use crate::mirror::plan::binding_pages;
 use crate::mirror::policy::ChunkPolicy;
 use crate::mirror::{Location, Residency, PAGE};
-use crate::shader::{self, Access, BindingKind, KernelInfo};
+use crate::shader::{self, Access, KernelInfo};
 use crate::{Error, Result};
 
 /// Counters of what a runtime moved and served, as returned by [`Runtime::stats`].
@@ -72,7 +74,9 @@ impl Kernel {
 
 impl std::fmt::Debug for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kernel").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("Kernel")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -88,9 +92,13 @@ impl RuntimeBuilder {
     fn from_env() -> Self {
         let device = DeviceConfig::from_env().map_err(|e| e.to_string());
         let chunk = match std::env::var("VKHMM_CHUNK") {
-            Ok(v) => parse_bytes(&v)
+            Ok(v) => device::parse_bytes(&v)
+                .ok()
                 .filter(|&b| b >= PAGE as u64 && b % PAGE as u64 == 0)
-                .map(|b| ChunkPolicy { base: b as usize / PAGE, ..ChunkPolicy::default() })
+                .map(|b| ChunkPolicy {
+                    base: b as usize / PAGE,
+                    ..ChunkPolicy::default()
+                })
                 .ok_or_else(|| format!("VKHMM_CHUNK={v:?} is not a multiple of {PAGE} bytes")),
             Err(_) => Ok(ChunkPolicy::default()),
         };
@@ -135,9 +143,15 @@ impl RuntimeBuilder {
     /// [`fixed_chunks`]: Self::fixed_chunks
     pub fn chunk_size(mut self, bytes: usize) -> Self {
         self.chunk = if bytes >= PAGE && bytes % PAGE == 0 {
-            self.chunk.map(|c| ChunkPolicy { base: bytes / PAGE, max: c.max.max(bytes / PAGE), ..c })
+            self.chunk.map(|c| ChunkPolicy {
+                base: bytes / PAGE,
+                max: c.max.max(bytes / PAGE),
+                ..c
+            })
         } else {
-            Err(format!("chunk size {bytes} is not a positive multiple of {PAGE}"))
+            Err(format!(
+                "chunk size {bytes} is not a positive multiple of {PAGE}"
+            ))
         };
         self
     }
@@ -180,10 +194,6 @@ impl RuntimeBuilder {
     }
 }
 
-fn parse_bytes(s: &str) -> Option<u64> {
-    device::parse_bytes(s)
-}
-
 /// One Vulkan device driving unified memory. See the crate docs for an example.
 pub struct Runtime {
     ctx: Arc<DeviceContext>,
@@ -195,7 +205,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("device", &self.ctx.device.info().name).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("device", &self.ctx.device.info().name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -243,7 +255,11 @@ impl Runtime {
                 p
             }
         };
-        Ok(Kernel { pipeline, info, runtime: self.id })
+        Ok(Kernel {
+            pipeline,
+            info,
+            runtime: self.id,
+        })
     }
 
     /// Runs `kernel` over `groups` workgroups with `args` bound in order to
@@ -260,23 +276,40 @@ impl Runtime {
         }
         let list = args::collect(&args);
         let bindings = validate(&kernel.info, &list, self.ctx.device.info())?;
-        device::validate_groups(groups, &self.ctx.device.info().limits)?;
+        device::check_groups(groups, &self.ctx.device.info().limits)?;
         let _fork = hold_off_fork();
-        let spans: Vec<_> = bindings.iter().map(|b| binding_pages(b.addr, b.len).span).collect();
+        let spans: Vec<_> = bindings
+            .iter()
+            .map(|b| binding_pages(b.addr, b.len).span)
+            .collect();
         migrate::evacuate_foreign(self.svc, &self.ctx, &spans)?;
         let mut worker = self.ctx.lock_worker();
-        let launch = migrate::prepare(self.svc, &self.ctx, &mut worker, &bindings, Purpose::Kernel)?;
+        let launch =
+            migrate::prepare(self.svc, &self.ctx, &mut worker, &bindings, Purpose::Kernel)?;
         let buffers: Vec<device::BufferArg<'_>> = launch
             .placements
             .iter()
             .zip(&bindings)
             .map(|(p, b)| {
                 let (block, offset) = p.target();
-                device::BufferArg { block, offset, range: b.len as u64 }
+                device::BufferArg {
+                    block,
+                    offset,
+                    range: b.len as u64,
+                }
             })
             .collect();
-        let Worker { dispatcher, transfer, .. } = &mut *worker;
-        let ran = dispatcher.dispatch(&kernel.pipeline, &buffers, &list.push, groups);
+        let Worker {
+            dispatcher,
+            transfer,
+            ..
+        } = &mut *worker;
+        // SAFETY: every block is held by `launch` (mirror extents or transient blocks) past
+        // the wait inside `dispatch`; the pages of written bindings stay claimed and those of
+        // read bindings are `Shared`, so no transfer writes the bound ranges meanwhile (the
+        // worker lock keeps this runtime's own transfers out; the fault handler only reads
+        // `Device` pages it claims, and claimed pages cannot be claimed twice).
+        let ran = unsafe { dispatcher.dispatch(&kernel.pipeline, &buffers, &list.push, groups) };
         drop(buffers);
         let settled = launch.finish(self.svc, &self.ctx, transfer);
         Counters::add(&self.ctx.counters.launches, u64::from(ran.is_ok()));
@@ -297,10 +330,15 @@ impl Runtime {
         Counters::add(&self.ctx.counters.prefetches, 1);
         match to {
             Location::Device => {
-                let b = Binding { addr, len, write: true };
+                let b = Binding {
+                    addr,
+                    len,
+                    write: true,
+                };
                 migrate::evacuate_foreign(self.svc, &self.ctx, &[binding_pages(addr, len).span])?;
                 let mut worker = self.ctx.lock_worker();
-                migrate::prepare(self.svc, &self.ctx, &mut worker, &[b], Purpose::Prefetch).map(drop)
+                migrate::prepare(self.svc, &self.ctx, &mut worker, &[b], Purpose::Prefetch)
+                    .map(drop)
             }
             Location::Host => {
                 self.svc.sync_events();
@@ -347,8 +385,8 @@ impl Runtime {
             bytes_zero_filled: get(&c.bytes_zero_filled),
             evictions: get(&c.evictions),
             prefetches: get(&c.prefetches),
-            device_bytes_in_use: self.ctx.device.pool_in_use(),
-            device_budget: self.ctx.device.pool_budget(),
+            device_bytes_in_use: self.ctx.device.pool().in_use(),
+            device_budget: self.ctx.device.pool().budget(),
         }
     }
 
@@ -381,10 +419,22 @@ impl Drop for Runtime {
         let _fork = hold_off_fork();
         self.svc.sync_events();
         let mut worker = self.ctx.lock_worker();
-        let mine: Vec<_> =
-            self.svc.mirror.snapshot().iter().filter(|e| Arc::ptr_eq(&e.device().ctx, &self.ctx)).cloned().collect();
+        let mine: Vec<_> = self
+            .svc
+            .mirror
+            .snapshot()
+            .iter()
+            .filter(|e| Arc::ptr_eq(&e.device().ctx, &self.ctx))
+            .cloned()
+            .collect();
         for ext in &mine {
-            if let Err(e) = migrate::to_host(&self.svc.uffd, &mut worker.transfer, ext, 0..ext.pages(), false) {
+            if let Err(e) = migrate::to_host(
+                &self.svc.uffd,
+                &mut worker.transfer,
+                ext,
+                0..ext.pages(),
+                false,
+            ) {
                 tracing::error!(error = %e, "copying device-resident data home at Runtime drop failed");
             }
         }
@@ -408,12 +458,17 @@ impl Drop for Runtime {
 fn validate(info: &KernelInfo, list: &ArgList, dev: &DeviceInfo) -> Result<Vec<Binding>> {
     let push_given = list.push.len();
     if list.push_count > 1 || push_given != info.push_constant_size as usize {
-        return Err(Error::PushConstantSize { expected: info.push_constant_size, given: push_given });
+        return Err(Error::PushConstantSize {
+            expected: info.push_constant_size,
+            given: push_given,
+        });
     }
     if list.buffers.len() != info.bindings.len() {
-        return Err(Error::ArgumentCount { expected: info.bindings.len(), given: list.buffers.len() });
+        return Err(Error::ArgumentCount {
+            expected: info.bindings.len(),
+            given: list.buffers.len(),
+        });
     }
-    let limits = &dev.limits;
     info.bindings
         .iter()
         .zip(&list.buffers)
@@ -423,20 +478,19 @@ fn validate(info: &KernelInfo, list: &ArgList, dev: &DeviceInfo) -> Result<Vec<B
             if write && !arg.mutable {
                 return Err(Error::NeedsMutable { binding });
             }
-            if arg.len == 0 {
-                return Err(Error::EmptyBinding { binding });
-            }
-            let (max, align) = match bi.kind {
-                BindingKind::Storage => (limits.max_storage_buffer_range, limits.min_storage_buffer_offset_alignment),
-                BindingKind::Uniform => (limits.max_uniform_buffer_range, limits.min_uniform_buffer_offset_alignment),
-            };
-            if arg.len as u64 > max {
-                return Err(Error::BindingTooLarge { binding, len: arg.len as u64, max });
-            }
-            if arg.addr as u64 % align.max(1) != 0 {
-                return Err(Error::MisalignedBinding { binding, addr: arg.addr, required: align });
-            }
-            Ok(Binding { addr: arg.addr, len: arg.len, write })
+            device::check_binding(
+                binding,
+                bi.kind,
+                arg.len as u64,
+                u64::MAX,
+                arg.addr as u64,
+                &dev.limits,
+            )?;
+            Ok(Binding {
+                addr: arg.addr,
+                len: arg.len,
+                write,
+            })
         })
         .collect()
 }

@@ -109,7 +109,7 @@ fn parse_transfer(v: &str) -> Result<TransferPath> {
 
 /// A byte count: decimal digits, optionally followed by `K`, `M` or `G` (binary multiples,
 /// any case, an optional trailing `iB`/`B`).
-fn parse_bytes(v: &str) -> std::result::Result<u64, &'static str> {
+pub(crate) fn parse_bytes(v: &str) -> std::result::Result<u64, &'static str> {
     let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (number, suffix) = v.split_at(digits);
     let number: u64 = number.parse().map_err(|_| "expected a number of bytes")?;

@@ -449,10 +449,7 @@ fn validate(
     groups: [u32; 3],
     limits: &DeviceLimits,
 ) -> Result<()> {
-    let max = limits.max_compute_work_group_count;
-    if groups.iter().zip(max).any(|(&g, m)| g == 0 || g > m) {
-        return Err(Error::InvalidDispatch { groups, max });
-    }
+    check_groups(groups, limits)?;
     let kinds = pipeline.binding_kinds();
     if buffers.len() != kinds.len() {
         return Err(Error::ArgumentCount {
@@ -477,6 +474,31 @@ fn validate_buffer(
     kind: BindingKind,
     limits: &DeviceLimits,
 ) -> Result<()> {
+    let room = b.block.size().saturating_sub(b.offset);
+    check_binding(binding, kind, b.range, room, b.offset, limits)
+}
+
+/// Checks a group count against the device limits: [`Error::InvalidDispatch`] for a zero or
+/// too large dimension.
+pub(crate) fn check_groups(groups: [u32; 3], limits: &DeviceLimits) -> Result<()> {
+    let max = limits.max_compute_work_group_count;
+    if groups.iter().zip(max).any(|(&g, m)| g == 0 || g > m) {
+        return Err(Error::InvalidDispatch { groups, max });
+    }
+    Ok(())
+}
+
+/// Checks one buffer binding of `len` bytes at `offset` (a block offset, or a host address:
+/// blocks are page-aligned, so both have the same alignment), with `room` bytes available
+/// from there: empty, too large for the device or the room, or misaligned for `kind`.
+pub(crate) fn check_binding(
+    binding: u32,
+    kind: BindingKind,
+    len: u64,
+    room: u64,
+    offset: u64,
+    limits: &DeviceLimits,
+) -> Result<()> {
     let (max_range, align) = match kind {
         BindingKind::Storage => (
             limits.max_storage_buffer_range,
@@ -487,22 +509,17 @@ fn validate_buffer(
             limits.min_uniform_buffer_offset_alignment,
         ),
     };
-    if b.range == 0 {
+    if len == 0 {
         return Err(Error::EmptyBinding { binding });
     }
-    let room = b.block.size().saturating_sub(b.offset);
     let max = room.min(u64::from(max_range));
-    if b.range > max {
-        return Err(Error::BindingTooLarge {
-            binding,
-            len: b.range,
-            max,
-        });
+    if len > max {
+        return Err(Error::BindingTooLarge { binding, len, max });
     }
-    if b.offset % align.max(1) != 0 {
+    if offset % align.max(1) != 0 {
         return Err(Error::MisalignedBinding {
             binding,
-            addr: b.offset as usize,
+            addr: offset as usize,
             required: align,
         });
     }

@@ -69,10 +69,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use ash::vk;
 
+pub(crate) use config::parse_bytes;
 pub use config::{DeviceConfig, TransferPath};
 // The runtime room is the user of these; until it lands only tests are.
 #[allow(unused_imports)]
-pub(crate) use kernel::{BufferArg, Dispatcher, Pipeline};
+pub(crate) use kernel::{check_binding, check_groups, BufferArg, Dispatcher, Pipeline};
 #[allow(unused_imports)]
 pub(crate) use pool::{BlockInit, DeviceBlock, DevicePool};
 #[allow(unused_imports)]

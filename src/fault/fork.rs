@@ -13,18 +13,50 @@
 //!
 //! [`Error::ForkedChild`]: crate::Error::ForkedChild
 
-use std::sync::{Mutex, Once, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, Once, PoisonError};
 
 use super::service::FaultService;
 
-/// Held shared by every operation that migrates pages; exclusively around `fork()`.
-static FORK_GATE: RwLock<()> = RwLock::new(());
-/// The exclusive guard, carried from the prepare hook to the parent/child hooks.
-static HELD: Mutex<Option<RwLockWriteGuard<'static, ()>>> = Mutex::new(None);
+/// Who holds the fork gate: any number of migrating operations, or one `fork()`.
+struct GateState {
+    migrating: usize,
+    forking: bool,
+}
+
+/// Held shared by every operation that migrates pages; exclusively around `fork()`. A
+/// counter under a mutex rather than an `RwLock`, because the exclusive side is taken in
+/// the prepare hook and given back in a different hook.
+static GATE: Mutex<GateState> = Mutex::new(GateState {
+    migrating: 0,
+    forking: false,
+});
+static GATE_CHANGED: Condvar = Condvar::new();
+
+fn gate() -> MutexGuard<'static, GateState> {
+    GATE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Keeps `fork()` out while pages move (not reentrant: take it once per public call).
+pub(crate) struct ForkHold(());
+
+impl Drop for ForkHold {
+    fn drop(&mut self) {
+        let mut g = gate();
+        g.migrating -= 1;
+        if g.migrating == 0 {
+            GATE_CHANGED.notify_all();
+        }
+    }
+}
 
 /// Keeps `fork()` out while pages move.
-pub(crate) fn hold_off_fork() -> RwLockReadGuard<'static, ()> {
-    FORK_GATE.read().unwrap_or_else(PoisonError::into_inner)
+pub(crate) fn hold_off_fork() -> ForkHold {
+    let mut g = gate();
+    while g.forking {
+        g = GATE_CHANGED.wait(g).unwrap_or_else(PoisonError::into_inner);
+    }
+    g.migrating += 1;
+    ForkHold(())
 }
 
 extern "C" {
@@ -43,39 +75,56 @@ pub(crate) fn install_atfork_handlers() {
         // panics) and live for the whole program.
         let rc = unsafe { pthread_atfork(Some(prepare), Some(parent), Some(child)) };
         if rc != 0 {
-            tracing::error!(rc, "pthread_atfork failed: fork() children may read zeros for device-resident pages");
+            tracing::error!(
+                rc,
+                "pthread_atfork failed: fork() children may read zeros for device-resident pages"
+            );
         }
     });
 }
 
 unsafe extern "C" fn prepare() {
-    let guard = FORK_GATE.write().unwrap_or_else(PoisonError::into_inner);
-    if let Err(e) = std::panic::catch_unwind(bring_everything_home) {
-        tracing::error!(?e, "bringing device-resident pages home before fork() panicked");
+    let mut g = gate();
+    while g.forking || g.migrating > 0 {
+        g = GATE_CHANGED.wait(g).unwrap_or_else(PoisonError::into_inner);
     }
-    *HELD.lock().unwrap_or_else(PoisonError::into_inner) = Some(guard);
+    g.forking = true;
+    drop(g);
+    if let Err(e) = std::panic::catch_unwind(bring_everything_home) {
+        tracing::error!(
+            ?e,
+            "bringing device-resident pages home before fork() panicked"
+        );
+    }
 }
 
 unsafe extern "C" fn parent() {
-    drop(HELD.lock().unwrap_or_else(PoisonError::into_inner).take());
+    gate().forking = false;
+    GATE_CHANGED.notify_all();
 }
 
 unsafe extern "C" fn child() {
-    // The child never migrates (its runtimes refuse to work), so the gate may stay closed.
-    if let Some(g) = HELD.lock().unwrap_or_else(PoisonError::into_inner).take() {
-        std::mem::forget(g);
-    }
+    // The child has one thread and its runtimes refuse to work; open the gate for good.
+    let mut g = gate();
+    g.forking = false;
+    g.migrating = 0;
 }
 
 fn bring_everything_home() {
     let Ok(svc) = FaultService::get() else { return };
     svc.sync_events();
     for ext in svc.mirror.snapshot().iter() {
-        if !ext.cells().iter().any(|c| c.load().residence() == crate::mirror::page::Residence::Device) {
+        if !ext
+            .cells()
+            .iter()
+            .any(|c| c.load().residence() == crate::mirror::page::Residence::Device)
+        {
             continue;
         }
         let mut worker = ext.device().ctx.lock_worker();
-        if let Err(e) = crate::migrate::to_host(&svc.uffd, &mut worker.transfer, ext, 0..ext.pages(), true) {
+        if let Err(e) =
+            crate::migrate::to_host(&svc.uffd, &mut worker.transfer, ext, 0..ext.pages(), true)
+        {
             tracing::error!(error = %e, "copying device-resident pages home before fork() failed");
         }
     }

@@ -9,5 +9,7 @@
 //! The service itself (handler thread, deferred faults, the `signal` backend) lands here
 //! later, on top of these modules.
 
+pub(crate) mod fork;
 pub mod probe;
+pub(crate) mod service;
 pub(crate) mod uffd;

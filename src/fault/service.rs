@@ -44,7 +44,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use super::uffd::{CopyOutcome, Event, OpenError, Uffd, UffdMsg};
+use super::uffd::{CopyError, Event, Uffd, UffdMsg};
 use crate::migrate::{install, Counters, DeviceCopy, Ext, InstallStop};
 use crate::mirror::map::MirrorMap;
 use crate::mirror::page::Residence;
@@ -76,27 +76,32 @@ pub(crate) struct FaultService {
     gate: Mutex<()>,
 }
 
-static SERVICE: OnceLock<std::result::Result<&'static FaultService, (String, Option<i32>)>> = OnceLock::new();
+static SERVICE: OnceLock<std::result::Result<&'static FaultService, (String, Option<i32>)>> =
+    OnceLock::new();
 
 impl FaultService {
     /// The service, started on first use.
     pub fn get() -> Result<&'static FaultService> {
-        SERVICE.get_or_init(|| Self::start().map_err(|e| (e.to_string(), os_code(&e)))).clone().map_err(
-            |(reason, code)| Error::FaultBackendUnavailable {
+        SERVICE
+            .get_or_init(|| Self::start().map_err(|e| (e.to_string(), os_code(&e))))
+            .clone()
+            .map_err(|(reason, code)| Error::FaultBackendUnavailable {
                 reason,
                 source: code.map(std::io::Error::from_raw_os_error),
-            },
-        )
+            })
     }
 
     fn start() -> Result<&'static FaultService> {
         if sys::page_size() != PAGE {
             return Err(Error::FaultBackendUnavailable {
-                reason: format!("vkhmm tracks {PAGE}-byte pages but this system uses {}", sys::page_size()),
+                reason: format!(
+                    "vkhmm tracks {PAGE}-byte pages but this system uses {}",
+                    sys::page_size()
+                ),
                 source: None,
             });
         }
-        let uffd = Uffd::open(WANTED).map_err(open_error)?;
+        let uffd = Uffd::open(WANTED).map_err(Error::from)?;
         if uffd.features() & REQUIRED != REQUIRED {
             return Err(Error::FaultBackendUnavailable {
                 reason: format!(
@@ -106,11 +111,19 @@ impl FaultService {
                 source: None,
             });
         }
-        let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
-            .map_err(|e| Error::os("eventfd", e))?;
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| Error::os("eventfd", e))?;
         let pagemap = sys::Pagemap::open().map_err(|e| Error::os("open /proc/self/pagemap", e))?;
-        let svc: &'static FaultService =
-            Box::leak(Box::new(FaultService { uffd, mirror: MirrorMap::new(), pagemap, wake, gate: Mutex::new(()) }));
+        let svc: &'static FaultService = Box::leak(Box::new(FaultService {
+            uffd,
+            mirror: MirrorMap::new(),
+            pagemap,
+            wake,
+            gate: Mutex::new(()),
+        }));
         std::thread::Builder::new()
             .name("vkhmm-fault".into())
             .spawn(move || Handler::new(svc).run())
@@ -121,7 +134,9 @@ impl FaultService {
 
     /// Registers `span` (page-aligned) for MISSING and WP faults. Idempotent.
     pub fn register(&self, span: Range<usize>) -> std::io::Result<()> {
-        self.uffd.register(span.start, span.len(), true, true).map(drop)
+        self.uffd
+            .register(span.start, span.len(), true, true)
+            .map(drop)
     }
 
     /// Waits until every event the handler has already read is processed.
@@ -139,10 +154,6 @@ fn os_code(e: &Error) -> Option<i32> {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<std::io::Error>())
         .and_then(std::io::Error::raw_os_error)
-}
-
-fn open_error(e: OpenError) -> Error {
-    Error::FaultBackendUnavailable { reason: e.to_string(), source: e.last_errno().map(std::io::Error::from_raw_os_error) }
 }
 
 /// One CPU fault waiting to be resolved.
@@ -171,7 +182,10 @@ struct Handler {
 
 impl Handler {
     fn new(svc: &'static FaultService) -> Self {
-        Handler { svc, deferred: Vec::with_capacity(MAX_DEFERRED) }
+        Handler {
+            svc,
+            deferred: Vec::with_capacity(MAX_DEFERRED),
+        }
     }
 
     fn run(mut self) {
@@ -179,7 +193,7 @@ impl Handler {
         self.svc.mirror.handler_busy();
         self.svc.mirror.lookup(0, |_, _| ());
         self.svc.mirror.handler_idle();
-        let mut msgs = [UffdMsg::default(); BATCH];
+        let mut msgs = [UffdMsg::ZEROED; BATCH];
         let mut faults: [Option<Fault>; BATCH] = [None; BATCH];
         loop {
             self.wait();
@@ -200,8 +214,10 @@ impl Handler {
                 }
                 let mut nf = 0;
                 for m in &msgs[..n] {
-                    match m.event() {
-                        Event::PageFault { addr, write, wp, .. } => {
+                    match self.svc.uffd.decode(m) {
+                        Event::PageFault {
+                            addr, write, wp, ..
+                        } => {
                             faults[nf] = Some(Fault { addr, write, wp });
                             nf += 1;
                         }
@@ -227,14 +243,21 @@ impl Handler {
         let timer = self.deferred.iter().any(|(_, o)| *o == Outcome::Retry);
         let waiting = !self.deferred.is_empty();
         let timeout = if timer {
-            Some(rustix::time::Timespec { tv_sec: 0, tv_nsec: 1_000_000 })
+            Some(rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 1_000_000,
+            })
         } else if waiting {
-            Some(rustix::time::Timespec { tv_sec: 0, tv_nsec: 20_000_000 })
+            Some(rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 20_000_000,
+            })
         } else {
             None
         };
+        let uffd = self.svc.uffd.as_fd();
         let mut fds = [
-            PollFd::new(&self.svc.uffd.as_fd(), PollFlags::IN),
+            PollFd::new(&uffd, PollFlags::IN),
             PollFd::new(&self.svc.wake, PollFlags::IN),
         ];
         let _ = rustix::event::poll(&mut fds, timeout.as_ref());
@@ -256,7 +279,9 @@ impl Handler {
     }
 
     fn count_deferred(&self, f: Fault) {
-        self.svc.mirror.lookup(page_floor(f.addr), |e, _| Counters::add(&e.device().ctx.counters.deferred_faults, 1));
+        self.svc.mirror.lookup(page_floor(f.addr), |e, _| {
+            Counters::add(&e.device().ctx.counters.deferred_faults, 1)
+        });
     }
 
     fn retry_deferred(&mut self) {
@@ -277,7 +302,10 @@ impl Handler {
 
     fn resolve(&self, f: Fault) -> Outcome {
         let page = page_floor(f.addr);
-        self.svc.mirror.lookup(page, |ext, idx| self.resolve_in(ext, idx, f)).unwrap_or_else(|| self.unmirrored(page, f))
+        self.svc
+            .mirror
+            .lookup(page, |ext, idx| self.resolve_in(ext, idx, f))
+            .unwrap_or_else(|| self.unmirrored(page, f))
     }
 
     /// A fault in a registered range the mirror does not track: fresh anonymous memory.
@@ -300,7 +328,7 @@ impl Handler {
             (false, Residence::Device) => self.copy_back(ext, idx, f.write),
             (false, Residence::Host) => self.zero_page(page),
             (false, Residence::Shared) => {
-                self.svc.uffd.wake(page, PAGE);
+                let _ = self.svc.uffd.wake(page, PAGE);
                 Outcome::Done
             }
         }
@@ -308,13 +336,13 @@ impl Handler {
 
     fn zero_page(&self, page: usize) -> Outcome {
         match self.svc.uffd.zeropage(page, PAGE, true) {
-            CopyOutcome::Copied(_) | CopyOutcome::Gone => Outcome::Done,
-            CopyOutcome::Exists(_) => {
-                self.svc.uffd.wake(page, PAGE);
+            Ok(_) | Err(CopyError::Gone(_)) => Outcome::Done,
+            Err(CopyError::Exists { .. }) => {
+                let _ = self.svc.uffd.wake(page, PAGE);
                 Outcome::Done
             }
-            CopyOutcome::Again(_) => Outcome::Retry,
-            CopyOutcome::Error(e) => {
+            Err(CopyError::Again { .. }) => Outcome::Retry,
+            Err(e @ CopyError::Failed(_)) => {
                 tracing::error!(error = %e, page, "UFFDIO_ZEROPAGE failed");
                 Outcome::Retry
             }
@@ -324,7 +352,9 @@ impl Handler {
     fn unprotect_page(&self, page: usize) -> Outcome {
         match self.svc.uffd.write_protect(page, PAGE, false, true) {
             Ok(()) => Outcome::Done,
-            Err(e) if e.raw_os_error() == Some(linux_raw_sys::errno::EAGAIN as i32) => Outcome::Retry,
+            Err(e) if e.raw_os_error() == Some(linux_raw_sys::errno::EAGAIN as i32) => {
+                Outcome::Retry
+            }
             Err(_) => Outcome::Done, // the page is gone; the thread was woken by the unmap
         }
     }
@@ -338,8 +368,15 @@ impl Handler {
             Some(r) => r,
             None => return Outcome::Wait,
         };
-        let r = self.svc.uffd.write_protect(ext.page_addr(a), (b - a) * PAGE, false, true);
-        let settled = if r.is_ok() { Residence::Host } else { Residence::Shared };
+        let r = self
+            .svc
+            .uffd
+            .write_protect(ext.page_addr(a), (b - a) * PAGE, false, true);
+        let settled = if r.is_ok() {
+            Residence::Host
+        } else {
+            Residence::Shared
+        };
         for i in a..b {
             ext.cell(i).release(settled);
         }
@@ -354,15 +391,32 @@ impl Handler {
     fn copy_back(&self, ext: &Ext, idx: usize, write: bool) -> Outcome {
         let ctx = &ext.device().ctx;
         let first = ext.start() / PAGE;
-        let w = fault_window(&ctx.policy, first + idx, first..first + ext.pages(), ext.stream());
+        let w = fault_window(
+            &ctx.policy,
+            first + idx,
+            first..first + ext.pages(),
+            ext.stream(),
+        );
         let device = |b: crate::mirror::page::PageBits| b.residence() == Residence::Device;
-        let Some((a, b)) = claim_within(ext, idx, w.pages.start - first..w.pages.end - first, device) else {
+        let Some((a, b)) =
+            claim_within(ext, idx, w.pages.start - first..w.pages.end - first, device)
+        else {
             return Outcome::Wait;
         };
         ext.set_stream(w.next, w.size);
         let wp = |i: usize| !(write && i == idx);
-        let mut transfer = ctx.fault_transfer.lock().unwrap_or_else(PoisonError::into_inner);
-        let got = install(&self.svc.uffd, &mut transfer, ext, a..b, ext.page_addr(a), wp);
+        let mut transfer = ctx
+            .fault_transfer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let got = install(
+            &self.svc.uffd,
+            &mut transfer,
+            ext,
+            a..b,
+            ext.page_addr(a),
+            wp,
+        );
         drop(transfer);
         let (done, outcome) = match got {
             Ok(g) => {
@@ -431,8 +485,13 @@ impl Handler {
                 let dst = to + (ext.page_addr(i) - from);
                 match bits.residence() {
                     Residence::Device => {
-                        let mut t = ctx.fault_transfer.lock().unwrap_or_else(PoisonError::into_inner);
-                        if let Ok(g) = install(&self.svc.uffd, &mut t, ext, i..i + 1, dst, |_| false) {
+                        let mut t = ctx
+                            .fault_transfer
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        if let Ok(g) =
+                            install(&self.svc.uffd, &mut t, ext, i..i + 1, dst, |_| false)
+                        {
                             Counters::add(&ctx.counters.bytes_to_host, g.bytes);
                         }
                     }

@@ -178,7 +178,9 @@ impl PageCell {
     /// or belongs to a live borrow, so the discard is not the user's.
     pub fn mark_gone_if_idle(&self) -> bool {
         self.0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| (cur & BUSY == 0).then_some(GONE))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur & BUSY == 0).then_some(GONE)
+            })
             .is_ok()
     }
 
