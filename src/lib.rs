@@ -11,6 +11,7 @@ mod migrate;
 pub(crate) mod mirror;
 mod runtime;
 pub mod shader;
+mod stats;
 mod sys;
 
 /// The WGSL kernels bundled in `shaders/`, compiled to SPIR-V by `build.rs`.
@@ -36,4 +37,5 @@ pub use fault::probe::{
 };
 pub use managed::Managed;
 pub use mirror::{Location, Residency};
-pub use runtime::{Kernel, Runtime, RuntimeBuilder, Stats};
+pub use runtime::{Kernel, Runtime, RuntimeBuilder};
+pub use stats::Stats;

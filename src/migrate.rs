@@ -73,6 +73,7 @@ pub(crate) struct Worker {
 #[derive(Default)]
 pub(crate) struct Counters {
     pub launches: AtomicU64,
+    pub kernel_ns: AtomicU64,
     pub cpu_faults: AtomicU64,
     pub deferred_faults: AtomicU64,
     pub bytes_to_device: AtomicU64,

@@ -26,35 +26,8 @@ use crate::mirror::plan::binding_pages;
 use crate::mirror::policy::ChunkPolicy;
 use crate::mirror::{Location, Residency, PAGE};
 use crate::shader::{self, Access, KernelInfo};
+use crate::stats::Stats;
 use crate::{Error, Result};
-
-/// Counters of what a runtime moved and served, as returned by [`Runtime::stats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Kernel launches completed.
-    pub launches: u64,
-    /// CPU faults served on mirrored pages: copy-backs of device-resident chunks and writes
-    /// to write-protected (`Shared`) chunks.
-    pub cpu_faults: u64,
-    /// Faults that had to wait: the page was being migrated or written by a running kernel.
-    pub deferred_faults: u64,
-    /// Bytes copied from host to device.
-    pub bytes_to_device: u64,
-    /// Bytes copied from device to host.
-    pub bytes_to_host: u64,
-    /// Bytes of never-touched (zero) host pages that were zero-filled on the device instead
-    /// of copied.
-    pub bytes_zero_filled: u64,
-    /// Extents evicted from the device to make room.
-    pub evictions: u64,
-    /// Calls to [`Runtime::prefetch`].
-    pub prefetches: u64,
-    /// Device memory the runtime holds now.
-    pub device_bytes_in_use: u64,
-    /// The device memory budget.
-    pub device_budget: u64,
-}
 
 /// A compute kernel: a pipeline plus its reflected interface. Made by
 /// [`Runtime::kernel_wgsl`] or [`Runtime::kernel_spirv`]; cheap to clone.
@@ -309,7 +282,12 @@ impl Runtime {
         // read bindings are `Shared`, so no transfer writes the bound ranges meanwhile (the
         // worker lock keeps this runtime's own transfers out; the fault handler only reads
         // `Device` pages it claims, and claimed pages cannot be claimed twice).
+        let started = std::time::Instant::now();
         let ran = unsafe { dispatcher.dispatch(&kernel.pipeline, &buffers, &list.push, groups) };
+        Counters::add(
+            &self.ctx.counters.kernel_ns,
+            started.elapsed().as_nanos() as u64,
+        );
         drop(buffers);
         let settled = launch.finish(self.svc, &self.ctx, transfer);
         Counters::add(&self.ctx.counters.launches, u64::from(ran.is_ok()));
@@ -378,6 +356,7 @@ impl Runtime {
         migrate::reap(self.svc);
         Stats {
             launches: get(&c.launches),
+            kernel_time: std::time::Duration::from_nanos(get(&c.kernel_ns)),
             cpu_faults: get(&c.cpu_faults),
             deferred_faults: get(&c.deferred_faults),
             bytes_to_device: get(&c.bytes_to_device),

@@ -215,6 +215,17 @@ pub struct DeviceInfo {
 }
 
 impl DeviceInfo {
+    /// Opens the device `config` chooses, reports what vkhmm would use, and closes it again
+    /// (what `vkhmm info` shows; no fault service is started).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Runtime::new`](crate::Runtime::new): [`Error::NoLoader`](crate::Error::NoLoader),
+    /// [`Error::NoDevice`](crate::Error::NoDevice), [`Error::InvalidConfig`](crate::Error::InvalidConfig), driver failures.
+    pub fn query(config: &DeviceConfig) -> Result<DeviceInfo> {
+        Ok(Device::new(config)?.info().clone())
+    }
+
     /// The memory type the pool allocates from.
     pub fn pool_type(&self) -> &MemoryTypeInfo {
         &self.memory_types[self.pool_memory_type as usize]

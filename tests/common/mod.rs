@@ -1,0 +1,49 @@
+//! Shared set-up for the integration tests: a runtime on each transfer path.
+//!
+//! Every test runs on the real device (lavapipe in CI). When no device is found, a test
+//! fails under `CI` and prints "skipped" elsewhere — never a silent pass.
+#![allow(dead_code)]
+
+use vkhmm::{Runtime, TransferPath};
+
+/// Both transfer paths; tests loop over them.
+pub const PATHS: [TransferPath; 2] = [TransferPath::Direct, TransferPath::Staged];
+
+/// A runtime on `path` (Direct falls back to the device's choice where memory is not
+/// host-visible), or `None` with a note when no device exists outside CI.
+pub fn runtime(path: TransferPath) -> Option<Runtime> {
+    runtime_with(Runtime::builder().transfer(path))
+}
+
+/// Builds `builder`, failing under CI when no device is found.
+pub fn runtime_with(builder: vkhmm::RuntimeBuilder) -> Option<Runtime> {
+    match builder.build() {
+        Ok(rt) => Some(rt),
+        Err(e @ (vkhmm::Error::NoLoader { .. } | vkhmm::Error::NoDevice { .. }))
+            if std::env::var_os("CI").is_none() =>
+        {
+            eprintln!("skipped: {e}");
+            None
+        }
+        Err(e) => panic!("cannot create a runtime: {e}"),
+    }
+}
+
+/// Runs `f` on a runtime for each transfer path.
+pub fn each_path(mut f: impl FnMut(&Runtime, TransferPath)) {
+    for path in PATHS {
+        if let Some(rt) = runtime(path) {
+            f(&rt, path);
+        }
+    }
+}
+
+/// Workgroups for `n` elements at `per_group` invocations each, capped for grid-stride kernels.
+pub fn groups(n: usize, per_group: usize) -> [u32; 3] {
+    [n.div_ceil(per_group).clamp(1, 1024) as u32, 1, 1]
+}
+
+/// Element i of a pattern: a function of i and a seed, so a stale or misplaced page shows.
+pub fn pattern(i: usize, seed: u32) -> u32 {
+    (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed)
+}

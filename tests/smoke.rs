@@ -1,0 +1,38 @@
+mod common;
+
+use bytemuck::{Pod, Zeroable};
+use vkhmm::{shaders, Push};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Saxpy {
+    a: f32,
+    n: u32,
+}
+
+#[test]
+fn saxpy_on_vecs() {
+    common::each_path(|rt, path| {
+        let k = rt.kernel_wgsl(shaders::SAXPY_WGSL, "main").unwrap();
+        let n = 100_000;
+        let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let mut y: Vec<f32> = (0..n).map(|i| (2 * i) as f32).collect();
+        rt.launch(
+            &k,
+            common::groups(n, 256),
+            (
+                &x,
+                &mut y,
+                Push(&Saxpy {
+                    a: 3.0,
+                    n: n as u32,
+                }),
+            ),
+        )
+        .unwrap();
+        for i in 0..n {
+            assert_eq!(y[i], 5.0 * i as f32, "{path:?} y[{i}]");
+        }
+        eprintln!("{path:?}: {:?}", rt.stats());
+    });
+}
