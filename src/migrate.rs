@@ -192,7 +192,9 @@ pub(crate) struct Installed {
 
 /// Copies the device copy of the claimed, absent pages `pages` of `ext` into host memory at
 /// `dst` (the address of the first page; normally `ext.page_addr(pages.start)`), page `i`
-/// write-protected iff `wp(i)`. Allocates nothing: the fault handler calls it.
+/// write-protected iff `wp(i)`. With `wake` false, threads waiting on the pages stay asleep
+/// until the caller wakes them (`Uffd::wake`) after its bookkeeping. Allocates nothing: the
+/// fault handler calls it.
 pub(crate) fn install(
     uffd: &Uffd,
     transfer: &mut Transfer,
@@ -200,6 +202,7 @@ pub(crate) fn install(
     pages: Range<usize>,
     dst: usize,
     wp: impl Fn(usize) -> bool,
+    wake: bool,
 ) -> Result<Installed> {
     let mut out = Installed {
         bytes: 0,
@@ -223,7 +226,14 @@ pub(crate) fn install(
             transfer.download(
                 &ext.device().block,
                 &[(offset, len)],
-                &mut |_, at, bytes| match copy_piece(uffd, run_dst + at, bytes, flag, &mut out) {
+                &mut |_, at, bytes| match copy_piece(
+                    uffd,
+                    run_dst + at,
+                    bytes,
+                    flag,
+                    wake,
+                    &mut out,
+                ) {
                     Ok(()) => Ok(()),
                     Err(s) => {
                         stop = Some(s);
@@ -251,6 +261,7 @@ fn copy_piece(
     dst: usize,
     bytes: &[u8],
     wp: bool,
+    wake: bool,
     out: &mut Installed,
 ) -> Result<(), InstallStop> {
     let mut done = 0;
@@ -258,7 +269,7 @@ fn copy_piece(
         let rest = &bytes[done..];
         // SAFETY: `rest` is readable for its length; `dst + done` lies in a registered range
         // whose pages are claimed by the caller and absent (a present one reports EEXIST).
-        let r = unsafe { uffd.copy(dst + done, rest.as_ptr(), rest.len(), wp, true) };
+        let r = unsafe { uffd.copy(dst + done, rest.as_ptr(), rest.len(), wp, wake) };
         match r {
             Ok(n) => {
                 out.bytes += n as u64;
@@ -331,7 +342,15 @@ fn to_host_claimed(
     let mut bytes = 0;
     for run in runs(states, |r| r == Residence::Device) {
         let (a, b) = (first + run.start, first + run.end);
-        let got = install(uffd, transfer, ext, a..b, ext.page_addr(a), |_| keep_device)?;
+        let got = install(
+            uffd,
+            transfer,
+            ext,
+            a..b,
+            ext.page_addr(a),
+            |_| keep_device,
+            true,
+        )?;
         bytes += got.bytes;
         let done_pages = (got.bytes as usize).div_ceil(PAGE).min(run.len());
         let settled = if keep_device {
@@ -354,14 +373,33 @@ fn to_host_claimed(
     if !keep_device {
         for run in runs(states, |r| r == Residence::Shared) {
             let (a, b) = (first + run.start, first + run.end);
-            uffd.write_protect(ext.page_addr(a), (b - a) * PAGE, false, true)
-                .map_err(|e| Error::os("UFFDIO_WRITEPROTECT (clear)", e))?;
+            write_protect(uffd, ext.page_addr(a), (b - a) * PAGE, false)?;
             for s in &mut states[run] {
                 *s = Residence::Host;
             }
         }
     }
     Ok((bytes, None))
+}
+
+/// `UFFDIO_WRITEPROTECT` on the launch path. The kernel refuses it with `EAGAIN` while a
+/// non-cooperative event (another thread's `munmap`, `madvise`, `mremap`) waits to be read;
+/// the handler reads events promptly, so a short wait and a retry succeed.
+fn write_protect(uffd: &Uffd, addr: usize, len: usize, protect: bool) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut spins = 0;
+    loop {
+        match uffd.write_protect(addr, len, protect, !protect) {
+            Err(e)
+                if e.raw_os_error() == Some(linux_raw_sys::errno::EAGAIN as i32)
+                    && std::time::Instant::now() < deadline =>
+            {
+                backoff(&mut spins)
+            }
+            Err(e) => return Err(Error::os("UFFDIO_WRITEPROTECT", e)),
+            Ok(()) => return Ok(()),
+        }
+    }
 }
 
 /// Maximal runs of indices whose element satisfies `pred`.
@@ -388,6 +426,8 @@ fn runs<T: Copy>(items: &[T], pred: impl Fn(T) -> bool) -> Vec<Range<usize>> {
 /// Retires extents whose host memory is gone, and frees retired extents the handler no
 /// longer uses.
 pub(crate) fn reap(svc: &FaultService) {
+    // `munmap` returns once the handler has read its event, maybe before it was processed.
+    svc.sync_events();
     let mut w = svc.mirror.write();
     let dead: Vec<Arc<Ext>> = w
         .snapshot()
@@ -398,7 +438,21 @@ pub(crate) fn reap(svc: &FaultService) {
     if !dead.is_empty() {
         w.replace(&dead, []);
     }
-    drop(w.collect_garbage());
+    drain_graveyard(&mut w);
+}
+
+/// Frees retired extents (and so their device memory) as soon as the fault handler can no
+/// longer be reading them: it finishes what it is doing within moments, so wait for that,
+/// up to a bound (whatever is left is freed by a later call).
+pub(crate) fn drain_graveyard(w: &mut crate::mirror::map::Writer<'_, DeviceCopy>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        drop(w.collect_garbage());
+        if w.graveyard_len() == 0 || std::time::Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
 }
 
 /// Frees the device copies of `victims`: brings their data home, retires them, stops
@@ -419,14 +473,8 @@ fn evict(
         // partly unmapped already; that is fine.
         let _ = svc.uffd.unregister(v.start(), v.bytes());
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        drop(w.collect_garbage());
-        if w.graveyard_len() == 0 || std::time::Instant::now() > deadline {
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_micros(100));
-    }
+    drain_graveyard(w);
+    Ok(())
 }
 
 /// Allocates a block of `size` bytes, evicting least recently used extents of the same
@@ -774,8 +822,7 @@ fn take_over(
     }
     // Shared there means valid here only on the host: drop the stale write protection.
     for r in runs(states, |s| s == Residence::Shared) {
-        uffd.write_protect(old.page_addr(r.start), r.len() * PAGE, false, true)
-            .map_err(|e| Error::os("UFFDIO_WRITEPROTECT (clear)", e))?;
+        write_protect(uffd, old.page_addr(r.start), r.len() * PAGE, false)?;
     }
     Ok(())
 }
@@ -901,9 +948,12 @@ fn migrate_run(
     if !drop_host {
         // Protocol rule 1: write-protect before copying, so a concurrent writer waits.
         for r in &copy_runs {
-            svc.uffd
-                .write_protect(ext.page_addr(first + r.start), r.len() * PAGE, true, false)
-                .map_err(|e| Error::os("UFFDIO_WRITEPROTECT", e))?;
+            write_protect(
+                &svc.uffd,
+                ext.page_addr(first + r.start),
+                r.len() * PAGE,
+                true,
+            )?;
         }
     }
     let uploads: Vec<(u64, &[u8])> = copy_runs

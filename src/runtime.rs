@@ -425,11 +425,7 @@ impl Drop for Runtime {
         }
         drop(mine);
         self.svc.poke();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while w.graveyard_len() > 0 && std::time::Instant::now() < deadline {
-            drop(w.collect_garbage());
-            std::thread::sleep(std::time::Duration::from_micros(200));
-        }
+        migrate::drain_graveyard(&mut w);
     }
 }
 

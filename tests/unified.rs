@@ -206,10 +206,11 @@ fn mixed_residency_copies_only_what_the_cpu_changed() {
             |i| pattern(i, 9) + 1,
             &format!("{path:?} first half"),
         );
+        // Chunks are aligned to 64 KiB of address space, so up to one chunk past the half
+        // may come back too.
         let r = rt.residency(&v);
-        assert_eq!(
-            (r.shared, r.device),
-            (pages / 2, pages / 2),
+        assert!(
+            r.shared >= pages / 2 && r.shared < pages / 2 + 16 && r.host == 0,
             "{path:?}: {r:?}"
         );
         let before = rt.stats();
@@ -225,9 +226,9 @@ fn mixed_residency_copies_only_what_the_cpu_changed() {
             *x += 10;
         }
         let r = rt.residency(&v);
-        assert_eq!(
-            (r.host, r.device),
-            (pages / 2, pages / 2),
+        // A write moves its whole chunk to Host, up to one chunk past the half.
+        assert!(
+            r.host >= pages / 2 && r.host < pages / 2 + 16,
             "{path:?}: {r:?}"
         );
         let before = rt.stats();
@@ -235,7 +236,7 @@ fn mixed_residency_copies_only_what_the_cpu_changed() {
         let d = rt.stats() - before;
         assert_eq!(
             d.bytes_to_device,
-            (half * 4) as u64,
+            (r.host * PAGE) as u64,
             "{path:?}: only the written half: {d}"
         );
         assert_pattern(

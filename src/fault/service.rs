@@ -371,7 +371,7 @@ impl Handler {
         let r = self
             .svc
             .uffd
-            .write_protect(ext.page_addr(a), (b - a) * PAGE, false, true);
+            .write_protect(ext.page_addr(a), (b - a) * PAGE, false, false);
         let settled = if r.is_ok() {
             Residence::Host
         } else {
@@ -380,9 +380,13 @@ impl Handler {
         for i in a..b {
             ext.cell(i).release(settled);
         }
-        Counters::add(&ctx.counters.cpu_faults, 1);
         match r {
-            Ok(()) => Outcome::Done,
+            Ok(()) => {
+                // Bookkeeping before the wake: the writer may read the counters next.
+                Counters::add(&ctx.counters.cpu_faults, 1);
+                let _ = self.svc.uffd.wake(ext.page_addr(a), (b - a) * PAGE);
+                Outcome::Done
+            }
             Err(_) => Outcome::Retry,
         }
     }
@@ -416,6 +420,7 @@ impl Handler {
             a..b,
             ext.page_addr(a),
             wp,
+            false,
         );
         drop(transfer);
         let (done, outcome) = match got {
@@ -444,7 +449,9 @@ impl Handler {
             ext.cell(i).release(settled);
         }
         if done > 0 {
+            // Counted before the wake, so the faulting thread sees its own fault in `stats`.
             Counters::add(&ctx.counters.cpu_faults, 1);
+            let _ = self.svc.uffd.wake(ext.page_addr(a), done * PAGE);
         }
         outcome
     }
@@ -490,7 +497,7 @@ impl Handler {
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner);
                         if let Ok(g) =
-                            install(&self.svc.uffd, &mut t, ext, i..i + 1, dst, |_| false)
+                            install(&self.svc.uffd, &mut t, ext, i..i + 1, dst, |_| false, true)
                         {
                             Counters::add(&ctx.counters.bytes_to_host, g.bytes);
                         }
