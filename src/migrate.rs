@@ -3,12 +3,13 @@
 //! This is where decisions made in `mirror/` meet memory. Three operations cover the brief's
 //! `migrate_vma_*` counterparts:
 //!
-//! - [`prepare_launch`] / [`Launch::finish`]: make a launch's bindings resident before submit
-//!   (Vulkan has no GPU page faults) and settle them after the kernel;
+//! - [`prepare`] / [`Launch::finish`]: make a launch's bindings resident before submit
+//!   (Vulkan has no GPU page faults) and settle them after the kernel; `prepare` with
+//!   [`Purpose::Prefetch`] is `prefetch(Device)`;
 //! - [`install`]: copy the device copy of claimed, absent pages into place with
 //!   `UFFDIO_COPY` — used by the fault handler for one chunk and by prefetch, eviction,
 //!   runtime drop and `fork()` for whole extents;
-//! - [`to_device`] / [`to_host`]: explicit bulk moves (prefetch, eviction, drop).
+//! - [`to_host`]: bulk moves home (prefetch, eviction, drop, `fork()`).
 //!
 //! Ordering rules, per page (the concurrency protocol of the design brief §2):
 //!
@@ -461,18 +462,20 @@ fn evict(
     svc: &FaultService,
     w: &mut crate::mirror::map::Writer<'_, DeviceCopy>,
     transfer: &mut Transfer,
-    victims: &[Arc<Ext>],
+    victims: Vec<Arc<Ext>>,
 ) -> Result<()> {
-    for v in victims {
+    for v in &victims {
         to_host(&svc.uffd, transfer, v, 0..v.pages(), false)?;
         Counters::add(&v.device().ctx.counters.evictions, 1);
     }
-    w.replace(victims, []);
-    for v in victims {
+    w.replace(&victims, []);
+    for v in &victims {
         // Nothing of it is mirrored any more: stop trapping faults there. The range may be
         // partly unmapped already; that is fine.
         let _ = svc.uffd.unregister(v.start(), v.bytes());
     }
+    // The graveyard holds the last references once ours are gone.
+    drop(victims);
     drain_graveyard(w);
     Ok(())
 }
@@ -518,7 +521,9 @@ fn alloc_evicting(
         });
     };
     let victims: Vec<Arc<Ext>> = order.iter().map(|&i| Arc::clone(cands[i])).collect();
-    evict(svc, w, transfer, &victims)?;
+    drop(cands);
+    drop(snap);
+    evict(svc, w, transfer, victims)?;
     ctx.device
         .alloc_block(size, crate::device::BlockInit::Uninit, "vkhmm extent")
 }
@@ -593,63 +598,104 @@ pub(crate) fn prepare(
         .iter()
         .map(|&i| binding_pages(bindings[i].addr, bindings[i].len).span)
         .collect();
-    for (k, span) in spans.iter().enumerate() {
-        let b = &bindings[mirrored[k]];
-        svc.register(span.clone())
-            .map_err(|_| Error::UnsupportedMemory {
-                addr: b.addr,
-                len: b.len,
-                reason: MemoryReason::Refused,
-            })?;
-    }
+    let register = || {
+        spans.iter().zip(&mirrored).try_for_each(|(span, &i)| {
+            svc.register(span.clone())
+                .map_err(|_| Error::UnsupportedMemory {
+                    addr: bindings[i].addr,
+                    len: bindings[i].len,
+                    reason: MemoryReason::Refused,
+                })
+        })
+    };
+    register()?;
 
     // 2. Extents: reuse, create or merge; allocate device copies (evicting if needed).
     let mut w = svc.mirror.write();
-    let snap = w.snapshot();
-    let existing: Vec<Range<usize>> = snap.iter().map(|e| e.range()).collect();
-    let (groups, group_of) = plan_groups(&existing, &spans);
     let transient_bytes: u64 = bindings
         .iter()
         .filter(|b| on_stack(b))
         .map(|b| b.len.next_multiple_of(4) as u64)
         .sum();
-    let needed: u64 = groups.iter().map(|g| g.range.len() as u64).sum::<u64>() + transient_bytes;
-    if needed > ctx.device.pool().budget() {
+    let budget = ctx.device.pool().budget();
+    let group_bytes = |groups: &[crate::mirror::plan::Group]| {
+        groups.iter().map(|g| g.range.len() as u64).sum::<u64>() + transient_bytes
+    };
+    let own = group_bytes(&plan_groups(&[], &spans).0);
+    if own > budget {
         return Err(Error::LaunchExceedsBudget {
-            needed,
-            budget: ctx.device.pool().budget(),
+            needed: own,
+            budget,
         });
     }
+    let mut snap = w.snapshot();
+    let mut existing: Vec<Range<usize>> = snap.iter().map(|e| e.range()).collect();
+    let (mut groups, mut group_of) = plan_groups(&existing, &spans);
+    if group_bytes(&groups) > budget {
+        // The launch fits, but extents it overlaps (typically neighbours in the heap that
+        // share an edge page) would grow it past the budget: send them home first.
+        let neighbours: Vec<Arc<Ext>> = groups
+            .iter()
+            .flat_map(|g| g.absorb.iter().chain(g.reuse.iter()))
+            .map(|&j| Arc::clone(&snap[j]))
+            .collect();
+        if neighbours
+            .iter()
+            .any(|e| !Arc::ptr_eq(&e.device().ctx, ctx))
+        {
+            return Err(Error::LaunchExceedsBudget {
+                needed: group_bytes(&groups),
+                budget,
+            });
+        }
+        drop(snap);
+        evict(svc, &mut w, &mut worker.transfer, neighbours)?;
+        register()?; // eviction stopped trapping the evicted ranges
+        snap = w.snapshot();
+        existing = snap.iter().map(|e| e.range()).collect();
+        (groups, group_of) = plan_groups(&existing, &spans);
+    }
     let keep: Vec<Range<usize>> = groups.iter().map(|g| g.range.clone()).collect();
+    // Take what the plan needs out of the snapshot and let it go: a snapshot keeps every
+    // extent (and its device memory) alive, and eviction below must be able to free some.
+    let planned: Vec<(Range<usize>, Option<Arc<Ext>>, Vec<Arc<Ext>>)> = groups
+        .iter()
+        .map(|g| {
+            let own = g
+                .reuse
+                .filter(|&j| Arc::ptr_eq(&snap[j].device().ctx, ctx))
+                .map(|j| Arc::clone(&snap[j]));
+            let absorbed = g
+                .absorb
+                .iter()
+                .chain(g.reuse.iter())
+                .map(|&j| Arc::clone(&snap[j]))
+                .collect();
+            (g.range.clone(), own, absorbed)
+        })
+        .collect();
+    drop(snap);
     let mut exts: Vec<Arc<Ext>> = Vec::with_capacity(groups.len());
     let mut retired: Vec<Arc<Ext>> = Vec::new();
     let mut added: Vec<Arc<Ext>> = Vec::new();
-    for g in &groups {
-        if let Some(j) = g.reuse {
-            if Arc::ptr_eq(&snap[j].device().ctx, ctx) {
-                exts.push(Arc::clone(&snap[j]));
-                continue;
-            }
+    for (range, own, absorbed) in planned {
+        if let Some(ext) = own {
+            exts.push(ext);
+            continue;
         }
         let block = alloc_evicting(
             svc,
             ctx,
             &mut w,
             &mut worker.transfer,
-            g.range.len() as u64,
+            range.len() as u64,
             &keep,
         )?;
-        let absorbed: Vec<Arc<Ext>> = g
-            .absorb
-            .iter()
-            .chain(g.reuse.iter())
-            .map(|&j| Arc::clone(&snap[j]))
-            .collect();
         let ext = merge(
             &svc.uffd,
             ctx,
             &mut worker.transfer,
-            g.range.clone(),
+            range,
             block,
             &absorbed,
         )?;

@@ -339,7 +339,10 @@ impl Runtime {
         if len == 0 {
             return Residency::default();
         }
-        self.svc.sync_events();
+        if self.check_owner().is_ok() {
+            // (A forked child must not wait on the parent's handler, which it does not have.)
+            self.svc.sync_events();
+        }
         let span = binding_pages(data.as_ptr() as usize, len).span;
         let mut r = Residency::default();
         for ext in self.svc.mirror.overlapping(span.clone()) {
@@ -353,7 +356,9 @@ impl Runtime {
     pub fn stats(&self) -> Stats {
         let c = &self.ctx.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        migrate::reap(self.svc);
+        if self.check_owner().is_ok() {
+            migrate::reap(self.svc);
+        }
         Stats {
             launches: get(&c.launches),
             kernel_time: std::time::Duration::from_nanos(get(&c.kernel_ns)),

@@ -638,3 +638,40 @@ fn free_and_munmap_racing_a_launch_on_another_thread() {
         });
     });
 }
+
+/// Pages of `v` that are present in host memory (from /proc/self/pagemap; touches nothing).
+fn resident_pages(v: &[u32]) -> usize {
+    use std::io::{Read, Seek, SeekFrom};
+    let first = v.as_ptr() as usize / PAGE;
+    let n = pages_of(v);
+    let mut f = std::fs::File::open("/proc/self/pagemap").unwrap();
+    f.seek(SeekFrom::Start(first as u64 * 8)).unwrap();
+    let mut raw = vec![0u8; n * 8];
+    f.read_exact(&mut raw).unwrap();
+    raw.chunks_exact(8)
+        .filter(|e| u64::from_le_bytes((*e).try_into().unwrap()) & (1 << 63) != 0)
+        .count()
+}
+
+#[test]
+fn written_buffers_leave_host_memory() {
+    each_path(|rt, path| {
+        let k = kernels(rt);
+        let mut v: Vec<u32> = (0..16 << 20).map(|i| pattern(i, 4)).collect(); // 64 MiB
+        let pages = pages_of(&v);
+        assert!(resident_pages(&v) >= pages - 1);
+        add(rt, &k, &mut v, 1);
+        let left = resident_pages(&v);
+        assert!(
+            left * 20 <= pages,
+            "{path:?}: {left} of {pages} pages still resident"
+        );
+        assert_eq!(v[12345], pattern(12345, 4) + 1);
+        rt.prefetch(&v, Location::Host).unwrap();
+        assert!(
+            resident_pages(&v) >= pages - 1,
+            "{path:?}: prefetch home makes pages resident"
+        );
+        assert_eq!(rt.residency(&v).device, 0);
+    });
+}

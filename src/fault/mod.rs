@@ -1,4 +1,4 @@
-//! The fault service's operating-system floor: userfaultfd, capability probing.
+//! The fault service: userfaultfd, capability probing, the handler, `fork()`.
 //!
 //! This room holds the thin wrappers the fault service is built on. [`uffd`] owns one
 //! userfaultfd and turns each ioctl into a call that neither allocates nor panics, so the
@@ -6,8 +6,9 @@
 //! deadlock-free" in `docs/architecture.md`). [`probe`] answers, without side effects,
 //! which fault backends this process could run (`vkhmm info`).
 //!
-//! The service itself (handler thread, deferred faults, the `signal` backend) lands here
-//! later, on top of these modules.
+//! [`service`] is the fault service on top of them (the handler thread, deferred faults, the
+//! mirror), and [`fork`] brings device-resident pages home before `fork()`. The `signal`
+//! backend of the design brief is not written yet.
 
 pub(crate) mod fork;
 pub mod probe;
