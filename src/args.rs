@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn tuple_order_access_and_push() {
         let x = vec![1.0f32; 3];
-        let mut y = vec![0u32; 5];
+        let mut y = [0u32; 5];
         let mut z = [0u8; 7];
         let p = P2 { a: 2.0, n: 9 };
         let l = collect(&(&x, Push(&p), &mut y[1..], &mut z));

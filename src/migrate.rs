@@ -658,7 +658,8 @@ pub(crate) fn prepare(
     let keep: Vec<Range<usize>> = groups.iter().map(|g| g.range.clone()).collect();
     // Take what the plan needs out of the snapshot and let it go: a snapshot keeps every
     // extent (and its device memory) alive, and eviction below must be able to free some.
-    let planned: Vec<(Range<usize>, Option<Arc<Ext>>, Vec<Arc<Ext>>)> = groups
+    type Planned = (Range<usize>, Option<Arc<Ext>>, Vec<Arc<Ext>>);
+    let planned: Vec<Planned> = groups
         .iter()
         .map(|g| {
             let own = g
@@ -853,13 +854,12 @@ fn take_over(
                 )
             })
             .collect();
+        if regions.is_empty() {
+            return Ok(());
+        }
         // SAFETY: every page of `old` is claimed and `block` is new: nobody else touches
         // either range; the two blocks are distinct, so no region overlaps itself.
-        return if regions.is_empty() {
-            Ok(())
-        } else {
-            unsafe { transfer.copy(&old.device().block, block, &regions) }
-        };
+        return unsafe { transfer.copy(&old.device().block, block, &regions) };
     }
     if states.contains(&Residence::Device) {
         return Err(Error::InvalidConfig(

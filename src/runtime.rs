@@ -277,12 +277,12 @@ impl Runtime {
             transfer,
             ..
         } = &mut *worker;
+        let started = std::time::Instant::now();
         // SAFETY: every block is held by `launch` (mirror extents or transient blocks) past
         // the wait inside `dispatch`; the pages of written bindings stay claimed and those of
         // read bindings are `Shared`, so no transfer writes the bound ranges meanwhile (the
         // worker lock keeps this runtime's own transfers out; the fault handler only reads
         // `Device` pages it claims, and claimed pages cannot be claimed twice).
-        let started = std::time::Instant::now();
         let ran = unsafe { dispatcher.dispatch(&kernel.pipeline, &buffers, &list.push, groups) };
         Counters::add(
             &self.ctx.counters.kernel_ns,

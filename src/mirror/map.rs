@@ -219,7 +219,7 @@ mod tests {
         m.write().replace(&[], [a.clone()]);
 
         // Handler idle at retirement: free at once.
-        m.write().replace(&[a.clone()], [ext(5, 1)]);
+        m.write().replace(std::slice::from_ref(&a), [ext(5, 1)]);
         assert_eq!(m.write().collect_garbage().len(), 1);
 
         // Handler busy at retirement: kept until it goes idle.

@@ -223,7 +223,7 @@ mod tests {
     #[test]
     fn reuse_when_inside_one_extent() {
         let existing = [0..4 * P, 8 * P..12 * P];
-        let (g, of) = plan_groups(&existing, &[9 * P..10 * P]);
+        let (g, of) = plan_groups(&existing, std::slice::from_ref(&(9 * P..10 * P)));
         assert_eq!(
             g,
             vec![Group {
@@ -271,7 +271,10 @@ mod tests {
 
     #[test]
     fn growing_past_an_extent_absorbs_it() {
-        let (g, _) = plan_groups(&[2 * P..4 * P], &[3 * P..6 * P]);
+        let (g, _) = plan_groups(
+            std::slice::from_ref(&(2 * P..4 * P)),
+            std::slice::from_ref(&(3 * P..6 * P)),
+        );
         assert_eq!(
             g,
             vec![Group {
