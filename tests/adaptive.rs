@@ -1,0 +1,96 @@
+//! Fault-back policy: chunks grow on sequential reads and stay small on random ones;
+//! transparent huge pages migrate and come back correctly.
+
+mod common;
+
+use common::{groups, pattern};
+use vkhmm::{shaders, Location, Push};
+
+const CHUNK: usize = 64 * 1024;
+
+#[test]
+fn sequential_reads_grow_the_chunk_and_random_reads_do_not() {
+    for path in common::PATHS {
+        let Some(rt) = common::runtime(path) else {
+            return;
+        };
+        let len = 16 << 20; // 16 MiB: 256 base chunks
+        let src: Vec<u32> = (0..len / 4).map(|i| pattern(i, 1)).collect();
+        let mut v = rt.alloc_from(&src).unwrap();
+
+        rt.prefetch(&v, Location::Device).unwrap();
+        let before = rt.stats();
+        assert!(
+            (0..v.len()).step_by(1024).all(|i| v[i] == src[i]),
+            "{path:?}"
+        );
+        let seq = rt.stats() - before;
+        // Doubling from 64 KiB to 2 MiB takes 6 faults, then 2 MiB per fault: about 12, against
+        // 256 at a fixed 64 KiB (a retried chunk may restart the doubling).
+        assert!(
+            seq.cpu_faults <= 32,
+            "{path:?}: sequential read took {} faults",
+            seq.cpu_faults
+        );
+        assert_eq!(seq.bytes_to_host, len as u64, "{path:?}");
+
+        rt.prefetch(&v, Location::Device).unwrap();
+        let before = rt.stats();
+        // Every 7th chunk, backwards: no two touches are sequential.
+        let touched: Vec<usize> = (0..len / CHUNK).rev().step_by(7).collect();
+        for &c in &touched {
+            let i = c * CHUNK / 4 + 100;
+            assert_eq!(v[i], src[i], "{path:?}");
+        }
+        let random = rt.stats() - before;
+        assert_eq!(
+            random.cpu_faults,
+            touched.len() as u64,
+            "{path:?}: one fault per chunk"
+        );
+        assert!(
+            random.bytes_to_host <= (touched.len() * CHUNK) as u64,
+            "{path:?}: {random}"
+        );
+        v[0] = 1;
+    }
+}
+
+#[test]
+fn transparent_huge_pages_migrate_and_come_back() {
+    for path in common::PATHS {
+        let Some(rt) = common::runtime(path) else {
+            return;
+        };
+        let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
+        let len = 8 << 20;
+        // SAFETY: a fresh private anonymous mapping, unmapped at the end of the loop body.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: our own mapping; asking for huge pages changes no contents.
+        assert_eq!(unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) }, 0);
+        // SAFETY: `len` mapped, readable and writable bytes, page-aligned.
+        let v = unsafe { std::slice::from_raw_parts_mut(p.cast::<u32>(), len / 4) };
+        for (i, x) in v.iter_mut().enumerate() {
+            *x = pattern(i, 2);
+        }
+        for round in 1..=3u32 {
+            let push = [v.len() as u32, 1u32];
+            rt.launch(&add, groups(v.len(), 64), (&mut *v, Push(&push)))
+                .unwrap();
+            let ok = (0..v.len()).all(|i| v[i] == pattern(i, 2).wrapping_add(round));
+            assert!(ok, "{path:?}: round {round}");
+        }
+        // SAFETY: `v` is not used after this.
+        assert_eq!(unsafe { libc::munmap(p, len) }, 0);
+    }
+}
