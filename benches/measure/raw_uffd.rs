@@ -1,0 +1,184 @@
+//! The limit of a fault-back: a raw userfaultfd round trip with a trivial handler thread.
+//!
+//! One anonymous mapping is registered for MISSING faults; a handler thread waits in
+//! `poll(2)`, reads the fault message and answers it with one 4 KiB `UFFDIO_COPY` from a
+//! source page. The measuring thread touches one page at a time and times each touch, so a
+//! sample is: trap, wake the handler, read the message, copy, wake the toucher. Nothing of
+//! vkhmm is used (its fault layer is private); the plumbing is rustix + linux-raw-sys as in
+//! the crate's `src/fault/uffd.rs`.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use linux_raw_sys::general as uapi;
+use rustix::ioctl::{ioctl, Opcode, Updater};
+
+use super::PAGE;
+
+const OP_API: Opcode = linux_raw_sys::ioctl::UFFDIO_API as Opcode;
+const OP_REGISTER: Opcode = linux_raw_sys::ioctl::UFFDIO_REGISTER as Opcode;
+const OP_COPY: Opcode = linux_raw_sys::ioctl::UFFDIO_COPY as Opcode;
+
+/// An anonymous mapping whose pages a trivial handler thread fills on first touch.
+pub struct RawUffd {
+    base: *mut u8,
+    pages: usize,
+    stop: Arc<AtomicBool>,
+    handler: Option<std::thread::JoinHandle<()>>,
+    _fd: Arc<OwnedFd>,
+}
+
+/// The address of the source page, sendable to the handler thread.
+struct SendPtr(usize);
+
+impl RawUffd {
+    /// Maps `pages` pages and starts the handler.
+    pub fn new(pages: usize) -> anyhow::Result<RawUffd> {
+        use rustix::mm::{userfaultfd, UserfaultfdFlags};
+        let flags = UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK;
+        // SAFETY: creating a userfaultfd changes nothing until a range is registered; the
+        // only range registered below is this object's own mapping.
+        let fd = match unsafe { userfaultfd(flags) } {
+            Ok(fd) => fd,
+            Err(_) => {
+                let user_only =
+                    flags | UserfaultfdFlags::from_bits_retain(uapi::UFFD_USER_MODE_ONLY);
+                // SAFETY: as above.
+                unsafe { userfaultfd(user_only) }
+                    .map_err(|e| anyhow::anyhow!("userfaultfd(2): {e}"))?
+            }
+        };
+        let mut api = uapi::uffdio_api {
+            api: u64::from(uapi::UFFD_API),
+            features: 0,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_API reads and writes one `uffdio_api`, which `api` is.
+        unsafe { ioctl(&fd, Updater::<OP_API, _>::new(&mut api)) }
+            .map_err(|e| anyhow::anyhow!("UFFDIO_API: {e}"))?;
+        let len = pages * PAGE;
+        // SAFETY: a fresh private anonymous mapping aliases nothing.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+            )
+        }
+        .map_err(|e| anyhow::anyhow!("mmap: {e}"))?
+        .cast::<u8>();
+        let mut reg = uapi::uffdio_register {
+            range: uapi::uffdio_range {
+                start: base as u64,
+                len: len as u64,
+            },
+            mode: u64::from(uapi::UFFDIO_REGISTER_MODE_MISSING),
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER reads and writes one `uffdio_register`; the range is ours.
+        unsafe { ioctl(&fd, Updater::<OP_REGISTER, _>::new(&mut reg)) }
+            .map_err(|e| anyhow::anyhow!("UFFDIO_REGISTER: {e}"))?;
+        let fd = Arc::new(fd);
+        let stop = Arc::new(AtomicBool::new(false));
+        let source: &'static mut [u8] = Box::leak(vec![0x5au8; 2 * PAGE].into_boxed_slice());
+        // A page-aligned source inside the leaked buffer (leaked: lives as long as the thread).
+        let src = SendPtr((source.as_ptr() as usize + PAGE - 1) & !(PAGE - 1));
+        let handler = {
+            let (fd, stop) = (fd.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("raw-uffd".into())
+                .spawn(move || handle(&fd, &stop, src))?
+        };
+        Ok(RawUffd {
+            base,
+            pages,
+            stop,
+            handler: Some(handler),
+            _fd: fd,
+        })
+    }
+
+    /// Drops every page so that the next touch of each faults again.
+    pub fn reset(&self) -> anyhow::Result<()> {
+        // SAFETY: the mapping is ours and holds no Rust objects; dropped pages read as
+        // missing, which the handler fills.
+        unsafe {
+            rustix::mm::madvise(
+                self.base.cast(),
+                self.pages * PAGE,
+                rustix::mm::Advice::LinuxDontNeed,
+            )
+        }
+        .map_err(|e| anyhow::anyhow!("madvise: {e}"))
+    }
+
+    /// Touches page `i` (one read) and returns how long the touch took.
+    pub fn touch(&self, i: usize) -> Duration {
+        let t = Instant::now();
+        // SAFETY: `i < pages` is checked by the caller's index; the page is readable (the
+        // handler fills it if missing).
+        let v = unsafe { std::ptr::read_volatile(self.base.add((i % self.pages) * PAGE)) };
+        let d = t.elapsed();
+        std::hint::black_box(v);
+        d
+    }
+
+    /// Number of pages mapped.
+    pub fn pages(&self) -> usize {
+        self.pages
+    }
+}
+
+impl Drop for RawUffd {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handler.take() {
+            let _ = h.join();
+        }
+        // SAFETY: the mapping is ours and nothing refers to it any more.
+        let _ = unsafe { rustix::mm::munmap(self.base.cast(), self.pages * PAGE) };
+    }
+}
+
+/// The trivial handler: wait, read one message, copy one page from `src`, repeat.
+fn handle(fd: &OwnedFd, stop: &AtomicBool, src: SendPtr) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let timeout = Timespec {
+        tv_sec: 0,
+        tv_nsec: 20_000_000,
+    };
+    let mut msg = [0u8; std::mem::size_of::<uapi::uffd_msg>()];
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        if !matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0) {
+            continue;
+        }
+        let Ok(n) = rustix::io::read(fd.as_fd(), &mut msg) else {
+            continue;
+        };
+        if n != msg.len() {
+            continue;
+        }
+        // SAFETY: `uffd_msg` is plain integers, valid for any bytes; `msg` has its size.
+        let m: uapi::uffd_msg = unsafe { std::ptr::read_unaligned(msg.as_ptr().cast()) };
+        if u32::from(m.event) != uapi::UFFD_EVENT_PAGEFAULT {
+            continue;
+        }
+        // SAFETY: the event byte says the union holds a page-fault record (plain integers).
+        let addr = unsafe { m.arg.pagefault }.address as usize & !(PAGE - 1);
+        let mut copy = uapi::uffdio_copy {
+            dst: addr as u64,
+            src: src.0 as u64,
+            len: PAGE as u64,
+            mode: 0,
+            copy: 0,
+        };
+        // SAFETY: UFFDIO_COPY reads and writes one `uffdio_copy`; the source page is a
+        // readable leaked buffer outside the registered range, the destination a missing
+        // page of our own mapping, which holds plain bytes.
+        let _ = unsafe { ioctl(fd, Updater::<OP_COPY, _>::new(&mut copy)) };
+    }
+}
