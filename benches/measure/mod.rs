@@ -149,6 +149,44 @@ pub fn sample(
     Ok(Samples(v))
 }
 
+/// Samples `f` and `g` alternately (one warm-up each first), so that both see the same
+/// machine: on a shared 2-core box the load changes from second to second, and a ratio of
+/// two figures taken minutes apart says little. Stops as [`sample`] does, counting pairs.
+pub fn sample_pair(
+    budget: Budget,
+    f: impl FnMut() -> anyhow::Result<Duration>,
+    g: impl FnMut() -> anyhow::Result<Duration>,
+) -> anyhow::Result<(Samples, Samples)> {
+    sample_blocks(budget, 1, f, g)
+}
+
+/// [`sample_pair`] in blocks: `block` runs of `f`, then `block` runs of `g`, and so on
+/// (for latencies, where switching contender on every sample would disturb both: each
+/// side's handler thread must go idle and be woken the same way).
+pub fn sample_blocks(
+    budget: Budget,
+    block: usize,
+    mut f: impl FnMut() -> anyhow::Result<Duration>,
+    mut g: impl FnMut() -> anyhow::Result<Duration>,
+) -> anyhow::Result<(Samples, Samples)> {
+    let block = block.max(1);
+    f()?;
+    g()?;
+    let start = Instant::now();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    while a.len() < budget.min_iters
+        || (a.len() < budget.max_iters && start.elapsed() < budget.time)
+    {
+        for _ in 0..block {
+            a.push(f()?);
+        }
+        for _ in 0..block {
+            b.push(g()?);
+        }
+    }
+    Ok((Samples(a), Samples(b)))
+}
+
 /// A runtime on `path` with the default chunk policy.
 pub fn runtime(path: TransferPath) -> anyhow::Result<Runtime> {
     Ok(Runtime::builder().transfer(path).build()?)
@@ -216,6 +254,71 @@ impl Memcpy {
         let d = t.elapsed();
         std::hint::black_box(&mut self.dst);
         Ok(d)
+    }
+}
+
+/// `madvise(MADV_DONTNEED)` of a populated buffer: what dropping the host copy costs (a
+/// prefetch to the device and a written binding do it for every page).
+pub struct DropPages {
+    buf: Vec<u8>,
+}
+
+impl DropPages {
+    /// A buffer of `size` bytes (page-aligned inside a larger allocation).
+    pub fn new(size: usize) -> DropPages {
+        DropPages {
+            buf: vec![1; size + PAGE],
+        }
+    }
+
+    fn span(&mut self) -> (*mut u8, usize) {
+        let p = self.buf.as_mut_ptr();
+        let off = p.align_offset(PAGE);
+        // SAFETY: `off < PAGE` and the buffer holds `size + PAGE` bytes.
+        (unsafe { p.add(off) }, self.buf.len() - PAGE)
+    }
+
+    /// Untimed: populate every page; timed: drop them.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        let (p, len) = self.span();
+        for i in (0..len).step_by(PAGE) {
+            // SAFETY: inside the span.
+            unsafe { p.add(i).write_volatile(1) };
+        }
+        let t = Instant::now();
+        // SAFETY: the span is our own heap memory holding plain bytes; dropped pages read
+        // back as zeros, which are valid `u8`s.
+        unsafe { rustix::mm::madvise(p.cast(), len, rustix::mm::Advice::LinuxDontNeed) }?;
+        Ok(t.elapsed())
+    }
+}
+
+/// memcpy into pages that do not exist yet (dropped just before): the kernel allocates and
+/// zeroes each page on first touch, then the copy runs. The floor of any scheme that brings
+/// data into freshly emptied host pages through ordinary page faults.
+pub struct ColdMemcpy {
+    src: Vec<u8>,
+    dst: DropPages,
+}
+
+impl ColdMemcpy {
+    /// Buffers of `size` bytes.
+    pub fn new(size: usize) -> ColdMemcpy {
+        ColdMemcpy {
+            src: (0..size).map(|i| i as u8).collect(),
+            dst: DropPages::new(size),
+        }
+    }
+
+    /// Untimed: drop the destination's pages; timed: the copy.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        let (p, len) = self.dst.span();
+        // SAFETY: as in `DropPages::run`.
+        unsafe { rustix::mm::madvise(p.cast(), len, rustix::mm::Advice::LinuxDontNeed) }?;
+        let t = Instant::now();
+        // SAFETY: `p..p + len` is inside the destination buffer, disjoint from `src`.
+        unsafe { std::ptr::copy_nonoverlapping(self.src.as_ptr(), p, len) };
+        Ok(t.elapsed())
     }
 }
 

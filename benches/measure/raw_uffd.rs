@@ -143,6 +143,109 @@ impl Drop for RawUffd {
     }
 }
 
+/// `UFFDIO_COPY` throughput: fill a registered, empty mapping of `size` bytes from a
+/// populated source in `piece`-byte ioctls (the primitive a fault-back or a prefetch to the
+/// host is built on). No fault is involved: the ioctls run on the measuring thread.
+pub struct CopyBandwidth {
+    dst: *mut u8,
+    size: usize,
+    piece: usize,
+    src: Vec<u8>,
+    fd: OwnedFd,
+}
+
+impl CopyBandwidth {
+    /// A registered mapping and a source of `size` bytes.
+    pub fn new(size: usize, piece: usize) -> anyhow::Result<CopyBandwidth> {
+        use rustix::mm::{userfaultfd, UserfaultfdFlags};
+        let flags = UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK;
+        // SAFETY: as in `RawUffd::new`: only our own mapping is registered.
+        let fd = match unsafe { userfaultfd(flags) } {
+            Ok(fd) => fd,
+            Err(_) => {
+                let user_only =
+                    flags | UserfaultfdFlags::from_bits_retain(uapi::UFFD_USER_MODE_ONLY);
+                // SAFETY: as above.
+                unsafe { userfaultfd(user_only) }
+                    .map_err(|e| anyhow::anyhow!("userfaultfd(2): {e}"))?
+            }
+        };
+        let mut api = uapi::uffdio_api {
+            api: u64::from(uapi::UFFD_API),
+            features: 0,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_API reads and writes one `uffdio_api`, which `api` is.
+        unsafe { ioctl(&fd, Updater::<OP_API, _>::new(&mut api)) }
+            .map_err(|e| anyhow::anyhow!("UFFDIO_API: {e}"))?;
+        // SAFETY: a fresh private anonymous mapping aliases nothing.
+        let dst = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                size,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+            )
+        }
+        .map_err(|e| anyhow::anyhow!("mmap: {e}"))?
+        .cast::<u8>();
+        let mut reg = uapi::uffdio_register {
+            range: uapi::uffdio_range {
+                start: dst as u64,
+                len: size as u64,
+            },
+            mode: u64::from(uapi::UFFDIO_REGISTER_MODE_MISSING),
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER reads and writes one `uffdio_register`; the range is ours.
+        unsafe { ioctl(&fd, Updater::<OP_REGISTER, _>::new(&mut reg)) }
+            .map_err(|e| anyhow::anyhow!("UFFDIO_REGISTER: {e}"))?;
+        Ok(CopyBandwidth {
+            dst,
+            size,
+            piece: piece.min(size),
+            src: (0..size).map(|i| i as u8).collect(),
+            fd,
+        })
+    }
+
+    /// Untimed: drop every destination page; timed: fill them all with `UFFDIO_COPY`.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        // SAFETY: the mapping is ours and holds plain bytes; nothing touches it meanwhile.
+        unsafe {
+            rustix::mm::madvise(
+                self.dst.cast(),
+                self.size,
+                rustix::mm::Advice::LinuxDontNeed,
+            )
+        }
+        .map_err(|e| anyhow::anyhow!("madvise: {e}"))?;
+        let t = Instant::now();
+        for off in (0..self.size).step_by(self.piece) {
+            let len = self.piece.min(self.size - off);
+            let mut copy = uapi::uffdio_copy {
+                dst: self.dst as u64 + off as u64,
+                src: self.src.as_ptr() as u64 + off as u64,
+                len: len as u64,
+                mode: u64::from(uapi::UFFDIO_COPY_MODE_DONTWAKE),
+                copy: 0,
+            };
+            // SAFETY: UFFDIO_COPY reads and writes one `uffdio_copy`; the source is our
+            // populated Vec, the destination missing pages of our own registered mapping.
+            unsafe { ioctl(&self.fd, Updater::<OP_COPY, _>::new(&mut copy)) }
+                .map_err(|e| anyhow::anyhow!("UFFDIO_COPY: {e}"))?;
+        }
+        Ok(t.elapsed())
+    }
+}
+
+impl Drop for CopyBandwidth {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is ours and nothing refers to it any more.
+        let _ = unsafe { rustix::mm::munmap(self.dst.cast(), self.size) };
+    }
+}
+
 /// The trivial handler: wait, read one message, copy one page from `src`, repeat.
 fn handle(fd: &OwnedFd, stop: &AtomicBool, src: SendPtr) {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};

@@ -284,6 +284,9 @@ fn sweep(
                 ));
             }
         }
+        if size == TARGET_SIZE {
+            limits(r, budget, size, memcpy)?;
+        }
         let mut s = raw_ash::StagedCopy::new(vk, size)?;
         let up = median_of(&measure::sample(budget, || s.upload(vk))?);
         let down = median_of(&measure::sample(budget, || s.download(vk))?);
@@ -302,6 +305,56 @@ fn sweep(
             gbps(size, up),
             gbps(size, down),
         ));
+    }
+    Ok(())
+}
+
+/// The kernel primitives under the figures, at one size: dropping pages, memcpy into
+/// dropped pages, `UFFDIO_COPY` in 64 KiB and 2 MiB pieces. Rows without target.
+fn limits(r: &mut Report, budget: Budget, size: usize, memcpy: f64) -> anyhow::Result<()> {
+    let mut d = measure::DropPages::new(size);
+    let drop_s = median_of(&measure::sample(budget, || d.run())?);
+    drop(d);
+    let mut c = measure::ColdMemcpy::new(size);
+    let cold = median_of(&measure::sample(budget, || c.run())?);
+    drop(c);
+    let mut rows = vec![
+        (
+            "madvise_dontneed",
+            "madvise(DONTNEED) (limit)".to_string(),
+            drop_s,
+        ),
+        (
+            "memcpy_unpopulated",
+            "memcpy into dropped pages (limit)".to_string(),
+            cold,
+        ),
+    ];
+    for piece in [64 * KIB, 2 * MIB] {
+        let mut u = measure::raw_uffd::CopyBandwidth::new(size, piece)?;
+        let t = median_of(&measure::sample(budget, || u.run())?);
+        let key = if piece == 64 * KIB {
+            "uffdio_copy_64k"
+        } else {
+            "uffdio_copy_2m"
+        };
+        rows.push((
+            key,
+            format!("UFFDIO_COPY, {} pieces (limit)", size_name(piece)),
+            t,
+        ));
+    }
+    for (key, figure, t) in rows {
+        r.rows.push(Row {
+            key: format!("{key}_{}", size / MIB),
+            figure: format!("{figure}, {}", size_name(size)),
+            unit: Unit::GBps,
+            vkhmm: gbps(size, t),
+            baseline: "memcpy".into(),
+            base: Some(memcpy),
+            target: None,
+            note: "kernel primitive, not vkhmm".into(),
+        });
     }
     Ok(())
 }
@@ -383,17 +436,8 @@ fn touch(r: &mut Report, p: &Progress, quick: bool) -> anyhow::Result<()> {
         max_iters: samples,
         time: Duration::ZERO,
     };
+    // Each case alternates one raw touch and one vkhmm touch, so both see the same load.
     let mut raw = measure::RawTouch::new(512)?;
-    let raw_s = measure::sample(n, || raw.run())?;
-    drop(raw);
-    let (raw50, raw99) = (raw_s.percentile(50.0), raw_s.percentile(99.0));
-    p.say(&format!(
-        "raw userfaultfd round trip: p50 {:.1} us, p99 {:.1} us",
-        us(raw50),
-        us(raw99)
-    ));
-    r.extra.push(("raw_uffd_p50_us".into(), us(raw50)));
-    r.extra.push(("raw_uffd_p99_us".into(), us(raw99)));
     let cases = [
         ("4K chunk, Direct", TransferPath::Direct, 4 * KIB, true),
         ("4K chunk, Staged", TransferPath::Staged, 4 * KIB, true),
@@ -407,12 +451,16 @@ fn touch(r: &mut Report, p: &Progress, quick: bool) -> anyhow::Result<()> {
     for (i, (name, path, chunk, fixed)) in cases.into_iter().enumerate() {
         let rt = measure::runtime_chunked(path, chunk, fixed)?;
         let mut t = measure::TouchLatency::new(&rt, 512, chunk)?;
-        let s = measure::sample(n, || t.run())?;
+        let (s, raw_s) = measure::sample_blocks(n, 256, || t.run(), || raw.run())?;
         let (p50, p99) = (s.percentile(50.0), s.percentile(99.0));
+        let (raw50, raw99) = (raw_s.percentile(50.0), raw_s.percentile(99.0));
         p.say(&format!(
-            "isolated touch, {name}: p50 {:.1} us, p99 {:.1} us",
+            "isolated touch, {name}: p50 {:.1} us, p99 {:.1} us; raw userfaultfd p50 {:.1} us, \
+             p99 {:.1} us",
             us(p50),
-            us(p99)
+            us(p99),
+            us(raw50),
+            us(raw99)
         ));
         let key = format!(
             "touch_{}_{}",
@@ -427,7 +475,11 @@ fn touch(r: &mut Report, p: &Progress, quick: bool) -> anyhow::Result<()> {
             baseline: "raw uffd p50".into(),
             base: Some(us(raw50)),
             target: (i == 0).then_some(Target::AtMost(2.0)),
-            note: String::new(),
+            note: format!(
+                "p5 {:.1} vs {:.1} us",
+                us(s.percentile(5.0)),
+                us(raw_s.percentile(5.0))
+            ),
         });
         r.rows.push(Row {
             key: format!("{key}_p99"),
@@ -439,6 +491,10 @@ fn touch(r: &mut Report, p: &Progress, quick: bool) -> anyhow::Result<()> {
             target: None,
             note: String::new(),
         });
+        if i == 0 {
+            r.extra.push(("raw_uffd_p50_us".into(), us(raw50)));
+            r.extra.push(("raw_uffd_p99_us".into(), us(raw99)));
+        }
     }
     Ok(())
 }
@@ -464,10 +520,6 @@ fn launch(
         time: Duration::ZERO,
     };
     let raw = raw_ash::RawDispatch::new(vk, n)?;
-    let raw_s = measure::sample(b, || raw.run(vk))?;
-    drop(raw);
-    let raw50 = us(raw_s.median());
-    r.extra.push(("raw_ash_dispatch_p50_us".into(), raw50));
     // What one read of /proc/self/maps costs in this process (the launch path reads it;
     // see docs/performance.md).
     let maps = measure::sample(Budget::QUICK, || {
@@ -483,9 +535,14 @@ fn launch(
     for (path, rt) in [("Direct", direct), ("Staged", staged)] {
         let mut l = measure::Launch::new(rt, n)?;
         let moved0 = l.moved();
-        let s = measure::sample(b, || l.run())?;
+        let (s, raw_s) = measure::sample_pair(b, || l.run(), || raw.run(vk))?;
         let moved = l.moved() - moved0;
         let v = us(s.median());
+        let raw50 = us(raw_s.median());
+        r.extra.push((
+            format!("raw_ash_dispatch_p50_us_vs_{}", path.to_lowercase()),
+            raw50,
+        ));
         p.say(&format!(
             "resident launch ({path}): p50 {v:.1} us, raw ash dispatch {raw50:.1} us; \
              {moved} bytes moved while sampling"
@@ -501,11 +558,12 @@ fn launch(
             note: format!("p99 {:.1} us; {moved} B moved", us(s.percentile(99.0))),
         });
     }
+    drop(raw);
     Ok(())
 }
 
-/// End-to-end saxpy: vkhmm on both paths and hand-written ash (wgpu comes later, from its
-/// own process).
+/// End-to-end saxpy: vkhmm on both paths, each alternating with hand-written ash (wgpu
+/// comes later, from its own process).
 fn saxpy(
     r: &mut Report,
     p: &Progress,
@@ -516,82 +574,77 @@ fn saxpy(
     vk: &raw_ash::Vk,
 ) -> anyhow::Result<()> {
     let b = Budget {
-        min_iters: if quick { 2 } else { 4 },
-        max_iters: if quick { 2 } else { 6 },
-        time: Duration::from_secs(2),
+        min_iters: if quick { 2 } else { 5 },
+        max_iters: if quick { 2 } else { 8 },
+        time: Duration::from_secs(3),
     };
     let mut raw = raw_ash::RawSaxpy::new(vk, n)?;
     let (mut x, mut y) = (vec![0f32; n], vec![0f32; n]);
     let mut it = 0;
-    let mut runs = Vec::new();
-    let raw_s = measure::sample(b, || {
-        it += 1;
-        measure::saxpy_fill(&mut x, &mut y, it);
-        let (d, sum) = raw.run(vk, &x, &y, 2.0)?;
-        anyhow::ensure!(
-            sum == measure::saxpy_expect(n, 2.0, it),
-            "ash saxpy: wrong sum"
-        );
-        runs.push((d, raw.parts.to_vec()));
-        Ok(d)
-    })?;
-    drop(raw);
-    let raw_ms = raw_s.median().as_secs_f64() * 1e3;
-    let parts = median_parts(runs);
-    for (i, name) in ["memcpy_to_staging", "submit_copy_kernel_copy", "cpu_sum"]
-        .iter()
-        .enumerate()
-    {
-        r.extra
-            .push((format!("ash_saxpy_{name}_ms"), parts[i] * 1e3));
-    }
-    r.extra.push(("ash_saxpy_ms".into(), raw_ms));
-    p.say(&format!(
-        "saxpy 2x{}: hand-written ash {raw_ms:.1} ms (staging {:.1}, submit {:.1}, sum {:.1})",
-        size_name(n * 4),
-        parts[0] * 1e3,
-        parts[1] * 1e3,
-        parts[2] * 1e3
-    ));
     for (path, rt) in [("Direct", direct), ("Staged", staged)] {
         let mut s = measure::Saxpy::new(rt, n)?;
         let mut all = Vec::new();
+        let mut raw_runs = Vec::new();
         let before = rt.stats();
-        let samples = measure::sample(b, || {
-            let d = s.run()?;
-            anyhow::ensure!(
-                s.sum == measure::saxpy_expect(n, 2.0, s.iteration()),
-                "vkhmm saxpy: wrong sum"
-            );
-            all.push((d, s.parts.to_vec()));
-            Ok(d)
-        })?;
+        let (samples, raw_s) = measure::sample_pair(
+            b,
+            || {
+                let d = s.run()?;
+                anyhow::ensure!(
+                    s.sum == measure::saxpy_expect(n, 2.0, s.iteration()),
+                    "vkhmm saxpy: wrong sum"
+                );
+                all.push((d, s.parts.to_vec()));
+                Ok(d)
+            },
+            || {
+                it += 1;
+                measure::saxpy_fill(&mut x, &mut y, it);
+                let (d, sum) = raw.run(vk, &x, &y, 2.0)?;
+                anyhow::ensure!(
+                    sum == measure::saxpy_expect(n, 2.0, it),
+                    "ash saxpy: wrong sum"
+                );
+                raw_runs.push((d, raw.parts.to_vec()));
+                Ok(d)
+            },
+        )?;
         let stats = rt.stats() - before;
         let runs = all.len() as f64;
         let parts = median_parts(all);
+        let raw_parts = median_parts(raw_runs);
         let ms = samples.median().as_secs_f64() * 1e3;
+        let raw_ms = raw_s.median().as_secs_f64() * 1e3;
         let lower = path.to_lowercase();
-        r.extra
-            .push((format!("vkhmm_saxpy_{lower}_launch_ms"), parts[0] * 1e3));
-        r.extra
-            .push((format!("vkhmm_saxpy_{lower}_read_ms"), parts[1] * 1e3));
-        r.extra.push((
-            format!("vkhmm_saxpy_{lower}_kernel_ms"),
-            stats.kernel_time.as_secs_f64() / runs * 1e3,
-        ));
-        r.extra.push((
-            format!("vkhmm_saxpy_{lower}_faults_per_run"),
-            stats.cpu_faults as f64 / runs,
-        ));
-        r.extra.push((format!("vkhmm_saxpy_{lower}_ms"), ms));
+        let kernel = stats.kernel_time.as_secs_f64() / runs * 1e3;
+        let faults = stats.cpu_faults as f64 / runs;
+        for (k, v) in [
+            ("launch_ms", parts[0] * 1e3),
+            ("read_ms", parts[1] * 1e3),
+            ("kernel_ms", kernel),
+            ("faults_per_run", faults),
+            ("ms", ms),
+        ] {
+            r.extra.push((format!("vkhmm_saxpy_{lower}_{k}"), v));
+        }
+        for (k, v) in [
+            ("memcpy_to_staging_ms", raw_parts[0] * 1e3),
+            ("submit_copy_kernel_copy_ms", raw_parts[1] * 1e3),
+            ("cpu_sum_ms", raw_parts[2] * 1e3),
+            ("ms", raw_ms),
+        ] {
+            r.extra.push((format!("ash_saxpy_{k}_beside_{lower}"), v));
+        }
         p.say(&format!(
-            "saxpy 2x{}: vkhmm {path} {ms:.1} ms (launch {:.1}, CPU read {:.1}; kernel {:.1}; \
-             {} faults per run)",
+            "saxpy 2x{}: vkhmm {path} {ms:.1} ms (launch {:.1}, CPU read {:.1}; kernel {kernel:.1}; \
+             {faults:.0} faults per run incl. refill); hand-written ash {raw_ms:.1} ms (staging \
+             {:.1}, submit {:.1}, sum {:.1})",
             size_name(n * 4),
             parts[0] * 1e3,
             parts[1] * 1e3,
-            stats.kernel_time.as_secs_f64() / runs * 1e3,
-            stats.cpu_faults as f64 / runs,
+            raw_parts[0] * 1e3,
+            raw_parts[1] * 1e3,
+            raw_parts[2] * 1e3,
         ));
         r.rows.push(Row {
             key: format!("saxpy_{lower}_vs_ash"),
