@@ -34,6 +34,10 @@ pub struct Args {
     /// MiB per vector of the end-to-end saxpy (the target is stated for 64).
     #[arg(long, default_value_t = 64)]
     pub saxpy_mib: usize,
+    /// Also write the JSON object to this file (the table still goes to stdout), so that
+    /// one run gives both; `benches/perf_chart.py` draws the charts from it.
+    #[arg(long, value_name = "PATH")]
+    pub save_json: Option<PathBuf>,
     /// Skip the wgpu baseline even when it is built.
     #[arg(long)]
     pub no_wgpu: bool,
@@ -224,6 +228,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     targets_table(&mut r, args.saxpy_mib);
     let elapsed = p.start.elapsed().as_secs_f64();
     p.say("done");
+    if let Some(path) = &args.save_json {
+        std::fs::write(path, json(&r, args, elapsed) + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if args.json {
         println!("{}", json(&r, args, elapsed));
     } else {
