@@ -36,6 +36,11 @@ struct SendPtr(usize);
 impl RawUffd {
     /// Maps `pages` pages and starts the handler.
     pub fn new(pages: usize) -> anyhow::Result<RawUffd> {
+        Self::with_handler_cpu(pages, None)
+    }
+
+    /// As [`RawUffd::new`], the handler thread pinned to `cpu` when given.
+    pub fn with_handler_cpu(pages: usize, cpu: Option<usize>) -> anyhow::Result<RawUffd> {
         use rustix::mm::{userfaultfd, UserfaultfdFlags};
         let flags = UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK;
         // SAFETY: creating a userfaultfd changes nothing until a range is registered; the
@@ -90,7 +95,12 @@ impl RawUffd {
             let (fd, stop) = (fd.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("raw-uffd".into())
-                .spawn(move || handle(&fd, &stop, src))?
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        let _ = pin_current_thread(Some(cpu));
+                    }
+                    handle(&fd, &stop, src)
+                })?
         };
         Ok(RawUffd {
             base,
@@ -141,6 +151,29 @@ impl Drop for RawUffd {
         // SAFETY: the mapping is ours and nothing refers to it any more.
         let _ = unsafe { rustix::mm::munmap(self.base.cast(), self.pages * PAGE) };
     }
+}
+
+/// Pins the calling thread to `cpu` (`None`: every CPU it may use at start-up, i.e. the
+/// process's mask); returns the previous mask so that the caller can restore it.
+pub fn pin_current_thread(cpu: Option<usize>) -> anyhow::Result<rustix::thread::CpuSet> {
+    use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
+    let old = sched_getaffinity(None)?;
+    let mut set = CpuSet::new();
+    match cpu {
+        Some(c) => set.set(c),
+        None => {
+            for c in 0..CpuSet::MAX_CPU {
+                set.set(c);
+            }
+        }
+    }
+    sched_setaffinity(None, &set)?;
+    Ok(old)
+}
+
+/// Restores a mask [`pin_current_thread`] returned.
+pub fn restore_affinity(old: &rustix::thread::CpuSet) {
+    let _ = rustix::thread::sched_setaffinity(None, old);
 }
 
 /// `UFFDIO_COPY` throughput: fill a registered, empty mapping of `size` bytes from a

@@ -504,6 +504,29 @@ fn touch(r: &mut Report, p: &Progress, quick: bool) -> anyhow::Result<()> {
             r.extra.push(("raw_uffd_p99_us".into(), us(raw99)));
         }
     }
+    drop(raw);
+    // Where the handler runs decides the round trip on a VM: the same CPU as the toucher
+    // (a context switch) or the other one (an IPI to an idle vCPU). Pin both to show it.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        let old = measure::raw_uffd::pin_current_thread(Some(0))?;
+        for (name, cpu) in [("same_cpu", 0), ("other_cpu", 1)] {
+            let mut pinned = measure::RawTouch::with_handler_cpu(512, Some(cpu))?;
+            let s = measure::sample(n, || pinned.run())?;
+            r.extra
+                .push((format!("raw_uffd_handler_{name}_p50_us"), us(s.median())));
+            r.extra.push((
+                format!("raw_uffd_handler_{name}_p99_us"),
+                us(s.percentile(99.0)),
+            ));
+            p.say(&format!(
+                "raw userfaultfd, handler pinned to the {} CPU: p50 {:.1} us, p99 {:.1} us",
+                name.replace("_cpu", ""),
+                us(s.median()),
+                us(s.percentile(99.0))
+            ));
+        }
+        measure::raw_uffd::restore_affinity(&old);
+    }
     Ok(())
 }
 
