@@ -352,6 +352,30 @@ fn limits(r: &mut Report, budget: Budget, size: usize, memcpy: f64) -> anyhow::R
             t,
         ));
     }
+    // Page recycling with UFFDIO_MOVE (where the kernel has it): both directions timed.
+    match measure::raw_uffd::MoveCycle::new(size, 2 * MIB) {
+        Ok(m) => {
+            let m = std::cell::RefCell::new(m);
+            // Out first: `to_host` needs the parked pages that `to_device` leaves.
+            let (dev, host) = measure::sample_pair(
+                budget,
+                || m.borrow_mut().to_device(),
+                || m.borrow_mut().to_host(),
+            )?;
+            anyhow::ensure!(m.into_inner().verify(), "UFFDIO_MOVE cycle lost data");
+            rows.push((
+                "uffdio_move_out",
+                "UFFDIO_MOVE host pages out, 2 MiB pieces (limit)".to_string(),
+                median_of(&dev),
+            ));
+            rows.push((
+                "memcpy_uffdio_move_in",
+                "memcpy into parked pages + UFFDIO_MOVE home (limit)".to_string(),
+                median_of(&host),
+            ));
+        }
+        Err(e) => eprintln!("UFFDIO_MOVE not measured: {e}"),
+    }
     for (key, figure, t) in rows {
         r.rows.push(Row {
             key: format!("{key}_{}", size / MIB),
