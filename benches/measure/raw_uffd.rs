@@ -386,24 +386,24 @@ impl MoveCycle {
     }
 
     /// Timed: the host pages leave (moved to the parking range; the home range is empty).
-    pub fn to_device(&mut self) -> anyhow::Result<Duration> {
+    pub fn park_out(&mut self) -> anyhow::Result<Duration> {
         let t = Instant::now();
         self.move_all(self.home, self.park)?;
         Ok(t.elapsed())
     }
 
     /// Timed: the "device copy" is memcpy'd into the parked pages, which move home. Call
-    /// only after [`MoveCycle::to_device`] (the parked range is empty before: a memcpy
+    /// only after [`MoveCycle::park_out`] (the parked range is empty before: a memcpy
     /// into it would fault with no handler to serve it).
-    pub fn to_host(&mut self) -> anyhow::Result<Duration> {
+    pub fn bring_home(&mut self) -> anyhow::Result<Duration> {
         let t = Instant::now();
-        // SAFETY: the parked pages are present (moved there by `to_device`) and ours.
+        // SAFETY: the parked pages are present (moved there by `park_out`) and ours.
         unsafe { std::ptr::copy_nonoverlapping(self.device.as_ptr(), self.park, self.size) };
         self.move_all(self.park, self.home)?;
         Ok(t.elapsed())
     }
 
-    /// Whether home holds the device data (call after a `to_host`).
+    /// Whether home holds the device data (call after a `bring_home`).
     pub fn verify(&self) -> bool {
         // SAFETY: after `to_host` every home page is present.
         let home = unsafe { std::slice::from_raw_parts(self.home, self.size) };

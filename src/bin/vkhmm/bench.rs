@@ -356,11 +356,11 @@ fn limits(r: &mut Report, budget: Budget, size: usize, memcpy: f64) -> anyhow::R
     match measure::raw_uffd::MoveCycle::new(size, 2 * MIB) {
         Ok(m) => {
             let m = std::cell::RefCell::new(m);
-            // Out first: `to_host` needs the parked pages that `to_device` leaves.
+            // Out first: `bring_home` needs the parked pages that `park_out` leaves.
             let (dev, host) = measure::sample_pair(
                 budget,
-                || m.borrow_mut().to_device(),
-                || m.borrow_mut().to_host(),
+                || m.borrow_mut().park_out(),
+                || m.borrow_mut().bring_home(),
             )?;
             anyhow::ensure!(m.into_inner().verify(), "UFFDIO_MOVE cycle lost data");
             rows.push((
