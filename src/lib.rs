@@ -86,6 +86,7 @@ mod migrate;
 #[allow(dead_code)] // wired up by migrate/runtime
 pub(crate) mod mirror;
 mod runtime;
+mod scope;
 pub mod shader;
 mod stats;
 mod sys;
@@ -114,4 +115,5 @@ pub use fault::probe::{
 pub use managed::Managed;
 pub use mirror::{Location, Residency};
 pub use runtime::{Kernel, Runtime, RuntimeBuilder};
+pub use scope::{Pending, Scope};
 pub use stats::Stats;

@@ -68,6 +68,61 @@ pub(crate) struct Worker {
     pub transfer: Transfer,
     pub dispatcher: Dispatcher,
     pub stamp: u64,
+    /// The launch submitted but not yet settled (at most one: the queue runs in order, and
+    /// whoever takes the worker next settles it first).
+    pub in_flight: Option<InFlight>,
+    /// Errors of launches settled by someone other than their waiter, by ticket.
+    pub failed: Vec<(u64, Error)>,
+    /// The next launch's ticket.
+    pub next_ticket: u64,
+}
+
+/// A submitted launch: its pages and blocks stay held until it is settled.
+pub(crate) struct InFlight {
+    pub ticket: u64,
+    pub launch: Launch,
+    pub submitted: std::time::Instant,
+}
+
+impl Worker {
+    /// The tools of a fresh context.
+    pub fn new(transfer: Transfer, dispatcher: Dispatcher) -> Self {
+        Worker {
+            transfer,
+            dispatcher,
+            stamp: 0,
+            in_flight: None,
+            failed: Vec::new(),
+            next_ticket: 1,
+        }
+    }
+
+    /// Waits for the launch in flight, if any, and settles it (written pages released,
+    /// edges and stack bindings copied back); its error, if any, is kept under its ticket.
+    fn settle(&mut self, ctx: &DeviceContext) {
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
+        let ran = self.dispatcher.wait();
+        let elapsed = f.submitted.elapsed().as_nanos() as u64;
+        Counters::add(&ctx.counters.kernel_ns, elapsed);
+        Counters::add(&ctx.counters.launches, u64::from(ran.is_ok()));
+        let settled = match FaultService::get() {
+            Ok(svc) => f.launch.finish(svc, ctx, &mut self.transfer),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ran.and(settled) {
+            self.failed.push((f.ticket, e));
+        }
+    }
+
+    /// The error of launch `ticket`, if it failed (and nobody took it yet).
+    pub fn take_error(&mut self, ticket: u64) -> Result<()> {
+        match self.failed.iter().position(|(t, _)| *t == ticket) {
+            Some(i) => Err(self.failed.swap_remove(i).1),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Event counters, shared by the launch path and the fault handler.
@@ -91,8 +146,13 @@ impl Counters {
 }
 
 impl DeviceContext {
+    /// The launch path's tools, with any launch in flight settled first — so that whoever
+    /// moves pages next (a launch, a prefetch, eviction, `fork()`, drop) never waits on pages
+    /// an unsettled kernel holds.
     pub fn lock_worker(&self) -> std::sync::MutexGuard<'_, Worker> {
-        self.worker.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut w = self.worker.lock().unwrap_or_else(PoisonError::into_inner);
+        w.settle(self);
+        w
     }
 }
 

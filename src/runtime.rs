@@ -146,12 +146,11 @@ impl RuntimeBuilder {
         let device = Device::new(&config)?;
         let path = device.info().transfer_path;
         let ctx = Arc::new(DeviceContext {
-            worker: Mutex::new(Worker {
-                transfer: Transfer::new(&device, path, config.staging_bytes)?,
-                dispatcher: Dispatcher::new(&device)?,
-                stamp: 0,
-            }),
-            fault_transfer: Mutex::new(Transfer::new(&device, path, config.staging_bytes)?),
+            worker: Mutex::new(Worker::new(
+                Transfer::new(&device, path, config.staging_bytes)?,
+                Dispatcher::new(&device)?,
+            )),
+            fault_transfer: Mutex::new(fault_transfer(&device, config.staging_bytes)?),
             counters: Counters::default(),
             policy,
             device,
@@ -165,6 +164,20 @@ impl RuntimeBuilder {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
+}
+
+/// The fault handler's transfer context: through the pool's mapping whenever the pool
+/// memory is host-visible, whatever path launches take.
+///
+/// A handler that waits on the queue can deadlock: when the driver executes commands on CPU
+/// threads (lavapipe), and one of them touches a page the handler must resolve — heap memory
+/// a program freed while it was device-resident and the driver's `malloc` reused — the queue
+/// waits for the handler while the handler waits for the queue. Reading the mapping needs
+/// no queue. On memory the CPU cannot map the handler must use the staging ring; that risk
+/// remains there (docs/semantics.md).
+fn fault_transfer(device: &Arc<Device>, staging_bytes: u64) -> Result<Transfer> {
+    Transfer::new(device, TransferPath::Direct, staging_bytes)
+        .or_else(|_| Transfer::new(device, TransferPath::Staged, staging_bytes))
 }
 
 /// One Vulkan device driving unified memory. See the crate docs for an example.
@@ -243,11 +256,23 @@ impl Runtime {
     /// pages it writes become `Device` (host copies dropped). A later CPU touch faults them
     /// back. Bad arguments give a typed error and change nothing.
     pub fn launch<A: KernelArgs>(&self, kernel: &Kernel, groups: [u32; 3], args: A) -> Result<()> {
+        let ticket = self.submit(kernel, groups, &args)?;
+        self.wait_for(ticket)
+    }
+
+    /// Validates, migrates and submits one launch without waiting for it; returns its
+    /// ticket. The caller keeps `args` borrowed until the launch is settled.
+    pub(crate) fn submit<A: KernelArgs>(
+        &self,
+        kernel: &Kernel,
+        groups: [u32; 3],
+        args: &A,
+    ) -> Result<u64> {
         self.check_owner()?;
         if kernel.runtime != self.id {
             return Err(Error::ForeignKernel);
         }
-        let list = args::collect(&args);
+        let list = args::collect(args);
         let bindings = validate(&kernel.info, &list, self.ctx.device.info())?;
         device::check_groups(groups, &self.ctx.device.info().limits)?;
         let _fork = hold_off_fork();
@@ -272,26 +297,59 @@ impl Runtime {
                 }
             })
             .collect();
-        let Worker {
-            dispatcher,
-            transfer,
-            ..
-        } = &mut *worker;
-        let started = std::time::Instant::now();
-        // SAFETY: every block is held by `launch` (mirror extents or transient blocks) past
-        // the wait inside `dispatch`; the pages of written bindings stay claimed and those of
-        // read bindings are `Shared`, so no transfer writes the bound ranges meanwhile (the
-        // worker lock keeps this runtime's own transfers out; the fault handler only reads
-        // `Device` pages it claims, and claimed pages cannot be claimed twice).
-        let ran = unsafe { dispatcher.dispatch(&kernel.pipeline, &buffers, &list.push, groups) };
-        Counters::add(
-            &self.ctx.counters.kernel_ns,
-            started.elapsed().as_nanos() as u64,
-        );
+        let submitted = std::time::Instant::now();
+        // SAFETY: every block is held by `launch` (mirror extents or transient blocks), which
+        // is kept in the worker until the dispatcher's wait in `Worker::settle`; the pages of
+        // written bindings stay claimed and those of read bindings are `Shared`, so no
+        // transfer writes the bound ranges meanwhile (this runtime's own transfers settle the
+        // launch first; the fault handler only reads `Device` pages it claims, and claimed
+        // pages cannot be claimed twice).
+        let sent = unsafe {
+            worker
+                .dispatcher
+                .submit(&kernel.pipeline, &buffers, &list.push, groups)
+        };
         drop(buffers);
-        let settled = launch.finish(self.svc, &self.ctx, transfer);
-        Counters::add(&self.ctx.counters.launches, u64::from(ran.is_ok()));
-        ran.and(settled)
+        if let Err(e) = sent {
+            drop(launch); // releases the held pages
+            return Err(e);
+        }
+        let ticket = worker.next_ticket;
+        worker.next_ticket += 1;
+        worker.in_flight = Some(migrate::InFlight {
+            ticket,
+            launch,
+            submitted,
+        });
+        Ok(ticket)
+    }
+
+    /// Settles the launch in flight from a helper thread as soon as its kernel ends.
+    pub(crate) fn settle_in_background(&self) {
+        let ctx = Arc::clone(&self.ctx);
+        let spawned = std::thread::Builder::new()
+            .name("vkhmm-settle".into())
+            .spawn(move || drop(ctx.lock_worker()));
+        if let Err(e) = spawned {
+            // Not fatal: the next call into the runtime (at the latest, the scope's end)
+            // settles it.
+            tracing::warn!(error = %e, "cannot start a thread to settle a launch");
+        }
+    }
+
+    /// Waits until launch `ticket` is settled; its error, if it failed.
+    pub(crate) fn wait_for(&self, ticket: u64) -> Result<()> {
+        self.ctx.lock_worker().take_error(ticket)
+    }
+
+    /// Waits for every launch of this runtime and settles it; the first error of a launch
+    /// nobody has waited for yet, if any.
+    pub fn synchronize(&self) -> Result<()> {
+        let mut worker = self.ctx.lock_worker();
+        match worker.failed.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Moves `data` explicitly: to the device (host pages dropped, like a written binding)

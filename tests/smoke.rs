@@ -1,3 +1,5 @@
+//! Smoke test: saxpy on two `Vec<f32>`, both transfer paths.
+
 mod common;
 
 use bytemuck::{Pod, Zeroable};
