@@ -242,6 +242,12 @@ pub enum Error {
         budget: u64,
     },
 
+    /// Another [`Runtime`](crate::Runtime) kept moving the same memory to its own device
+    /// while this one tried to take it over (the launch was retried a few times first).
+    /// Nothing changed; launch again, or keep each buffer with one runtime.
+    #[error("the memory is being migrated by another Runtime at the same time")]
+    ContendedMemory,
+
     /// The host is out of memory (Vulkan `OUT_OF_HOST_MEMORY` or `ENOMEM`).
     #[error("out of host memory")]
     OutOfHostMemory,

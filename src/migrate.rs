@@ -596,16 +596,62 @@ pub(crate) fn evacuate_foreign(
     spans: &[Range<usize>],
 ) -> Result<()> {
     for span in spans {
-        for e in svc.mirror.overlapping(span.clone()) {
-            let owner = &e.device().ctx;
-            if Arc::ptr_eq(owner, ctx) {
-                continue;
+        for owner in owners(svc, span.clone()) {
+            if !Arc::ptr_eq(&owner, ctx) {
+                // Whole extents: the launch will take over every page of them.
+                bring_home(svc, &owner, span.clone(), false, true)?;
             }
-            let mut wk = owner.lock_worker();
-            to_host(&svc.uffd, &mut wk.transfer, &e, 0..e.pages(), false)?;
         }
     }
     Ok(())
+}
+
+/// The runtimes whose extents overlap `span` (each once).
+pub(crate) fn owners(svc: &FaultService, span: Range<usize>) -> Vec<Arc<DeviceContext>> {
+    let mut out: Vec<Arc<DeviceContext>> = Vec::new();
+    for e in svc.mirror.overlapping(span) {
+        let owner = &e.device().ctx;
+        if !out.iter().any(|o| Arc::ptr_eq(o, owner)) {
+            out.push(Arc::clone(owner));
+        }
+    }
+    out
+}
+
+/// Brings home the pages in `span` (all their pages, with `whole`) of every extent `owner`
+/// holds there: `Device` pages are installed (`Shared` if `keep_device`, else `Host`), and
+/// without `keep_device` `Shared` pages become `Host`. Returns bytes copied.
+///
+/// Takes the owner's worker, then the mirror's writer side, then looks the extents up: in
+/// that order no launch can merge an extent away (retiring it with its pages claimed for
+/// good) between the lookup and the claims — the race that a snapshot taken earlier loses.
+pub(crate) fn bring_home(
+    svc: &FaultService,
+    owner: &Arc<DeviceContext>,
+    span: Range<usize>,
+    keep_device: bool,
+    whole: bool,
+) -> Result<u64> {
+    let mut worker = owner.lock_worker();
+    let w = svc.mirror.write();
+    let exts: Vec<Arc<Ext>> = w
+        .snapshot()
+        .iter()
+        .filter(|e| Arc::ptr_eq(&e.device().ctx, owner))
+        .filter(|e| e.start() < span.end && span.start < e.end())
+        .cloned()
+        .collect();
+    let mut bytes = 0;
+    for e in &exts {
+        let pages = if whole {
+            0..e.pages()
+        } else {
+            e.page_span(&span)
+        };
+        bytes += to_host(&svc.uffd, &mut worker.transfer, e, pages, keep_device)?;
+    }
+    drop(w);
+    Ok(bytes)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -922,9 +968,7 @@ fn take_over(
         return unsafe { transfer.copy(&old.device().block, block, &regions) };
     }
     if states.contains(&Residence::Device) {
-        return Err(Error::InvalidConfig(
-            "memory is being migrated by another Runtime at the same time".into(),
-        ));
+        return Err(Error::ContendedMemory);
     }
     // Shared there means valid here only on the host: drop the stale write protection.
     for r in runs(states, |s| s == Residence::Shared) {

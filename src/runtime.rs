@@ -280,10 +280,7 @@ impl Runtime {
             .iter()
             .map(|b| binding_pages(b.addr, b.len).span)
             .collect();
-        migrate::evacuate_foreign(self.svc, &self.ctx, &spans)?;
-        let mut worker = self.ctx.lock_worker();
-        let launch =
-            migrate::prepare(self.svc, &self.ctx, &mut worker, &bindings, Purpose::Kernel)?;
+        let (mut worker, launch) = self.prepare(&spans, &bindings, Purpose::Kernel)?;
         let buffers: Vec<device::BufferArg<'_>> = launch
             .placements
             .iter()
@@ -337,6 +334,27 @@ impl Runtime {
         }
     }
 
+    /// Makes `bindings` resident (memory another runtime holds is brought home first) and
+    /// returns the worker still locked. A race with another runtime that keeps moving the
+    /// same memory is retried a few times.
+    fn prepare(
+        &self,
+        spans: &[std::ops::Range<usize>],
+        bindings: &[Binding],
+        purpose: Purpose,
+    ) -> Result<(std::sync::MutexGuard<'_, Worker>, migrate::Launch)> {
+        let mut attempts = 0;
+        loop {
+            migrate::evacuate_foreign(self.svc, &self.ctx, spans)?;
+            let mut worker = self.ctx.lock_worker();
+            match migrate::prepare(self.svc, &self.ctx, &mut worker, bindings, purpose) {
+                Err(Error::ContendedMemory) if attempts < 10 => attempts += 1,
+                Ok(launch) => return Ok((worker, launch)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Waits until launch `ticket` is settled; its error, if it failed.
     pub(crate) fn wait_for(&self, ticket: u64) -> Result<()> {
         self.ctx.lock_worker().take_error(ticket)
@@ -371,18 +389,14 @@ impl Runtime {
                     len,
                     write: true,
                 };
-                migrate::evacuate_foreign(self.svc, &self.ctx, &[binding_pages(addr, len).span])?;
-                let mut worker = self.ctx.lock_worker();
-                migrate::prepare(self.svc, &self.ctx, &mut worker, &[b], Purpose::Prefetch)
-                    .map(drop)
+                let spans = [binding_pages(addr, len).span];
+                self.prepare(&spans, &[b], Purpose::Prefetch).map(drop)
             }
             Location::Host => {
                 self.svc.sync_events();
                 let span = binding_pages(addr, len).span;
-                for ext in self.svc.mirror.overlapping(span.clone()) {
-                    let mut worker = ext.device().ctx.lock_worker();
-                    let pages = ext.page_span(&span);
-                    migrate::to_host(&self.svc.uffd, &mut worker.transfer, &ext, pages, true)?;
+                for owner in migrate::owners(self.svc, span.clone()) {
+                    migrate::bring_home(self.svc, &owner, span.clone(), true, false)?;
                 }
                 self.svc.poke();
                 Ok(())
@@ -460,10 +474,11 @@ impl Drop for Runtime {
         }
         let _fork = hold_off_fork();
         self.svc.sync_events();
+        // Worker, then writer, then the lookup: no launch of another runtime can merge one
+        // of ours away meanwhile (see `migrate::bring_home`).
         let mut worker = self.ctx.lock_worker();
-        let mine: Vec<_> = self
-            .svc
-            .mirror
+        let mut w = self.svc.mirror.write();
+        let mine: Vec<_> = w
             .snapshot()
             .iter()
             .filter(|e| Arc::ptr_eq(&e.device().ctx, &self.ctx))
@@ -481,7 +496,6 @@ impl Drop for Runtime {
             }
         }
         drop(worker);
-        let mut w = self.svc.mirror.write();
         w.replace(&mine, []);
         for ext in &mine {
             let _ = self.svc.uffd.unregister(ext.start(), ext.bytes());

@@ -113,18 +113,8 @@ unsafe extern "C" fn child() {
 fn bring_everything_home() {
     let Ok(svc) = FaultService::get() else { return };
     svc.sync_events();
-    for ext in svc.mirror.snapshot().iter() {
-        if !ext
-            .cells()
-            .iter()
-            .any(|c| c.load().residence() == crate::mirror::page::Residence::Device)
-        {
-            continue;
-        }
-        let mut worker = ext.device().ctx.lock_worker();
-        if let Err(e) =
-            crate::migrate::to_host(&svc.uffd, &mut worker.transfer, ext, 0..ext.pages(), true)
-        {
+    for owner in crate::migrate::owners(svc, 0..usize::MAX) {
+        if let Err(e) = crate::migrate::bring_home(svc, &owner, 0..usize::MAX, true, true) {
             tracing::error!(error = %e, "copying device-resident pages home before fork() failed");
         }
     }
