@@ -678,3 +678,50 @@ fn written_buffers_leave_host_memory() {
         assert_eq!(rt.residency(&v).device, 0);
     });
 }
+
+#[test]
+fn mremap_moves_device_resident_data_with_the_mapping() {
+    each_path(|rt, path| {
+        let k = kernels(rt);
+        let len = 4 << 20;
+        // SAFETY: a fresh private anonymous mapping, unmapped at the end.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: `len` mapped, readable and writable bytes.
+        let v = unsafe { std::slice::from_raw_parts_mut(p.cast::<u32>(), len / 4) };
+        fill(rt, &k, v, 3, 1);
+        assert!(rt.residency(v).device > 0);
+        // Grow it so that it must move (what `realloc` of a large buffer does).
+        // SAFETY: remaps our own mapping; `v` is not used after this.
+        let q = unsafe { libc::mremap(p, len, 2 * len, libc::MREMAP_MAYMOVE) };
+        assert_ne!(q, libc::MAP_FAILED);
+        // SAFETY: the remapped range: `2 * len` bytes, the first `len` holding the data.
+        let w = unsafe { std::slice::from_raw_parts_mut(q.cast::<u32>(), 2 * len / 4) };
+        assert_pattern(
+            &w[..len / 4],
+            |i| i as u32 * 3 + 1,
+            &format!("{path:?} moved"),
+        );
+        assert!(
+            w[len / 4..].iter().all(|&x| x == 0),
+            "{path:?}: the grown part is zero"
+        );
+        add(rt, &k, w, 1);
+        assert_pattern(
+            &w[..len / 4],
+            |i| i as u32 * 3 + 2,
+            &format!("{path:?} after"),
+        );
+        // SAFETY: `w` is not used after this.
+        assert_eq!(unsafe { libc::munmap(q, 2 * len) }, 0);
+    });
+}

@@ -175,9 +175,24 @@ enum Outcome {
     Retry,
 }
 
+/// `mremap` events whose pages are not copied to their new place yet.
+const MAX_REMAPS: usize = 16;
+
+/// One `mremap`: `len` bytes moved from `from` to `to`.
+#[derive(Clone, Copy, Debug)]
+struct Remap {
+    from: usize,
+    to: usize,
+    len: usize,
+}
+
 struct Handler {
     svc: &'static FaultService,
     deferred: Vec<(Fault, Outcome)>,
+    /// Remaps waiting for the event queue to drain: the kernel refuses `UFFDIO_COPY` with
+    /// `EAGAIN` while an event (the `UNMAP` of the old range that follows a `REMAP`) is
+    /// unread, so device-only pages are copied to the new place after the read loop.
+    remaps: [Option<Remap>; MAX_REMAPS],
 }
 
 impl Handler {
@@ -185,6 +200,7 @@ impl Handler {
         Handler {
             svc,
             deferred: Vec::with_capacity(MAX_DEFERRED),
+            remaps: [None; MAX_REMAPS],
         }
     }
 
@@ -223,7 +239,7 @@ impl Handler {
                         }
                         Event::Remove { start, end } => self.removed(start..end),
                         Event::Unmap { start, end } => self.unmapped(start..end),
-                        Event::Remap { from, to, len } => self.remapped(from, to, len),
+                        Event::Remap { from, to, len } => self.queue_remap(Remap { from, to, len }),
                         other => tracing::warn!(event = ?other, "unexpected userfaultfd event"),
                     }
                 }
@@ -231,6 +247,7 @@ impl Handler {
                     self.resolve_or_defer(f);
                 }
             }
+            self.finish_remaps();
             self.retry_deferred();
             drop(gate);
             self.svc.mirror.handler_idle();
@@ -240,7 +257,8 @@ impl Handler {
     /// Blocks in `poll` until a message, a poke, or (with deferred faults) a short timer.
     fn wait(&self) {
         use rustix::event::{PollFd, PollFlags};
-        let timer = self.deferred.iter().any(|(_, o)| *o == Outcome::Retry);
+        let timer = self.deferred.iter().any(|(_, o)| *o == Outcome::Retry)
+            || self.remaps.iter().any(Option::is_some);
         let waiting = !self.deferred.is_empty();
         let timeout = if timer {
             Some(rustix::event::Timespec {
@@ -302,6 +320,14 @@ impl Handler {
 
     fn resolve(&self, f: Fault) -> Outcome {
         let page = page_floor(f.addr);
+        if self
+            .remaps
+            .iter()
+            .flatten()
+            .any(|r| (r.to..r.to + r.len).contains(&page))
+        {
+            return Outcome::Retry; // its data is still at the old place in the mirror
+        }
         self.svc
             .mirror
             .lookup(page, |ext, idx| self.resolve_in(ext, idx, f))
@@ -467,51 +493,92 @@ impl Handler {
 
     /// `munmap`: the mirror of the range is dead (reaped at the next runtime call).
     fn unmapped(&self, range: Range<usize>) {
+        let moving = |page: usize| {
+            self.remaps
+                .iter()
+                .flatten()
+                .any(|r| (r.from..r.from + r.len).contains(&page))
+        };
         self.svc.mirror.for_each_overlapping(range.clone(), |ext| {
             for i in ext.page_span(&range) {
-                ext.cell(i).mark_gone();
+                if !moving(ext.page_addr(i)) {
+                    ext.cell(i).mark_gone();
+                }
             }
         });
     }
 
+    /// Keeps a remap for [`finish_remaps`](Self::finish_remaps); with every slot taken, tries
+    /// it at once.
+    fn queue_remap(&mut self, r: Remap) {
+        match self.remaps.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => *slot = Some(r),
+            None => {
+                self.remapped(r.from, r.to, r.len);
+            }
+        }
+    }
+
+    /// Copies the pages of queued remaps to their new place; keeps those the kernel refused
+    /// for now (a newer event is unread) for the next round.
+    fn finish_remaps(&mut self) {
+        for i in 0..MAX_REMAPS {
+            if let Some(r) = self.remaps[i] {
+                if self.remapped(r.from, r.to, r.len) {
+                    self.remaps[i] = None;
+                }
+            }
+        }
+    }
+
     /// `mremap` moved `len` bytes from `from` to `to`: device-only pages are copied home at
-    /// the new address, write protection is cleared there, and the old mirror dies.
-    fn remapped(&self, from: usize, to: usize, len: usize) {
+    /// the new address, write protection is cleared there, and the old mirror dies. Returns
+    /// false if the kernel refused some page for now (`EAGAIN`); those keep their state.
+    fn remapped(&self, from: usize, to: usize, len: usize) -> bool {
         let range = from..from + len;
+        let mut done = true;
         self.svc.mirror.for_each_overlapping(range.clone(), |ext| {
             let span = ext.page_span(&range);
             let ctx = &ext.device().ctx;
-            let mut i = span.start;
-            while i < span.end {
+            for i in span {
                 let cell = ext.cell(i);
-                let Some(bits) = cell.try_claim(|_| true) else {
-                    cell.mark_gone(); // owned by a launch: its borrow was moved under it
-                    i += 1;
+                let Some(bits) = cell.try_claim(|b| !b.gone()) else {
+                    if cell.load().busy() {
+                        cell.mark_gone(); // owned by a launch: its borrow was moved under it
+                    }
                     continue;
                 };
                 let dst = to + (ext.page_addr(i) - from);
-                match bits.residence() {
+                let moved = match bits.residence() {
                     Residence::Device => {
                         let mut t = ctx
                             .fault_transfer
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner);
-                        if let Ok(g) =
-                            install(&self.svc.uffd, &mut t, ext, i..i + 1, dst, |_| false, true)
-                        {
-                            Counters::add(&ctx.counters.bytes_to_host, g.bytes);
+                        match install(&self.svc.uffd, &mut t, ext, i..i + 1, dst, |_| false, true) {
+                            Ok(g) => {
+                                Counters::add(&ctx.counters.bytes_to_host, g.bytes);
+                                g.stop != Some(InstallStop::Again)
+                            }
+                            Err(_) => false,
                         }
                     }
                     Residence::Shared => {
-                        let _ = self.svc.uffd.write_protect(dst, PAGE, false, true);
+                        let r = self.svc.uffd.write_protect(dst, PAGE, false, true);
+                        !matches!(r, Err(e) if e.raw_os_error() == Some(linux_raw_sys::errno::EAGAIN as i32))
                     }
-                    Residence::Host => {}
+                    Residence::Host => true,
+                };
+                if moved {
+                    cell.mark_gone();
+                    cell.release(Residence::Host);
+                } else {
+                    cell.release(bits.residence());
+                    done = false;
                 }
-                cell.mark_gone();
-                cell.release(Residence::Host);
-                i += 1;
             }
         });
+        done
     }
 }
 
