@@ -378,7 +378,7 @@ fn limits(r: &mut Report, budget: Budget, size: usize, memcpy: f64) -> anyhow::R
     }
     for (key, figure, t) in rows {
         r.rows.push(Row {
-            key: format!("{key}_{}", size / MIB),
+            key: format!("{key}_{}mib", size / MIB),
             figure: format!("{figure}, {}", size_name(size)),
             unit: Unit::GBps,
             vkhmm: gbps(size, t),
