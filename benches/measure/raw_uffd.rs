@@ -405,7 +405,7 @@ impl MoveCycle {
 
     /// Whether home holds the device data (call after a `bring_home`).
     pub fn verify(&self) -> bool {
-        // SAFETY: after `to_host` every home page is present.
+        // SAFETY: after `bring_home` every home page is present.
         let home = unsafe { std::slice::from_raw_parts(self.home, self.size) };
         home == &self.device[..]
     }
