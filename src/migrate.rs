@@ -373,22 +373,26 @@ pub(crate) fn to_host(
 ) -> Result<u64> {
     let mut bytes = 0;
     let mut attempts = 0;
-    loop {
+    let result = loop {
         let first = pages.start;
         let mut states = claim_all(ext, pages.clone());
         let r = to_host_claimed(uffd, transfer, ext, first, &mut states, keep_device);
         release_all(ext, first, &states);
         match r {
-            Ok((b, None)) => return Ok(bytes + b),
+            Ok((b, None)) => break Ok(bytes + b),
             Ok((b, Some(InstallStop::Again))) if attempts < 100 => {
                 bytes += b;
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            Ok((b, Some(_))) => return Ok(bytes + b),
-            Err(e) => return Err(e),
+            Ok((b, Some(_))) => break Ok(bytes + b),
+            Err(e) => break Err(e),
         }
+    };
+    if let Ok(b) = result {
+        Counters::add(&ext.device().ctx.counters.bytes_to_host, b);
     }
+    result
 }
 
 /// [`to_host`] on pages the caller claimed; updates `states` to what is true afterwards.
@@ -682,7 +686,12 @@ pub(crate) fn prepare(
     let stamp = worker.stamp;
 
     // 1. Which memory is mirrored, which is copied through (the launching thread's stack).
-    let stack = sys::stack_vma_of_current_thread();
+    let maps = sys::Maps::read().map_err(|reason| Error::UnsupportedMemory {
+        addr: bindings.first().map_or(0, |b| b.addr),
+        len: bindings.first().map_or(0, |b| b.len),
+        reason,
+    })?;
+    let stack = maps.stack_of_current_thread();
     let on_stack = |b: &Binding| {
         stack
             .as_ref()
@@ -693,11 +702,12 @@ pub(crate) fn prepare(
         if on_stack(b) {
             continue;
         }
-        sys::classify(b.addr, b.len).map_err(|reason| Error::UnsupportedMemory {
-            addr: b.addr,
-            len: b.len,
-            reason,
-        })?;
+        maps.classify(b.addr, b.len)
+            .map_err(|reason| Error::UnsupportedMemory {
+                addr: b.addr,
+                len: b.len,
+                reason,
+            })?;
         mirrored.push(i);
     }
     let spans: Vec<Range<usize>> = mirrored

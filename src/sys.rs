@@ -269,30 +269,56 @@ fn classify_in(
 /// ([`MemoryReason::Protection`]), a gap ([`MemoryReason::NotMapped`]). Reads `/proc/self/maps`
 /// (allocates; not for the fault handler).
 pub fn classify(addr: usize, len: usize) -> Result<(), MemoryReason> {
-    if len == 0 {
-        return Ok(());
+    Maps::read()?.classify(addr, len)
+}
+
+/// One read of `/proc/self/maps`, for the several questions a launch asks of it (one read
+/// costs ~0.2 ms with a few hundred mappings: read it once per launch, not once per binding).
+pub struct Maps(String);
+
+impl Maps {
+    /// Reads `/proc/self/maps` (allocates; not for the fault handler).
+    pub fn read() -> Result<Maps, MemoryReason> {
+        std::fs::read_to_string("/proc/self/maps")
+            .map(Maps)
+            .map_err(|_| MemoryReason::Backend("/proc/self/maps cannot be read"))
     }
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .map_err(|_| MemoryReason::Backend("/proc/self/maps cannot be read"))?;
-    let mut devs: Option<Vec<(u32, u32)>> = None;
-    let mut hugetlbfs_dev = |dev: (u32, u32)| {
-        devs.get_or_insert_with(|| {
-            std::fs::read_to_string("/proc/self/mountinfo")
-                .map(|m| hugetlbfs_devs(&m))
-                .unwrap_or_default()
-        })
-        .contains(&dev)
-    };
-    classify_in(&maps, addr, len, &mut hugetlbfs_dev)
+
+    /// [`classify`] against this snapshot.
+    pub fn classify(&self, addr: usize, len: usize) -> Result<(), MemoryReason> {
+        if len == 0 {
+            return Ok(());
+        }
+        let mut devs: Option<Vec<(u32, u32)>> = None;
+        let mut hugetlbfs_dev = |dev: (u32, u32)| {
+            devs.get_or_insert_with(|| {
+                std::fs::read_to_string("/proc/self/mountinfo")
+                    .map(|m| hugetlbfs_devs(&m))
+                    .unwrap_or_default()
+            })
+            .contains(&dev)
+        };
+        classify_in(&self.0, addr, len, &mut hugetlbfs_dev)
+    }
+
+    /// The mapping holding `addr`.
+    pub fn vma_containing(&self, addr: usize) -> Option<Range<usize>> {
+        vmas(&self.0)
+            .find(|v| v.start <= addr && addr < v.end)
+            .map(|v| v.start..v.end)
+    }
+
+    /// The calling thread's stack mapping (see [`stack_vma_of_current_thread`]).
+    #[inline(never)]
+    pub fn stack_of_current_thread(&self) -> Option<Range<usize>> {
+        let local = 0u8;
+        self.vma_containing(core::hint::black_box(&local) as *const u8 as usize)
+    }
 }
 
 /// The mapping that contains `addr`, from `/proc/self/maps`.
 fn vma_containing(addr: usize) -> Option<Range<usize>> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    let found = vmas(&maps)
-        .find(|v| v.start <= addr && addr < v.end)
-        .map(|v| v.start..v.end);
-    found
+    Maps::read().ok()?.vma_containing(addr)
 }
 
 /// The calling thread's stack mapping: the mapping that holds a local variable of this call.

@@ -725,3 +725,19 @@ fn mremap_moves_device_resident_data_with_the_mapping() {
         assert_eq!(unsafe { libc::munmap(q, 2 * len) }, 0);
     });
 }
+
+#[test]
+fn prefetch_both_ways_counts_bytes() {
+    each_path(|rt, path| {
+        let m = rt.alloc_from(&vec![1u8; 1 << 20]).unwrap();
+        let s0 = rt.stats();
+        rt.prefetch(&m, Location::Device).unwrap();
+        let s1 = rt.stats();
+        rt.prefetch(&m, Location::Host).unwrap();
+        let s2 = rt.stats();
+        assert_eq!((s1 - s0).bytes_to_device, 1 << 20, "{path:?}");
+        assert_eq!((s2 - s1).bytes_to_host, 1 << 20, "{path:?}");
+        assert_eq!(rt.residency(&m).shared, 256, "{path:?}");
+        assert!(m.iter().all(|&x| x == 1));
+    });
+}
