@@ -82,7 +82,9 @@ pub fn run(rt: &Runtime, full: bool) -> anyhow::Result<String> {
         error <= TOLERANCE,
         "reduce: device sum {gpu} vs CPU {cpu}: relative error {error:.2e} > {TOLERANCE:.0e}"
     );
-    println!("reduce: {passes} passes, sum {gpu:.1} (CPU f64: {cpu:.1}, relative error {error:.1e})");
+    println!(
+        "reduce: {passes} passes, sum {gpu:.1} (CPU f64: {cpu:.1}, relative error {error:.1e})"
+    );
     Ok(format!("{} Mi f32", n >> 20))
 }
 

@@ -25,7 +25,10 @@ pub fn run(rt: &Runtime, full: bool) -> anyhow::Result<String> {
     let mut y: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
 
     let saxpy = rt.kernel_wgsl(shaders::SAXPY_WGSL, "main")?;
-    let params = Params { a: 2.0, n: n as u32 };
+    let params = Params {
+        a: 2.0,
+        n: n as u32,
+    };
     rt.launch(&saxpy, [1024, 1, 1], (&x, &mut y, Push(&params)))?;
 
     // Plain reads of `y`: each first touch of a chunk brings it back from the device.

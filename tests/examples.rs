@@ -1,0 +1,191 @@
+//! The examples in `examples/` at their small sizes, on both transfer paths: each `run`
+//! verifies its own result against a CPU reference and fails on any mismatch.
+//!
+//! The example files are included as modules, so `cargo test` runs exactly the code that
+//! `cargo run --example NAME` and `vkhmm demo` run.
+
+mod common;
+
+#[path = "../examples/blur.rs"]
+mod blur;
+#[path = "../examples/histogram.rs"]
+mod histogram;
+#[path = "../examples/linked.rs"]
+mod linked;
+#[path = "../examples/matmul.rs"]
+mod matmul;
+#[path = "../examples/oversubscribe.rs"]
+mod oversubscribe;
+#[path = "../examples/pipeline.rs"]
+mod pipeline;
+#[path = "../examples/reduce.rs"]
+mod reduce;
+#[path = "../examples/saxpy.rs"]
+mod saxpy;
+
+use vkhmm::{shaders, Push, Runtime};
+
+/// Runs one example on each transfer path, panicking with its error.
+fn on_both_paths(name: &str, run: fn(&Runtime, bool) -> anyhow::Result<String>) {
+    common::each_path(|rt, path| {
+        let before = rt.stats();
+        match run(rt, false) {
+            Ok(size) => eprintln!("{name} {path:?}, {size}: {}", rt.stats() - before),
+            Err(e) => panic!("{name} on {path:?}: {e:#}"),
+        }
+    });
+}
+
+#[test]
+fn saxpy() {
+    on_both_paths("saxpy", saxpy::run);
+}
+
+#[test]
+fn reduce() {
+    on_both_paths("reduce", reduce::run);
+}
+
+#[test]
+fn matmul() {
+    on_both_paths("matmul", matmul::run);
+}
+
+#[test]
+fn histogram() {
+    on_both_paths("histogram", histogram::run);
+}
+
+#[test]
+fn blur() {
+    on_both_paths("blur", blur::run);
+    let dir = std::env::var_os("VKHMM_OUT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    for name in ["vkhmm-blur-input.png", "vkhmm-blur-output.png"] {
+        let meta = std::fs::metadata(dir.join(name)).expect("the PNG was written");
+        assert!(meta.len() > 1000, "{name} is {} bytes", meta.len());
+    }
+}
+
+#[test]
+fn pipeline() {
+    on_both_paths("pipeline", pipeline::run);
+}
+
+#[test]
+fn linked() {
+    on_both_paths("linked", linked::run);
+}
+
+#[test]
+fn oversubscribe() {
+    for path in common::PATHS {
+        let builder = Runtime::builder()
+            .transfer(path)
+            .budget(oversubscribe::budget(false));
+        let Some(rt) = common::runtime_with(builder) else {
+            return;
+        };
+        let before = rt.stats();
+        match oversubscribe::run(&rt, false) {
+            Ok(size) => eprintln!("oversubscribe {path:?}, {size}: {}", rt.stats() - before),
+            Err(e) => panic!("oversubscribe on {path:?}: {e:#}"),
+        }
+    }
+}
+
+/// Slices of one ordinary (not page-aligned) `Vec`, processed in turn with a budget smaller
+/// than the `Vec`: what the oversubscribe example does, minus `Managed`.
+///
+/// Neighbouring slices share the page at their boundary, so each launch's extent absorbs the
+/// previous slice's extent and the extent grows toward the whole `Vec`; eviction may not take
+/// it (it is the launch's own), and the launch fails with `OutOfDeviceMemory` although each
+/// slice is an eighth of the budget.
+#[test]
+#[ignore = "core bug: slices of one unaligned Vec merge into one extent that cannot be evicted (OutOfDeviceMemory)"]
+fn oversubscribe_slices_of_one_vec() {
+    for path in common::PATHS {
+        let budget = 16 << 20;
+        let Some(rt) = common::runtime_with(Runtime::builder().transfer(path).budget(budget))
+        else {
+            return;
+        };
+        let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
+        let n = (32 << 20) / 4; // 32 MiB: twice the budget
+        let slice = n / 16; // 2 MiB per launch
+        let mut data: Vec<u32> = (0..n).map(|i| common::pattern(i, 1)).collect();
+        for (k, s) in data.chunks_mut(slice).enumerate() {
+            let p = [s.len() as u32, 1u32];
+            if let Err(e) = rt.launch(&add, common::groups(s.len(), 64), (s, Push(&p))) {
+                // Dropping the runtime after this error hangs (see the test below).
+                std::mem::forget(rt);
+                panic!("{path:?}: slice {k} of 16: {e}");
+            }
+        }
+        assert!((0..n).all(|i| data[i] == common::pattern(i, 1).wrapping_add(1)));
+    }
+}
+
+/// A launch with two bindings that fails as in the test above (the first binding's extent
+/// is merged, then the second one's allocation fails) leaves the first binding's pages
+/// claimed: dropping the runtime afterwards never returns, spinning in
+/// `migrate::claim_all` (from `to_host` in `Runtime::drop`).
+#[test]
+#[ignore = "core bug: a two-binding launch failing with OutOfDeviceMemory leaves pages claimed; Runtime::drop then spins forever"]
+fn runtime_drop_after_a_failed_launch_returns() {
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Some(rt) = common::runtime_with(Runtime::builder().budget(16 << 20)) else {
+            return done.send(()).unwrap();
+        };
+        let saxpy = rt.kernel_wgsl(shaders::SAXPY_WGSL, "main").unwrap();
+        let n = (32 << 20) / 4;
+        let x = vec![1.0f32; n];
+        let mut y = vec![2.0f32; n];
+        let failed = x.chunks(n / 16).zip(y.chunks_mut(n / 16)).any(|(xs, ys)| {
+            let p = (3.0f32, xs.len() as u32);
+            let p = [p.0.to_bits(), p.1];
+            rt.launch(&saxpy, common::groups(xs.len(), 256), (xs, ys, Push(&p)))
+                .is_err()
+        });
+        eprintln!("a launch failed: {failed}");
+        drop(rt);
+        done.send(()).unwrap();
+    });
+    wait.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("Runtime::drop returns within a minute");
+}
+
+/// Eviction copies device-only data home, but `Stats::bytes_to_host` does not count it
+/// (`migrate::evict` drops the byte count `to_host` returns), so the oversubscribe example
+/// reports far less traffic than happened.
+#[test]
+#[ignore = "core bug: bytes copied home by eviction are not counted in Stats::bytes_to_host"]
+fn eviction_counts_the_bytes_it_brings_home() {
+    for path in common::PATHS {
+        let Some(rt) = common::runtime_with(Runtime::builder().transfer(path).budget(16 << 20))
+        else {
+            return;
+        };
+        let fill = rt.kernel_wgsl(shaders::FILL_INDEX_WGSL, "main").unwrap();
+        let n = (12 << 20) / 4;
+        let mut a = rt.alloc::<u32>(n).unwrap();
+        let mut b = rt.alloc::<u32>(n).unwrap();
+        let p = [n as u32, 1, 0];
+        rt.launch(&fill, common::groups(n, 64), (&mut a, Push(&p)))
+            .unwrap();
+        let before = rt.stats();
+        // `a` is device-only; `b` does not fit beside it, so `a` is evicted (copied home).
+        rt.launch(&fill, common::groups(n, 64), (&mut b, Push(&p)))
+            .unwrap();
+        let d = rt.stats() - before;
+        assert!(d.evictions >= 1, "{path:?}: {d}");
+        assert!(
+            d.bytes_to_host >= (12 << 20),
+            "{path:?}: 12 MiB evicted, {} B counted to host ({d})",
+            d.bytes_to_host
+        );
+        assert!((0..n).all(|i| a[i] == i as u32), "{path:?}");
+    }
+}
