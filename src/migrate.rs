@@ -773,9 +773,13 @@ pub(crate) fn prepare(
     let mut snap = w.snapshot();
     let mut existing: Vec<Range<usize>> = snap.iter().map(|e| e.range()).collect();
     let (mut groups, mut group_of) = plan_groups(&existing, &spans);
-    if group_bytes(&groups) > budget {
+    let merging = groups.iter().any(|g| !g.absorb.is_empty());
+    let in_use = ctx.device.pool().in_use();
+    if group_bytes(&groups) > budget || (merging && in_use + group_bytes(&groups) > budget) {
         // The launch fits, but extents it overlaps (typically neighbours in the heap that
-        // share an edge page) would grow it past the budget: send them home first.
+        // share an edge page, or earlier slices of the same buffer) would grow it past the
+        // budget, or cannot be merged while their old blocks are still held: send them home
+        // first.
         let neighbours: Vec<Arc<Ext>> = groups
             .iter()
             .flat_map(|g| g.absorb.iter().chain(g.reuse.iter()))
@@ -821,33 +825,49 @@ pub(crate) fn prepare(
     let mut exts: Vec<Arc<Ext>> = Vec::with_capacity(groups.len());
     let mut retired: Vec<Arc<Ext>> = Vec::new();
     let mut added: Vec<Arc<Ext>> = Vec::new();
+    let mut failure = None;
     for (range, own, absorbed) in planned {
         if let Some(ext) = own {
             exts.push(ext);
             continue;
         }
-        let block = alloc_evicting(
+        let made = alloc_evicting(
             svc,
             ctx,
             &mut w,
             &mut worker.transfer,
             range.len() as u64,
             &keep,
-        )?;
-        let ext = merge(
-            &svc.uffd,
-            ctx,
-            &mut worker.transfer,
-            range,
-            block,
-            &absorbed,
-        )?;
-        retired.extend(absorbed);
-        added.push(Arc::clone(&ext));
-        exts.push(ext);
+        )
+        .and_then(|block| {
+            merge(
+                &svc.uffd,
+                ctx,
+                &mut worker.transfer,
+                range,
+                block,
+                &absorbed,
+            )
+        });
+        match made {
+            Ok(ext) => {
+                retired.extend(absorbed);
+                added.push(Arc::clone(&ext));
+                exts.push(ext);
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
     }
+    // Extents merged so far replace the ones they absorbed even when a later group failed:
+    // the absorbed ones keep their pages claimed for good.
     if !retired.is_empty() || !added.is_empty() {
         w.replace(&retired, added);
+    }
+    if let Some(e) = failure {
+        return Err(e);
     }
     for e in &exts {
         e.touch(stamp);
