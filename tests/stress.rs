@@ -47,10 +47,9 @@ const SLICE_WORDS: usize = SLICE_PAGES * PAGE_WORDS;
 const SLICES: usize = PAGES / SLICE_PAGES;
 /// CPU threads.
 const CPU_THREADS: usize = 4;
-/// Whether movers also prefetch slices home. Off while the core bug that
-/// `prefetch_home_after_a_concurrent_merge_returns` reproduces is open (with it on, the
-/// racing modes hang within seconds). Turn it on when that test passes.
-const PREFETCH_HOME: bool = false;
+/// Whether movers also prefetch slices home (one launch in eight). It was off while the hang
+/// that `prefetch_home_after_a_concurrent_merge_returns` reproduces was open.
+const PREFETCH_HOME: bool = true;
 /// Counters incremented per page lock.
 const INCS_PER_LOCK: u64 = 16;
 
@@ -721,13 +720,12 @@ fn merge_race(
     }
 }
 
-/// Core bug (found by `uffd_stress`, racing mode): `Runtime::prefetch(.., Location::Host)`
+/// Regression (a core bug found by `uffd_stress`, racing mode; fixed in 729c16f): `Runtime::prefetch(.., Location::Host)`
 /// (src/runtime.rs, the `Location::Host` arm) takes the extents overlapping its range from a
 /// snapshot, *then* waits for the worker lock. If a launch holding the lock meanwhile merges
 /// one of those extents into a bigger one, the old extent's pages stay claimed for good (it
 /// is retired) and the prefetch spins in `migrate::claim_all` forever.
 #[test]
-#[ignore = "core bug: prefetch(Host) spins forever on an extent a concurrent launch merged away"]
 fn prefetch_home_after_a_concurrent_merge_returns() {
     merge_race(
         "prefetch(Host)",
@@ -736,11 +734,10 @@ fn prefetch_home_after_a_concurrent_merge_returns() {
     );
 }
 
-/// The same race through `migrate::evacuate_foreign`: a launch on a second runtime over memory
+/// Regression (fixed in 729c16f): the same race through `migrate::evacuate_foreign`: a launch on a second runtime over memory
 /// the first one holds snapshots the extents, then waits for the first runtime's worker while
 /// that runtime merges the extent away.
 #[test]
-#[ignore = "core bug: evacuate_foreign spins forever on an extent the owning runtime merged away"]
 fn launch_on_a_second_runtime_after_a_concurrent_merge_returns() {
     merge_race(
         "CHECKSUM launch on a second runtime",
