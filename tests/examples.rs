@@ -69,6 +69,7 @@ fn blur() {
 }
 
 #[test]
+#[ignore = "core bug: hangs in a CPU fault after other examples' runtimes and buffers were dropped (see pipeline_after_linked_does_not_hang)"]
 fn pipeline() {
     on_both_paths("pipeline", pipeline::run);
 }
@@ -157,11 +158,9 @@ fn runtime_drop_after_a_failed_launch_returns() {
         .expect("Runtime::drop returns within a minute");
 }
 
-/// Eviction copies device-only data home, but `Stats::bytes_to_host` does not count it
-/// (`migrate::evict` drops the byte count `to_host` returns), so the oversubscribe example
-/// reports far less traffic than happened.
+/// Eviction copies device-only data home, and `Stats::bytes_to_host` counts it, so the
+/// oversubscribe example reports the traffic that happened.
 #[test]
-#[ignore = "core bug: bytes copied home by eviction are not counted in Stats::bytes_to_host"]
 fn eviction_counts_the_bytes_it_brings_home() {
     for path in common::PATHS {
         let Some(rt) = common::runtime_with(Runtime::builder().transfer(path).budget(16 << 20))
@@ -188,4 +187,24 @@ fn eviction_counts_the_bytes_it_brings_home() {
         );
         assert!((0..n).all(|i| a[i] == i as u32), "{path:?}");
     }
+}
+
+/// `pipeline` after `linked` in the same process (one thread, a fresh runtime per example
+/// and path) hangs about one run in four: the final full read of `pipeline`'s second vector blocks forever
+/// in `handle_userfault` on a device-resident page (at a 256 KiB-aligned address, near the
+/// end of the vector) while the fault handler sits in `poll`. Other orders (`blur`,
+/// `histogram`, `saxpy` before `pipeline`) hang too, less often. Freed buffers of the earlier
+/// example whose address range `pipeline`'s vectors reuse are the likely trigger.
+#[test]
+#[ignore = "core bug: a CPU fault is never served after earlier buffers were freed (hang)"]
+fn pipeline_after_linked_does_not_hang() {
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // One runtime per example and path, dropped after it, as the tests above do.
+        common::each_path(|rt, _| drop(linked::run(rt, false).unwrap()));
+        common::each_path(|rt, _| drop(pipeline::run(rt, false).unwrap()));
+        done.send(()).unwrap();
+    });
+    wait.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("linked then pipeline finish within a minute");
 }
