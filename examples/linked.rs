@@ -132,8 +132,9 @@ pub fn run(rt: &Runtime, full: bool) -> anyhow::Result<String> {
     // few pages of `targets`, which were read-only on the device (shared), so only those
     // pages turn host-only and travel again.
     for v in 1..=REWIRED {
-        for e in offsets[v] as usize + 1..offsets[v + 1] as usize {
-            targets[e] = (hash(e, 7) % nodes) as u32;
+        let edges = offsets[v] as usize + 1..offsets[v + 1] as usize;
+        for (e, t) in edges.clone().zip(&mut targets[edges]) {
+            *t = (hash(e, 7) % nodes) as u32;
         }
     }
     let r = rt.residency(&targets);

@@ -88,7 +88,7 @@ pub fn run(rt: &Runtime, full: bool) -> anyhow::Result<String> {
     );
     Ok(format!(
         "2 x {} MiB f32, budget {} MiB",
-        n * 4 >> 20,
+        (n * 4) >> 20,
         budget >> 20
     ))
 }
