@@ -494,7 +494,10 @@ impl Watch {
                 std::thread::sleep(Duration::from_millis(50));
             }
             let step = step.load(Ordering::Relaxed);
-            eprintln!(
+            // Straight to stderr: the test harness captures `eprintln!` of this thread too.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "model test: a {path:?} case hangs (60 s) in step {step} (MAX: final compare). \
                  Program:\n{program}"
             );
@@ -651,4 +654,118 @@ fn launch_on_memory_another_runtime_held_before_it_was_freed() {
 #[test]
 fn launch_on_memory_the_same_runtime_held_before_it_was_freed() {
     common::each_path(|rt, _| reuse_after_free(rt, rt));
+}
+
+/// Found by `model_direct` (one runtime, Direct path): this program hung (60 s watchdog) in
+/// its 16th step — the `Add` right after a `Sum` over the same Managed buffer (steps on
+/// never-allocated slots removed; they did nothing). Run alone in a fresh process:
+/// `cargo test --release --test model -- --ignored replay_hang_1`.
+#[test]
+#[ignore = "core bug: hang (a launch or the CPU read after it never returns); not yet reduced"]
+fn replay_hang_1() {
+    use Kind::*;
+    use Op::*;
+    let program = [
+        Step {
+            op: Alloc {
+                slot: 1,
+                kind: Managed,
+                len: 71165,
+                seed: 0,
+            },
+            full: false,
+        },
+        Step {
+            op: Read {
+                slot: 1,
+                span: Span {
+                    at: Frac(11184692310336923560),
+                    len: Frac(147693643348908467),
+                },
+            },
+            full: true,
+        },
+        Step {
+            op: Sum {
+                slot: 1,
+                span: Span {
+                    at: Frac(17642666260711476158),
+                    len: Frac(12352152525263912414),
+                },
+            },
+            full: false,
+        },
+        Step {
+            op: Fill {
+                slot: 1,
+                span: Span {
+                    at: Frac(10066974097720442691),
+                    len: Frac(7733035694244200363),
+                },
+                mul: 3,
+                add: 969,
+            },
+            full: false,
+        },
+        Step {
+            op: Write {
+                slot: 1,
+                span: Span {
+                    at: Frac(4356677771941802952),
+                    len: Frac(5561076516578214406),
+                },
+                seed: 39,
+            },
+            full: false,
+        },
+        Step {
+            op: Add {
+                slot: 1,
+                span: Span {
+                    at: Frac(16962528932794615295),
+                    len: Frac(13616637036337975000),
+                },
+                k: 69,
+            },
+            full: true,
+        },
+        Step {
+            op: Add {
+                slot: 1,
+                span: Span {
+                    at: Frac(2672813918488181864),
+                    len: Frac(9309575306938887127),
+                },
+                k: 96,
+            },
+            full: false,
+        },
+        Step {
+            op: Sum {
+                slot: 1,
+                span: Span {
+                    at: Frac(13976309613139985305),
+                    len: Frac(15623401646871690845),
+                },
+            },
+            full: false,
+        },
+        Step {
+            op: Add {
+                slot: 1,
+                span: Span {
+                    at: Frac(9018060168070550322),
+                    len: Frac(3165827502272421522),
+                },
+                k: 72,
+            },
+            full: true,
+        },
+    ];
+    for path in common::PATHS {
+        if let Some(r) = rt(path) {
+            let watch = Watch::start(path, &program);
+            run(r, &program, &watch.step).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        }
+    }
 }

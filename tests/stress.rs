@@ -242,7 +242,10 @@ fn watchdog(w: Arc<Watch>) {
         let now = w.started.elapsed().as_millis() as u64;
         let stalled = now.saturating_sub(w.last_beat_ms.load(Ordering::Relaxed));
         if stalled > STALL_MS || now > w.deadline_ms + OVERSHOOT_MS {
-            eprintln!(
+            // Straight to stderr: the test harness captures `eprintln!` of this thread too.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "stress watchdog: no progress for {stalled} ms (run at {now} ms, deadline {} ms); \
                  state: {}. Aborting: a CPU touch, fault or launch hangs.",
                 w.deadline_ms,
@@ -271,7 +274,9 @@ fn dump_stacks() {
             .unwrap_or("")
             .split_whitespace()
             .next();
-        eprintln!(
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "thread {:?} {:?} state {:?} wchan {:?} syscall {:?}\n{}",
             t.file_name(),
             read("comm").trim(),
