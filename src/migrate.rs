@@ -195,14 +195,19 @@ pub(crate) struct Launch {
 
 /// Claims pages `pages` of `ext` whatever their state, waiting for current owners (the fault
 /// handler holds a page for one chunk copy; a launcher for one kernel).
-fn claim_all(ext: &Ext, pages: Range<usize>) -> Vec<Residence> {
+///
+/// With `revalidate`, a page whose host memory vanished earlier (`GONE`) is treated as live
+/// `Host` memory again — for launches, which read it afresh from the binding. Moves home
+/// leave it `GONE`: there is nothing to bring back, and a dead extent must stay dead so that
+/// it is reaped instead of being taken for live memory mapped at the same address.
+fn claim_all(ext: &Ext, pages: Range<usize>, revalidate: bool) -> Vec<Residence> {
     pages
         .map(|i| {
             let cell = ext.cell(i);
             let mut spins = 0u32;
             loop {
                 if let Some(bits) = cell.try_claim(|_| true) {
-                    if bits.gone() {
+                    if bits.gone() && revalidate {
                         cell.revalidate();
                     }
                     return bits.residence();
@@ -375,7 +380,7 @@ pub(crate) fn to_host(
     let mut attempts = 0;
     let result = loop {
         let first = pages.start;
-        let mut states = claim_all(ext, pages.clone());
+        let mut states = claim_all(ext, pages.clone(), false);
         let r = to_host_claimed(uffd, transfer, ext, first, &mut states, keep_device);
         release_all(ext, first, &states);
         match r {
@@ -599,6 +604,9 @@ pub(crate) fn evacuate_foreign(
     ctx: &Arc<DeviceContext>,
     spans: &[Range<usize>],
 ) -> Result<()> {
+    // Unmaps already read by the handler must be processed, and dead extents gone, before
+    // anything of another runtime is taken for live memory here.
+    reap(svc);
     for span in spans {
         for owner in owners(svc, span.clone()) {
             if !Arc::ptr_eq(&owner, ctx) {
@@ -967,7 +975,7 @@ fn merge(
     let mut claimed: Vec<(&Arc<Ext>, Vec<Residence>)> = Vec::with_capacity(absorbed.len());
     let mut result = Ok(());
     for old in absorbed {
-        let states = claim_all(old, 0..old.pages());
+        let states = claim_all(old, 0..old.pages(), true);
         let base = (old.start() - range.start) / PAGE;
         if result.is_ok() {
             result = take_over(uffd, ctx, transfer, old, &states, &block, base);
@@ -1049,7 +1057,7 @@ fn move_pages<'e>(
     for (run, write) in &roles.interior {
         let ext = ext_of(run.start);
         let idx = ext.page_span(run);
-        let mut states = claim_all(ext, idx.clone());
+        let mut states = claim_all(ext, idx.clone(), true);
         let drop_host = *write || purpose == Purpose::Prefetch;
         if let Err(e) = migrate_run(
             svc,
@@ -1075,24 +1083,35 @@ fn move_pages<'e>(
     for &(page, write) in &roles.edges {
         let ext = ext_of(page);
         let i = ext.page_index(page);
-        let mut st = claim_all(ext, i..i + 1);
-        let moved = if write {
-            to_host_claimed(&svc.uffd, &mut worker.transfer, ext, i, &mut st, false)
-        } else {
-            Ok((0, None))
-        };
-        release_all(ext, i, &st);
-        match moved {
-            Ok((b, None)) => Counters::add(&ctx.counters.bytes_to_host, b),
-            Ok((_, Some(_))) => {
-                return Err(Error::UnsupportedMemory {
-                    addr: page,
-                    len: PAGE,
-                    reason: MemoryReason::NotMapped,
-                })
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut spins = 0;
+        let st = loop {
+            let mut st = claim_all(ext, i..i + 1, true);
+            let moved = if write {
+                to_host_claimed(&svc.uffd, &mut worker.transfer, ext, i, &mut st, false)
+            } else {
+                Ok((0, None))
+            };
+            release_all(ext, i, &st);
+            match moved {
+                Ok((b, None)) => {
+                    Counters::add(&ctx.counters.bytes_to_host, b);
+                    break st;
+                }
+                // Another thread's munmap/madvise event is unread: wait for the handler.
+                Ok((_, Some(InstallStop::Again))) if std::time::Instant::now() < deadline => {
+                    backoff(&mut spins)
+                }
+                Ok((_, Some(_))) => {
+                    return Err(Error::UnsupportedMemory {
+                        addr: page,
+                        len: PAGE,
+                        reason: MemoryReason::NotMapped,
+                    })
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
-        }
+        };
         if st[0] != Residence::Host {
             continue; // the device copy is valid for the whole page
         }

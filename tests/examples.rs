@@ -69,7 +69,6 @@ fn blur() {
 }
 
 #[test]
-#[ignore = "core bug: hangs in a CPU fault after other examples' runtimes and buffers were dropped (see pipeline_after_linked_does_not_hang)"]
 fn pipeline() {
     on_both_paths("pipeline", pipeline::run);
 }
@@ -104,7 +103,6 @@ fn oversubscribe() {
 /// it (it is the launch's own), and the launch fails with `OutOfDeviceMemory` although each
 /// slice is an eighth of the budget.
 #[test]
-#[ignore = "core bug: slices of one unaligned Vec merge into one extent that cannot be evicted (OutOfDeviceMemory)"]
 fn oversubscribe_slices_of_one_vec() {
     for path in common::PATHS {
         let budget = 16 << 20;
@@ -133,7 +131,6 @@ fn oversubscribe_slices_of_one_vec() {
 /// claimed: dropping the runtime afterwards never returns, spinning in
 /// `migrate::claim_all` (from `to_host` in `Runtime::drop`).
 #[test]
-#[ignore = "core bug: a two-binding launch failing with OutOfDeviceMemory leaves pages claimed; Runtime::drop then spins forever"]
 fn runtime_drop_after_a_failed_launch_returns() {
     let (done, wait) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -196,7 +193,6 @@ fn eviction_counts_the_bytes_it_brings_home() {
 /// `histogram`, `saxpy` before `pipeline`) hang too, less often. Freed buffers of the earlier
 /// example whose address range `pipeline`'s vectors reuse are the likely trigger.
 #[test]
-#[ignore = "core bug: a CPU fault is never served after earlier buffers were freed (hang)"]
 fn pipeline_after_linked_does_not_hang() {
     let (done, wait) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

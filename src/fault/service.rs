@@ -318,7 +318,17 @@ impl Handler {
         }
     }
 
+    /// Resolves one fault; once it is done, the faulting page is woken once more — a wake
+    /// with no waiter costs one ioctl, and no path may leave a thread asleep.
     fn resolve(&self, f: Fault) -> Outcome {
+        let outcome = self.resolve_once(f);
+        if outcome == Outcome::Done {
+            let _ = self.svc.uffd.wake(page_floor(f.addr), PAGE);
+        }
+        outcome
+    }
+
+    fn resolve_once(&self, f: Fault) -> Outcome {
         let page = page_floor(f.addr);
         if self
             .remaps
