@@ -32,8 +32,8 @@ fn saxpy_on_vecs() {
             ),
         )
         .unwrap();
-        for i in 0..n {
-            assert_eq!(y[i], 5.0 * i as f32, "{path:?} y[{i}]");
+        for (i, &v) in y.iter().enumerate() {
+            assert_eq!(v, 5.0 * i as f32, "{path:?} y[{i}]");
         }
         eprintln!("{path:?}: {:?}", rt.stats());
     });
