@@ -545,13 +545,17 @@ fn edges_shared_with_other_data_keep_working() {
 fn stack_memory_is_copied_through() {
     each_path(|rt, path| {
         let k = kernels(rt);
-        let mut a = [0u32; 1000];
-        fill(rt, &k, &mut a, 4, 0);
-        assert_pattern(&a, |i| i as u32 * 4, &format!("{path:?}"));
+        // Bindings start 16-byte aligned (minStorageBufferOffsetAlignment), stack ones too.
+        #[repr(align(16))]
+        struct Aligned([u32; 1000]);
+        let mut stack = Aligned([0u32; 1000]);
+        let a = &mut stack.0;
+        fill(rt, &k, a, 4, 0);
+        assert_pattern(a, |i| i as u32 * 4, &format!("{path:?}"));
         assert_eq!(
-            rt.residency(&a),
+            rt.residency(a),
             Residency {
-                host: pages_of(&a),
+                host: pages_of(a),
                 shared: 0,
                 device: 0
             }
