@@ -322,6 +322,11 @@ pub(crate) fn install(
 }
 
 /// `UFFDIO_COPY` of one piece, skipping pages that are already present.
+///
+/// One `UFFDIO_COPY` must lie inside one VMA (`ENOENT` otherwise), and an extent may span
+/// several: the program can split its mapping after the mirror recorded it (`mprotect`,
+/// `madvise`, a malloc heap growing). So `ENOENT` on more than a page halves the request
+/// until it fits; only a single page that reports `ENOENT` is really gone.
 fn copy_piece(
     uffd: &Uffd,
     dst: usize,
@@ -331,8 +336,9 @@ fn copy_piece(
     out: &mut Installed,
 ) -> Result<(), InstallStop> {
     let mut done = 0;
+    let mut limit = bytes.len();
     while done < bytes.len() {
-        let rest = &bytes[done..];
+        let rest = &bytes[done..(done + limit).min(bytes.len())];
         // SAFETY: `rest` is readable for its length; `dst + done` lies in a registered range
         // whose pages are claimed by the caller and absent (a present one reports EEXIST).
         let r = unsafe { uffd.copy(dst + done, rest.as_ptr(), rest.len(), wp, wake) };
@@ -340,6 +346,10 @@ fn copy_piece(
             Ok(n) => {
                 out.bytes += n as u64;
                 done += n;
+                limit = (limit * 2).min(bytes.len());
+            }
+            Err(CopyError::Gone(_)) if rest.len() > PAGE => {
+                limit = (rest.len() / 2).next_multiple_of(PAGE);
             }
             Err(CopyError::Exists { copied: n }) => {
                 // Pages before `n` were copied; the page at `n` is already present (resolved

@@ -730,6 +730,49 @@ fn mremap_moves_device_resident_data_with_the_mapping() {
     });
 }
 
+/// The program splits its mapping after the pages moved (here `madvise` with a flag of its
+/// own on an odd page): one `UFFDIO_COPY` may not cross the split, so a fault window that
+/// does must be installed in pieces, not given up on (a livelock before the fix).
+#[test]
+fn a_mapping_split_after_migration_comes_back_whole() {
+    each_path(|rt, path| {
+        let k = kernels(rt);
+        let len = 4 << 20;
+        // SAFETY: a fresh private anonymous mapping, unmapped at the end.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: `len` mapped, readable and writable bytes.
+        let v = unsafe { std::slice::from_raw_parts_mut(p.cast::<u32>(), len / 4) };
+        fill(rt, &k, v, 5, 2);
+        assert!(rt.residency(v).device > 0);
+        for split in [37 * PAGE, 301 * PAGE] {
+            // SAFETY: changes a flag of our own mapping, not its contents.
+            let r = unsafe {
+                libc::madvise(
+                    p.cast::<u8>().add(split).cast(),
+                    PAGE,
+                    libc::MADV_NOHUGEPAGE,
+                )
+            };
+            assert_eq!(r, 0);
+        }
+        assert_pattern(v, |i| i as u32 * 5 + 2, &format!("{path:?} split"));
+        add(rt, &k, v, 1);
+        assert_pattern(v, |i| i as u32 * 5 + 3, &format!("{path:?} again"));
+        // SAFETY: `v` is not used after this.
+        assert_eq!(unsafe { libc::munmap(p, len) }, 0);
+    });
+}
+
 #[test]
 fn prefetch_both_ways_counts_bytes() {
     each_path(|rt, path| {
