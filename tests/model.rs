@@ -531,13 +531,11 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
-#[ignore = "core bug: about one run in three a Direct case livelocks in its final compare (same as replay_hang_1); run with --ignored"]
     fn model_direct(program in program()) {
         check(TransferPath::Direct, &program)?;
     }
 
     #[test]
-#[ignore = "core bug: some runs livelock in a final compare (same as replay_hang_1); run with --ignored"]
     fn model_staged(program in program()) {
         check(TransferPath::Staged, &program)?;
     }
@@ -658,10 +656,10 @@ fn launch_on_memory_the_same_runtime_held_before_it_was_freed() {
 
 /// Found by `model_direct` (one runtime, Direct path): this program hung (60 s watchdog) in
 /// its 16th step — the `Add` right after a `Sum` over the same Managed buffer (steps on
-/// never-allocated slots removed; they did nothing). Run alone in a fresh process:
-/// `cargo test --release --test model -- --ignored replay_hang_1`.
+/// never-allocated slots removed; they did nothing). The cause: a fault window that crossed
+/// a VMA split made `UFFDIO_COPY` fail with `ENOENT`, which the handler took for "unmapped"
+/// while the page stayed absent (see `a_mapping_split_after_migration_comes_back_whole`).
 #[test]
-#[ignore = "core bug: in a process that ran other cases first this program livelocks (the handler resolves a fault on a page that stays absent); passes alone since the handler re-wakes resolved faults"]
 fn replay_hang_1() {
     use Kind::*;
     use Op::*;

@@ -306,6 +306,62 @@ fn read_only_binding_stays_readable_without_faults() {
     });
 }
 
+/// Pages the program gives back with `MADV_FREE` may be reclaimed at any time (here at once,
+/// with `MADV_PAGEOUT`); when they were `Shared`, a later read sees its data or zeros (what
+/// the kernel allows) and never hangs. The kernel reports `MADV_FREE` as `REMOVE`.
+#[test]
+fn shared_pages_reclaimed_after_madv_free_read_back() {
+    each_path(|rt, path| {
+        let k = kernels(rt);
+        let len = 1 << 20;
+        // SAFETY: a fresh private anonymous mapping, unmapped at the end.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: `len` mapped, readable and writable bytes.
+        let v = unsafe { std::slice::from_raw_parts_mut(p.cast::<u32>(), len / 4) };
+        for (i, x) in v.iter_mut().enumerate() {
+            *x = pattern(i, 9);
+        }
+        let mut sum = [0u32; 4];
+        let n = v.len() as u32;
+        rt.launch(
+            &k.sum,
+            groups(v.len(), 256),
+            (&*v, &mut sum, Push(&N { n })),
+        )
+        .unwrap();
+        assert_eq!(rt.residency(v).shared, pages_of(v));
+        // SAFETY: our own mapping; its contents may become zero, which the test allows.
+        unsafe {
+            assert_eq!(libc::madvise(p, len, libc::MADV_FREE), 0);
+            // Reclaims lazily-freed pages now (no swap needed); a no-op on old kernels.
+            libc::madvise(p, len, libc::MADV_PAGEOUT);
+        }
+        for (pg, words) in v.chunks(PAGE / 4).enumerate() {
+            let first = pg * PAGE / 4;
+            let kept = words
+                .iter()
+                .enumerate()
+                .all(|(j, &x)| x == pattern(first + j, 9));
+            assert!(
+                kept || words.iter().all(|&x| x == 0),
+                "{path:?}: page {pg} is neither its data nor zero"
+            );
+        }
+        // SAFETY: `v` is not used after this.
+        assert_eq!(unsafe { libc::munmap(p, len) }, 0);
+    });
+}
+
 #[test]
 fn one_copy_back_per_touched_chunk() {
     for path in common::PATHS {

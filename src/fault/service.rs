@@ -363,9 +363,50 @@ impl Handler {
             (true, _) => self.unprotect_page(page),
             (false, Residence::Device) => self.copy_back(ext, idx, f.write),
             (false, Residence::Host) => self.zero_page(page),
-            (false, Residence::Shared) => {
-                let _ = self.svc.uffd.wake(page, PAGE);
+            (false, Residence::Shared) => self.refill_shared(ext, idx),
+        }
+    }
+
+    /// A missing page the mirror holds `Shared`. Normally the message is stale (another
+    /// resolution brought the page back): wake. Should the host copy ever vanish without an
+    /// event, waking alone would livelock; both copies were equal, so the device copy is what
+    /// the page held: install it write-protected.
+    fn refill_shared(&self, ext: &Ext, idx: usize) -> Outcome {
+        let page = ext.page_addr(idx);
+        let mut entry = [sys::PageEntry::default()];
+        if self.svc.pagemap.query(page, &mut entry).is_err() || entry[0].present() {
+            let _ = self.svc.uffd.wake(page, PAGE);
+            return Outcome::Done;
+        }
+        let shared = |b: crate::mirror::page::PageBits| b.residence() == Residence::Shared;
+        if ext.cell(idx).try_claim(shared).is_none() {
+            return Outcome::Wait; // owned, or no longer Shared: resolved again later
+        }
+        let ctx = &ext.device().ctx;
+        let mut transfer = ctx
+            .fault_transfer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let got = install(
+            &self.svc.uffd,
+            &mut transfer,
+            ext,
+            idx..idx + 1,
+            page,
+            |_| true,
+            false,
+        );
+        drop(transfer);
+        ext.cell(idx).release(Residence::Shared);
+        match got {
+            Ok(g) if g.stop == Some(InstallStop::Again) => Outcome::Retry,
+            Ok(g) => {
+                Counters::add(&ctx.counters.bytes_to_host, g.bytes);
                 Outcome::Done
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading device memory for a CPU fault failed; retrying");
+                Outcome::Retry
             }
         }
     }

@@ -29,8 +29,9 @@ pub fn runtime_with(builder: vkhmm::RuntimeBuilder) -> Option<Runtime> {
     }
 }
 
-/// Runs `f` on a runtime for each transfer path.
+/// Runs `f` on a runtime for each transfer path, under a [`Watchdog`].
 pub fn each_path(mut f: impl FnMut(&Runtime, TransferPath)) {
+    let _watchdog = Watchdog::arm(std::time::Duration::from_secs(300));
     for path in PATHS {
         if let Some(rt) = runtime(path) {
             f(&rt, path);
@@ -46,4 +47,22 @@ pub fn groups(n: usize, per_group: usize) -> [u32; 3] {
 /// Element i of a pattern: a function of i and a seed, so a stale or misplaced page shows.
 pub fn pattern(i: usize, seed: u32) -> u32 {
     (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed)
+}
+
+/// Aborts the test process when the test that armed it is still running after a limit: a
+/// hang in the runtime must fail CI with the test's name, never stall it. Disarmed on drop.
+pub struct Watchdog(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+impl Watchdog {
+    pub fn arm(limit: std::time::Duration) -> Self {
+        let name = std::thread::current().name().unwrap_or("a test").to_owned();
+        let (disarm, armed) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = armed.recv_timeout(limit) {
+                eprintln!("watchdog: `{name}` is still running after {limit:?}: a hang; aborting");
+                std::process::abort();
+            }
+        });
+        Watchdog(disarm)
+    }
 }
