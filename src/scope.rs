@@ -46,8 +46,8 @@ impl Runtime {
     /// # let k = rt.kernel_wgsl(vkhmm::shaders::ADD_K_WGSL, "main")?;
     /// let mut gpu_part = vec![1u32; 1 << 20];
     /// let mut cpu_part = vec![1u32; 1 << 20];
+    /// let push = [gpu_part.len() as u32, 1]; // arguments outlive the scope
     /// rt.scope(|s| -> Result<(), vkhmm::Error> {
-    ///     let push = [gpu_part.len() as u32, 1];
     ///     let pending = s.launch_async(&k, [1024, 1, 1], (&mut gpu_part, vkhmm::Push(&push)))?;
     ///     cpu_part.iter_mut().for_each(|x| *x *= 3); // runs while the kernel does
     ///     pending.wait()
