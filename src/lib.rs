@@ -113,7 +113,7 @@ pub use fault::probe::{
     ProbeAttempt, ProbeFailure, SeccompMode,
 };
 pub use managed::Managed;
-pub use mirror::{Location, Residency};
+pub use mirror::{advice::Advice, Location, Residency};
 pub use runtime::{Kernel, Runtime, RuntimeBuilder};
 pub use scope::{Pending, Scope};
 pub use stats::Stats;

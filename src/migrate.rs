@@ -35,10 +35,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::device::{Device, DeviceBlock, Dispatcher, Transfer};
 use crate::fault::service::FaultService;
 use crate::fault::uffd::{CopyError, Uffd};
+use crate::mirror::advice::{Advice, AdviceMap};
 use crate::mirror::extent::Extent;
 use crate::mirror::page::Residence;
 use crate::mirror::plan::{binding_pages, page_roles, plan_groups, PageRoles};
-use crate::mirror::policy::{lru_victims, ChunkPolicy};
+use crate::mirror::policy::{lru_victims, Candidate, ChunkPolicy};
 use crate::mirror::PAGE;
 use crate::sys;
 use crate::{Error, MemoryReason, Result};
@@ -61,6 +62,8 @@ pub(crate) struct DeviceContext {
     pub worker: Mutex<Worker>,
     /// The fault handler's own transfer context (nobody else locks it).
     pub fault_transfer: Mutex<Transfer>,
+    /// Advice given to this runtime (never locked by the fault handler).
+    pub advice: Mutex<AdviceMap>,
 }
 
 /// Tools of the launch path, used under one lock.
@@ -588,10 +591,17 @@ fn alloc_evicting(
             .budget()
             .saturating_sub(ctx.device.pool().in_use()),
     );
-    let weights: Vec<(u64, u64)> = cands
+    let advice = ctx.advice.lock().unwrap_or_else(PoisonError::into_inner);
+    let device_preferred = Advice::PreferredLocation(crate::Location::Device);
+    let weights: Vec<Candidate> = cands
         .iter()
-        .map(|e| (e.last_use(), e.bytes() as u64))
+        .map(|e| Candidate {
+            keep: advice.any(e.start()..e.end(), device_preferred),
+            last_use: e.last_use(),
+            bytes: e.bytes() as u64,
+        })
         .collect();
+    drop(advice);
     let Some(order) = lru_victims(&weights, need) else {
         return Err(Error::OutOfDeviceMemory {
             needed: size,
@@ -1309,7 +1319,37 @@ impl Launch {
             }
         }
         Counters::add(&ctx.counters.bytes_to_host, copied);
-        result
+        result.and_then(|()| self.settle_preferred_host(svc, ctx, transfer))
+    }
+
+    /// Written pages advised `PreferredLocation(Host)` come home now, staying valid on the
+    /// device (`Shared`): the CPU reads the results without faults.
+    fn settle_preferred_host(
+        &self,
+        svc: &FaultService,
+        ctx: &DeviceContext,
+        transfer: &mut Transfer,
+    ) -> Result<()> {
+        let home = Advice::PreferredLocation(crate::Location::Host);
+        let advised: Vec<(Arc<Ext>, Range<usize>)> = {
+            let advice = ctx.advice.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut out = Vec::new();
+            for (b, p) in self.bindings.iter().zip(&self.placements) {
+                if let (true, Placement::Mirrored { ext, .. }) = (b.write, p) {
+                    for (r, _) in advice
+                        .within(binding_pages(b.addr, b.len).span)
+                        .filter(|(_, a)| *a == home)
+                    {
+                        out.push((Arc::clone(ext), ext.page_span(&r)));
+                    }
+                }
+            }
+            out
+        };
+        for (ext, pages) in advised {
+            to_host(&svc.uffd, transfer, &ext, pages, true)?; // counts its bytes
+        }
+        Ok(())
     }
 }
 

@@ -22,6 +22,7 @@ use crate::fault::fork::hold_off_fork;
 use crate::fault::service::FaultService;
 use crate::managed::Managed;
 use crate::migrate::{self, Binding, Counters, DeviceContext, Purpose, Worker};
+use crate::mirror::advice::Advice;
 use crate::mirror::plan::binding_pages;
 use crate::mirror::policy::ChunkPolicy;
 use crate::mirror::{Location, Residency, PAGE};
@@ -152,6 +153,7 @@ impl RuntimeBuilder {
             )),
             fault_transfer: Mutex::new(fault_transfer(&device, config.staging_bytes)?),
             counters: Counters::default(),
+            advice: Mutex::default(),
             policy,
             device,
         });
@@ -401,6 +403,31 @@ impl Runtime {
                 self.svc.poke();
                 Ok(())
             }
+        }
+    }
+
+    /// Gives `advice` for the pages under `data` (see [`Advice`]); later advice on the same
+    /// pages replaces it, and [`Advice::Unset`] removes it. `PreferredLocation` also moves
+    /// the range there now, as [`prefetch`](Self::prefetch) does.
+    ///
+    /// Advice belongs to the address range, not to the allocation: it outlives a `free` and
+    /// applies to whatever is mapped there later (it never changes what a program reads,
+    /// only where pages settle).
+    pub fn advise<T: Pod>(&self, data: &[T], advice: Advice) -> Result<()> {
+        self.check_owner()?;
+        let len = std::mem::size_of_val(data);
+        if len == 0 {
+            return Ok(());
+        }
+        let span = binding_pages(data.as_ptr() as usize, len).span;
+        self.ctx
+            .advice
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set(span, advice);
+        match advice {
+            Advice::PreferredLocation(to) => self.prefetch(data, to),
+            Advice::ReadMostly | Advice::Unset => Ok(()),
         }
     }
 

@@ -10,9 +10,11 @@
 //! - [`extent`]: a contiguous run of pages with one device copy;
 //! - [`map`]: the process-wide extent list, lock-free for the fault handler;
 //! - [`plan`]: binding page spans (interior vs edge pages) and extent merging;
-//! - [`policy`]: fault-back windows and LRU eviction.
+//! - [`policy`]: fault-back windows and LRU eviction;
+//! - [`advice`]: the program's advice per range.
 #![deny(unsafe_code)]
 
+pub mod advice;
 pub mod extent;
 pub mod map;
 pub mod page;

@@ -82,19 +82,30 @@ pub fn fault_window(
     }
 }
 
-/// Picks eviction victims: indices into `candidates` (`(last_use, bytes)`), least recently
-/// used first, until at least `need` bytes are freed. Returns `None` if all of them together
-/// free less than `need`.
-pub fn lru_victims(candidates: &[(u64, u64)], need: u64) -> Option<Vec<usize>> {
+/// An extent eviction may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// Advised to stay on the device: taken only after every other candidate.
+    pub keep: bool,
+    /// Launch stamp of its last use.
+    pub last_use: u64,
+    /// Device bytes it frees.
+    pub bytes: u64,
+}
+
+/// Picks eviction victims: indices into `candidates`, those not advised to stay first, least
+/// recently used first, until at least `need` bytes are freed. Returns `None` if all of them
+/// together free less than `need`.
+pub fn lru_victims(candidates: &[Candidate], need: u64) -> Option<Vec<usize>> {
     let mut order: Vec<usize> = (0..candidates.len()).collect();
-    order.sort_by_key(|&i| candidates[i].0);
+    order.sort_by_key(|&i| (candidates[i].keep, candidates[i].last_use));
     let mut freed = 0u64;
     let mut out = Vec::new();
     for i in order {
         if freed >= need {
             break;
         }
-        freed += candidates[i].1;
+        freed += candidates[i].bytes;
         out.push(i);
     }
     (freed >= need).then_some(out)
@@ -149,9 +160,23 @@ mod tests {
 
     #[test]
     fn lru_picks_oldest_until_enough() {
-        let c = [(5, 100), (1, 50), (3, 70), (9, 10)];
-        assert_eq!(lru_victims(&c, 100), Some(vec![1, 2]));
-        assert_eq!(lru_victims(&c, 0), Some(vec![]));
-        assert_eq!(lru_victims(&c, 1000), None);
+        let c = |keep, last_use, bytes| Candidate {
+            keep,
+            last_use,
+            bytes,
+        };
+        let cands = [
+            c(false, 5, 100),
+            c(false, 1, 50),
+            c(false, 3, 70),
+            c(false, 9, 10),
+        ];
+        assert_eq!(lru_victims(&cands, 100), Some(vec![1, 2]));
+        assert_eq!(lru_victims(&cands, 0), Some(vec![]));
+        assert_eq!(lru_victims(&cands, 1000), None);
+        // Advised to stay: taken last, even when oldest.
+        let cands = [c(true, 1, 100), c(false, 5, 100), c(false, 9, 100)];
+        assert_eq!(lru_victims(&cands, 150), Some(vec![1, 2]));
+        assert_eq!(lru_victims(&cands, 250), Some(vec![1, 2, 0]));
     }
 }
