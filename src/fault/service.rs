@@ -383,20 +383,7 @@ impl Handler {
             return Outcome::Wait; // owned, or no longer Shared: resolved again later
         }
         let ctx = &ext.device().ctx;
-        let mut transfer = ctx
-            .fault_transfer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let got = install(
-            &self.svc.uffd,
-            &mut transfer,
-            ext,
-            idx..idx + 1,
-            page,
-            |_| true,
-            false,
-        );
-        drop(transfer);
+        let got = self.install_claimed(ext, idx..idx + 1, |_| true);
         ext.cell(idx).release(Residence::Shared);
         match got {
             Ok(g) if g.stop == Some(InstallStop::Again) => Outcome::Retry,
@@ -468,6 +455,25 @@ impl Handler {
         }
     }
 
+    /// Installs the device copy of the claimed, absent pages `pages` of `ext` at their own
+    /// addresses, page `i` write-protected iff `wp(i)`, through the handler's transfer
+    /// context; waiters stay asleep until the caller has done its bookkeeping and wakes them.
+    fn install_claimed(
+        &self,
+        ext: &Ext,
+        pages: Range<usize>,
+        wp: impl Fn(usize) -> bool,
+    ) -> Result<crate::migrate::Installed> {
+        let mut transfer = ext
+            .device()
+            .ctx
+            .fault_transfer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let dst = ext.page_addr(pages.start);
+        install(&self.svc.uffd, &mut transfer, ext, pages, dst, wp, false)
+    }
+
     /// A touch of a `Device` page: bring back the window around it.
     fn copy_back(&self, ext: &Ext, idx: usize, write: bool) -> Outcome {
         let ctx = &ext.device().ctx;
@@ -486,20 +492,7 @@ impl Handler {
         };
         ext.set_stream(w.next, w.size);
         let wp = |i: usize| !(write && i == idx);
-        let mut transfer = ctx
-            .fault_transfer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let got = install(
-            &self.svc.uffd,
-            &mut transfer,
-            ext,
-            a..b,
-            ext.page_addr(a),
-            wp,
-            false,
-        );
-        drop(transfer);
+        let got = self.install_claimed(ext, a..b, wp);
         let (done, outcome) = match got {
             Ok(g) => {
                 Counters::add(&ctx.counters.bytes_to_host, g.bytes);
