@@ -64,18 +64,7 @@ fn transparent_huge_pages_migrate_and_come_back() {
         };
         let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
         let len = 8 << 20;
-        // SAFETY: a fresh private anonymous mapping, unmapped at the end of the loop body.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
+        let p = common::map_anon(len);
         // SAFETY: our own mapping; asking for huge pages changes no contents.
         assert_eq!(unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) }, 0);
         // SAFETY: `len` mapped, readable and writable bytes, page-aligned.

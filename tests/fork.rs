@@ -5,24 +5,10 @@
 
 mod common;
 
-use bytemuck::{Pod, Zeroable};
+use common::push::{AddK, Fill};
+
 use common::{each_path, groups};
 use vkhmm::{shaders, Push};
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Fill {
-    n: u32,
-    mul: u32,
-    add: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct AddK {
-    n: u32,
-    k: u32,
-}
 
 #[test]
 fn fork_child_reads_device_resident_data() {

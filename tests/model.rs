@@ -18,37 +18,17 @@
 
 mod common;
 
+use common::push::{AddK, Fill, N};
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytemuck::{Pod, Zeroable};
 use proptest::prelude::*;
 use vkhmm::{shaders, Kernel, Location, Managed, Push, Runtime, TransferPath};
 
 const SLOTS: usize = 3;
 const PAGE: usize = 4096;
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct AddK {
-    n: u32,
-    k: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Fill {
-    n: u32,
-    mul: u32,
-    add: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct N {
-    n: u32,
-}
 
 struct Rt {
     rt: Runtime,
@@ -473,43 +453,22 @@ fn config() -> ProptestConfig {
 /// Aborts the process with the program being run when a case takes more than 60 s: a hang
 /// in the runtime must fail the test with the program that caused it, never stall CI.
 struct Watch {
-    done: Arc<AtomicBool>,
     step: Arc<AtomicUsize>,
+    _dog: common::Watchdog,
 }
 
 impl Watch {
     fn start(path: TransferPath, program: &[Step]) -> Watch {
-        let w = Watch {
-            done: Arc::new(AtomicBool::new(false)),
-            step: Arc::new(AtomicUsize::new(0)),
-        };
-        let (done, step) = (w.done.clone(), w.step.clone());
+        let step = Arc::new(AtomicUsize::new(0));
+        let at = Arc::clone(&step);
         let program = format!("{program:?}");
-        std::thread::spawn(move || {
-            let until = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < until {
-                if done.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let step = step.load(Ordering::Relaxed);
-            // Straight to stderr: the test harness captures `eprintln!` of this thread too.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "model test: a {path:?} case hangs (60 s) in step {step} (MAX: final compare). \
-                 Program:\n{program}"
-            );
-            std::process::abort();
+        let dog = common::Watchdog::arm(Duration::from_secs(60), move || {
+            format!(
+                "a {path:?} model case, in step {} (MAX: final compare). Program:\n{program}",
+                at.load(Ordering::Relaxed)
+            )
         });
-        w
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
+        Watch { step, _dog: dog }
     }
 }
 

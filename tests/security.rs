@@ -6,25 +6,13 @@
 
 mod common;
 
+use common::push::{AddK, Fill, N};
+
 use bytemuck::{Pod, Zeroable};
 use common::{each_path, groups, pattern};
 use vkhmm::{shaders, Location, Managed, Push};
 
 const PAGE: usize = 4096;
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct N {
-    n: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Fill {
-    n: u32,
-    mul: u32,
-    add: u32,
-}
 
 /// Writes `val` at `idx` of its binding, however far past the end that is (the WGSL
 /// compiler's own buffer bounds checks are off in vkhmm: robustBufferAccess guards it).
@@ -228,18 +216,7 @@ fn faults_on_unmirrored_memory_are_not_touched() {
         let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
         let pages = 12;
         let len = pages * PAGE;
-        // SAFETY: a fresh private anonymous mapping of our own.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(base, libc::MAP_FAILED);
+        let base = common::map_anon(len);
         let base = base as usize;
         let words = PAGE / 4;
         // SAFETY: the mapping is ours, `len` bytes, page-aligned; the three slices below are
@@ -319,11 +296,4 @@ fn faults_on_unmirrored_memory_are_not_touched() {
         // SAFETY: the whole mapping is ours and no reference into it is used afterwards.
         unsafe { libc::munmap(base as *mut libc::c_void, len) };
     });
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct AddK {
-    n: u32,
-    k: u32,
 }

@@ -30,6 +30,8 @@
 
 mod common;
 
+use common::push::AddK;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -52,13 +54,6 @@ const CPU_THREADS: usize = 4;
 const PREFETCH_HOME: bool = true;
 /// Counters incremented per page lock.
 const INCS_PER_LOCK: u64 = 16;
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct AddK {
-    n: u32,
-    k: u32,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {

@@ -5,32 +5,12 @@
 
 mod common;
 
-use bytemuck::{Pod, Zeroable};
+use common::push::{AddK, Fill, N};
+
 use common::{each_path, groups, pattern};
 use vkhmm::{shaders, Kernel, Location, Push, Residency, Runtime};
 
 const PAGE: usize = 4096;
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct N {
-    n: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Fill {
-    n: u32,
-    mul: u32,
-    add: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct AddK {
-    n: u32,
-    k: u32,
-}
 
 struct Kernels {
     fill: Kernel,
@@ -314,18 +294,7 @@ fn shared_pages_reclaimed_after_madv_free_read_back() {
     each_path(|rt, path| {
         let k = kernels(rt);
         let len = 1 << 20;
-        // SAFETY: a fresh private anonymous mapping, unmapped at the end.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
+        let p = common::map_anon(len);
         // SAFETY: `len` mapped, readable and writable bytes.
         let v = unsafe { std::slice::from_raw_parts_mut(p.cast::<u32>(), len / 4) };
         for (i, x) in v.iter_mut().enumerate() {
@@ -477,18 +446,7 @@ fn freed_and_unmapped_device_memory_is_dropped_and_reused_correctly() {
         for round in 0..5u32 {
             // munmap(): the mirror dies and its device memory is released.
             let len = 4 << 20;
-            // SAFETY: a fresh private anonymous mapping, unmapped below.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
+            let p = common::map_anon(len);
             // SAFETY: the mapping is ours, readable and writable, `len` bytes, page-aligned.
             let v = unsafe { std::slice::from_raw_parts_mut(p.cast::<u32>(), len / 4) };
             fill(rt, &k, v, 1, round);
@@ -496,18 +454,7 @@ fn freed_and_unmapped_device_memory_is_dropped_and_reused_correctly() {
             assert_eq!(v[7], 7 + round);
             // SAFETY: `v` is not used after this.
             assert_eq!(unsafe { libc::munmap(p, len) }, 0);
-            // SAFETY: as above; the kernel likely returns the same address.
-            let q = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(q, libc::MAP_FAILED);
+            let q = common::map_anon(len);
             // SAFETY: as above.
             let w = unsafe { std::slice::from_raw_parts_mut(q.cast::<u32>(), len / 4) };
             assert!(
@@ -744,18 +691,7 @@ fn mremap_moves_device_resident_data_with_the_mapping() {
     each_path(|rt, path| {
         let k = kernels(rt);
         let len = 4 << 20;
-        // SAFETY: a fresh private anonymous mapping, unmapped at the end.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
+        let p = common::map_anon(len);
         // SAFETY: `len` mapped, readable and writable bytes.
         let v = unsafe { std::slice::from_raw_parts_mut(p.cast::<u32>(), len / 4) };
         fill(rt, &k, v, 3, 1);
@@ -794,18 +730,7 @@ fn a_mapping_split_after_migration_comes_back_whole() {
     each_path(|rt, path| {
         let k = kernels(rt);
         let len = 4 << 20;
-        // SAFETY: a fresh private anonymous mapping, unmapped at the end.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
+        let p = common::map_anon(len);
         // SAFETY: `len` mapped, readable and writable bytes.
         let v = unsafe { std::slice::from_raw_parts_mut(p.cast::<u32>(), len / 4) };
         fill(rt, &k, v, 5, 2);

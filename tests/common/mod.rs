@@ -29,9 +29,27 @@ pub fn runtime_with(builder: vkhmm::RuntimeBuilder) -> Option<Runtime> {
     }
 }
 
+/// A fresh private anonymous read-write mapping of `len` bytes (page-aligned); the test
+/// unmaps it (or remaps it) itself.
+pub fn map_anon(len: usize) -> *mut libc::c_void {
+    // SAFETY: asks the kernel for new memory; touches no existing mapping.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap of {len} bytes");
+    p
+}
+
 /// Runs `f` on a runtime for each transfer path, under a [`Watchdog`].
 pub fn each_path(mut f: impl FnMut(&Runtime, TransferPath)) {
-    let _watchdog = Watchdog::arm(std::time::Duration::from_secs(300));
+    let _watchdog = Watchdog::arm_for_this_test(std::time::Duration::from_secs(300));
     for path in PATHS {
         if let Some(rt) = runtime(path) {
             f(&rt, path);
@@ -50,19 +68,61 @@ pub fn pattern(i: usize, seed: u32) -> u32 {
 }
 
 /// Aborts the test process when the test that armed it is still running after a limit: a
-/// hang in the runtime must fail CI with the test's name, never stall it. Disarmed on drop.
+/// hang in the runtime must fail CI with a message saying where, never stall it. Disarmed on
+/// drop.
 pub struct Watchdog(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
 
 impl Watchdog {
-    pub fn arm(limit: std::time::Duration) -> Self {
-        let name = std::thread::current().name().unwrap_or("a test").to_owned();
+    /// Arms a watchdog that prints `what()` (called when it fires) and aborts.
+    pub fn arm(limit: std::time::Duration, what: impl FnOnce() -> String + Send + 'static) -> Self {
         let (disarm, armed) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = armed.recv_timeout(limit) {
-                eprintln!("watchdog: `{name}` is still running after {limit:?}: a hang; aborting");
+                // Straight to stderr: the harness would capture `eprintln!`, and abort loses it.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "watchdog: still running after {limit:?}, a hang: {}",
+                    what()
+                );
                 std::process::abort();
             }
         });
         Watchdog(disarm)
+    }
+
+    /// Arms a watchdog naming the calling test.
+    pub fn arm_for_this_test(limit: std::time::Duration) -> Self {
+        let name = std::thread::current().name().unwrap_or("a test").to_owned();
+        Self::arm(limit, move || format!("`{name}`"))
+    }
+}
+
+/// Push constants of the bundled test shaders (`shaders/*.wgsl`), shared by the tests.
+pub mod push {
+    use bytemuck::{Pod, Zeroable};
+
+    /// `n`: element count (`COPY_U32`, `CHECKSUM`).
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    pub struct N {
+        pub n: u32,
+    }
+
+    /// `FILL_INDEX`: element `i` becomes `i * mul + add`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    pub struct Fill {
+        pub n: u32,
+        pub mul: u32,
+        pub add: u32,
+    }
+
+    /// `ADD_K`: every element plus `k`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    pub struct AddK {
+        pub n: u32,
+        pub k: u32,
     }
 }
