@@ -656,3 +656,133 @@ impl<'a> Saxpy<'a> {
         self.it
     }
 }
+
+/// Bytes of `[addr, addr + len)` whose pages are resident (present or swapped) according to
+/// `/proc/self/pagemap`; faults nothing in.
+pub fn resident_bytes(addr: usize, len: usize) -> anyhow::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let pagemap = std::fs::File::open("/proc/self/pagemap")?;
+    let first = addr / PAGE;
+    let pages = (addr + len).div_ceil(PAGE) - first;
+    let mut entries = vec![0u8; pages * 8];
+    pagemap.read_exact_at(&mut entries, (first * 8) as u64)?;
+    let resident = entries
+        .chunks_exact(8)
+        .filter(|e| u64::from_ne_bytes((*e).try_into().unwrap()) & (3 << 62) != 0)
+        .count();
+    Ok(resident * PAGE)
+}
+
+/// The host memory an ordinary `Vec<u8>` keeps while its data lives on the device.
+///
+/// The CPU writes every byte (pattern: byte i holds i mod 251), `prefetch(Device)` moves it:
+/// the host pages are dropped (`Device`), so the buffer's resident bytes fall. On an
+/// integrated GPU or lavapipe the device copy is host memory too, so this counts the
+/// buffer's own pages (pagemap), not the process's RSS.
+pub struct ResidentAfterMigrate<'a> {
+    rt: &'a Runtime,
+    buf: Vec<u8>,
+    /// Resident bytes of the buffer before / after the last migration.
+    pub before: usize,
+    pub after: usize,
+}
+
+impl<'a> ResidentAfterMigrate<'a> {
+    /// A buffer of `size` bytes from the global allocator.
+    pub fn new(rt: &'a Runtime, size: usize) -> Self {
+        ResidentAfterMigrate {
+            rt,
+            buf: vec![0u8; size],
+            before: 0,
+            after: 0,
+        }
+    }
+
+    /// Writes the buffer, measures, migrates it to the device, measures again. Returns the
+    /// time of the migration.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        self.buf
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i % 251) as u8);
+        let (addr, len) = (self.buf.as_ptr() as usize, self.buf.len());
+        self.before = resident_bytes(addr, len)?;
+        let t = Instant::now();
+        self.rt.prefetch(&self.buf[..], Location::Device)?;
+        let d = t.elapsed();
+        self.after = resident_bytes(addr, len)?;
+        Ok(d)
+    }
+
+    /// Whether the buffer still holds its pattern (faults every page back).
+    pub fn verify(&self) -> bool {
+        self.buf
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i % 251) as u8)
+    }
+}
+
+/// Saxpy over a working set larger than the device budget, the way the `oversubscribe`
+/// example runs it: `x` and `y` (page-aligned [`Managed`]) in 16 slices, each slice one
+/// launch, two passes, then the CPU sums `y`. With a budget under the working set, the
+/// second pass finds the first pass's slices evicted (least recently used first) and moves
+/// them again; with a budget that holds it, the second pass moves nothing.
+pub struct OversubSaxpy<'a> {
+    rt: &'a Runtime,
+    kernel: vkhmm::Kernel,
+    x: Managed<f32>,
+    y: Managed<f32>,
+    it: usize,
+    /// Sum of `y` after the last run.
+    pub sum: f64,
+}
+
+/// Slices per pass of [`OversubSaxpy`].
+pub const OVERSUB_SLICES: usize = 16;
+
+impl<'a> OversubSaxpy<'a> {
+    /// `n` floats per vector (a multiple of [`OVERSUB_SLICES`] pages of floats).
+    pub fn new(rt: &'a Runtime, n: usize) -> anyhow::Result<Self> {
+        Ok(OversubSaxpy {
+            rt,
+            kernel: rt.kernel_wgsl(vkhmm::shaders::SAXPY_WGSL, "main")?,
+            x: rt.alloc(n)?,
+            y: rt.alloc(n)?,
+            it: 0,
+            sum: 0.0,
+        })
+    }
+
+    /// Untimed: the CPU refills `x` and `y`; timed: two passes of slice launches and the
+    /// CPU's sum of `y`.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        self.it += 1;
+        saxpy_fill(&mut self.x, &mut self.y, self.it);
+        let slice = self.x.len() / OVERSUB_SLICES;
+        let t = Instant::now();
+        for _ in 0..2 {
+            for (xs, ys) in self.x.chunks(slice).zip(self.y.chunks_mut(slice)) {
+                let params = SaxpyParams {
+                    a: 2.0,
+                    n: xs.len() as u32,
+                };
+                self.rt.launch(
+                    &self.kernel,
+                    [raw_ash::saxpy_groups(xs.len()), 1, 1],
+                    (xs, ys, Push(&params)),
+                )?;
+            }
+        }
+        self.sum = checksum(&self.y);
+        Ok(t.elapsed())
+    }
+
+    /// The sum `y` must have after a run: two passes of `y += 2x`.
+    pub fn expect(&self) -> f64 {
+        let n = self.x.len();
+        (0..n)
+            .map(|i| f64::from(4.0 * (i % 1024) as f32 + (self.it % 7) as f32))
+            .sum()
+    }
+}

@@ -45,7 +45,8 @@ pub struct Args {
     /// `$VKHMM_WGPU_BASELINE`).
     #[arg(long)]
     pub wgpu: Option<PathBuf>,
-    /// Run only these groups (for profiling): sweep, chunks, touch, launch, saxpy, wgpu.
+    /// Run only these groups (for profiling): sweep, chunks, touch, launch, saxpy, rss,
+    /// oversub, wgpu.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -99,6 +100,7 @@ enum Unit {
     GBps,
     Micros,
     Millis,
+    MiB,
 }
 
 impl Unit {
@@ -107,6 +109,7 @@ impl Unit {
             Unit::GBps => "GB/s",
             Unit::Micros => "us",
             Unit::Millis => "ms",
+            Unit::MiB => "MiB",
         }
     }
 }
@@ -219,6 +222,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.wants("saxpy") {
         let saxpy_n = args.saxpy_mib * MIB / 4;
         saxpy(&mut r, &p, args.quick, saxpy_n, &direct, &staged, &vk)?;
+    }
+    if args.wants("rss") {
+        resident(&mut r, &p, &direct, &staged)?;
+    }
+    if args.wants("oversub") {
+        oversub(&mut r, &p, args.quick)?;
     }
     drop(vk);
     drop((direct, staged));
@@ -715,6 +724,104 @@ fn saxpy(
     Ok(())
 }
 
+/// The size the resident-memory target is stated at (issue 3).
+const RSS_SIZE: usize = 256 * MIB;
+
+/// Resident host memory of a written 256 MiB `Vec` before and after `prefetch(Device)`, on
+/// both paths (one run each: the figure is a page count, not a time).
+fn resident(
+    r: &mut Report,
+    p: &Progress,
+    direct: &Runtime,
+    staged: &Runtime,
+) -> anyhow::Result<()> {
+    for (path, rt) in [("Direct", direct), ("Staged", staged)] {
+        let mut m = measure::ResidentAfterMigrate::new(rt, RSS_SIZE);
+        let d = m.run()?;
+        let (before, after) = (m.before as f64 / MIB as f64, m.after as f64 / MIB as f64);
+        anyhow::ensure!(m.verify(), "resident-memory run ({path}) lost data");
+        p.say(&format!(
+            "resident memory of a written 256 MiB Vec, {path}: {before:.1} MiB before, \
+             {after:.2} MiB after prefetch(Device) ({:.0} ms)",
+            d.as_secs_f64() * 1e3
+        ));
+        r.rows.push(Row {
+            key: format!("resident_after_migrate_{}_256mib", path.to_lowercase()),
+            figure: format!("host memory after migrating 256 MiB written, {path}"),
+            unit: Unit::MiB,
+            vkhmm: after,
+            baseline: "before migration".into(),
+            base: Some(before),
+            target: (path == "Direct").then_some(Target::AtMost(0.05)),
+            note: "pagemap of the buffer".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Saxpy over a working set of twice the device budget against the same program with a
+/// budget that holds it (issue 6): same data, same slices, runs alternating.
+fn oversub(r: &mut Report, p: &Progress, quick: bool) -> anyhow::Result<()> {
+    let b = Budget {
+        min_iters: if quick { 2 } else { 5 },
+        max_iters: if quick { 2 } else { 10 },
+        time: Duration::from_secs(3),
+    };
+    let working_set = if quick { 32 * MIB } else { 64 * MIB };
+    let n = working_set / 2 / 4; // x and y, f32
+    for path in [TransferPath::Direct, TransferPath::Staged] {
+        let fits = Runtime::builder()
+            .transfer(path)
+            .budget(2 * working_set as u64)
+            .build()?;
+        let over = Runtime::builder()
+            .transfer(path)
+            .budget(working_set as u64 / 2)
+            .build()?;
+        let mut f = measure::OversubSaxpy::new(&fits, n)?;
+        let mut o = measure::OversubSaxpy::new(&over, n)?;
+        let before = over.stats();
+        let (fs, os) = measure::sample_pair(
+            b,
+            || {
+                let d = f.run()?;
+                anyhow::ensure!(f.sum == f.expect(), "fitting saxpy: wrong sum");
+                Ok(d)
+            },
+            || {
+                let d = o.run()?;
+                anyhow::ensure!(o.sum == o.expect(), "oversubscribed saxpy: wrong sum");
+                Ok(d)
+            },
+        )?;
+        let evictions = (over.stats() - before).evictions;
+        anyhow::ensure!(evictions > 0, "oversubscribed saxpy evicted nothing");
+        let (fms, oms) = (
+            fs.median().as_secs_f64() * 1e3,
+            os.median().as_secs_f64() * 1e3,
+        );
+        p.say(&format!(
+            "saxpy over {} at 2x the budget, {path:?}: {oms:.1} ms ({evictions} evictions) vs \
+             {fms:.1} ms with a budget that holds it",
+            size_name(working_set)
+        ));
+        r.rows.push(Row {
+            key: format!("saxpy_oversubscribed_{path:?}_vs_fitting").to_lowercase(),
+            figure: format!(
+                "saxpy {} at 2x budget, 2 passes, {path:?}",
+                size_name(working_set)
+            ),
+            unit: Unit::Millis,
+            vkhmm: oms,
+            baseline: "budget holds it".into(),
+            base: Some(fms),
+            target: (path == TransferPath::Direct).then_some(Target::AtMost(3.0)),
+            note: format!("{evictions} evictions"),
+        });
+    }
+    Ok(())
+}
+
 /// The parts of the run whose total is the median (the warm-up run, first, is left out).
 fn median_parts(mut runs: Vec<(Duration, Vec<f64>)>) -> Vec<f64> {
     if runs.len() > 1 {
@@ -931,7 +1038,7 @@ fn targets_table(r: &mut Report, saxpy_mib: usize) {
 
 fn fmt_value(v: f64, unit: Unit) -> String {
     match unit {
-        Unit::GBps => format!("{v:.2} {}", unit.name()),
+        Unit::GBps | Unit::MiB => format!("{v:.2} {}", unit.name()),
         _ => format!("{v:.1} {}", unit.name()),
     }
 }
