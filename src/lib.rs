@@ -81,6 +81,10 @@ mod args;
 pub(crate) mod device;
 mod error;
 mod fault;
+#[cfg(feature = "fault-injection")]
+pub mod inject;
+#[cfg(not(feature = "fault-injection"))]
+mod inject;
 mod managed;
 mod migrate;
 #[allow(dead_code)] // wired up by migrate/runtime

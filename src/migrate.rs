@@ -140,6 +140,7 @@ pub(crate) struct Counters {
     pub bytes_zero_filled: AtomicU64,
     pub evictions: AtomicU64,
     pub prefetches: AtomicU64,
+    pub handler_panics: AtomicU64,
 }
 
 impl Counters {

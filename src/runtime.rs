@@ -468,6 +468,7 @@ impl Runtime {
             bytes_zero_filled: get(&c.bytes_zero_filled),
             evictions: get(&c.evictions),
             prefetches: get(&c.prefetches),
+            handler_panics: get(&c.handler_panics),
             device_bytes_in_use: self.ctx.device.pool().in_use(),
             device_budget: self.ctx.device.pool().budget(),
         }

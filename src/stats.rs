@@ -32,6 +32,9 @@ pub struct Stats {
     pub evictions: u64,
     /// Calls to [`Runtime::prefetch`](crate::Runtime::prefetch).
     pub prefetches: u64,
+    /// Panics the fault handler caught while serving a CPU fault of this runtime; each
+    /// such fault was retried. Non-zero means a bug in vkhmm: please report it.
+    pub handler_panics: u64,
     /// Device memory the runtime holds now (a level, not a counter: a difference keeps the
     /// later value).
     pub device_bytes_in_use: u64,
@@ -56,6 +59,7 @@ impl Sub for Stats {
                 .saturating_sub(earlier.bytes_zero_filled),
             evictions: self.evictions.saturating_sub(earlier.evictions),
             prefetches: self.prefetches.saturating_sub(earlier.prefetches),
+            handler_panics: self.handler_panics.saturating_sub(earlier.handler_panics),
             device_bytes_in_use: self.device_bytes_in_use,
             device_budget: self.device_budget,
         }

@@ -374,6 +374,11 @@ impl Device {
         let cmds = [cmd];
         let submits = [vk::SubmitInfo::default().command_buffers(&cmds)];
         let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if crate::inject::hit(crate::inject::Site::Submit) {
+            return Err(map_host_oom_lost("vkQueueSubmit")(
+                vk::Result::ERROR_OUT_OF_DEVICE_MEMORY,
+            ));
+        }
         // SAFETY: the queue is externally synchronized by the mutex held here; the caller
         // vouches for `cmd`, `fence` and the lifetime of what they use.
         unsafe { self.raw.queue_submit(*queue, &submits, fence) }

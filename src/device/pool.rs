@@ -239,18 +239,23 @@ impl RawBuffer {
         // SAFETY: `buffer` was created from this device.
         let requirements = unsafe { device.raw.get_buffer_memory_requirements(buffer) };
         let (needed, budget, in_use) = (requirements.size, pool.budget(), pool.in_use());
-        let allocation = pool
-            .lock()
+        let mut guard = pool.lock();
+        let allocator = guard
             .as_mut()
-            .expect("the pool is used after the device was dropped")
-            .allocate(&AllocationCreateDesc {
+            .expect("the pool is used after the device was dropped");
+        let allocation = if crate::inject::hit(crate::inject::Site::PoolAlloc) {
+            Err(gpu_allocator::AllocationError::OutOfMemory)
+        } else {
+            allocator.allocate(&AllocationCreateDesc {
                 name,
                 requirements,
                 location,
                 linear: true,
                 allocation_scheme: AllocationScheme::GpuAllocatorManaged,
             })
-            .map_err(map_allocator_oom(needed, budget, in_use))?;
+        }
+        .map_err(map_allocator_oom(needed, budget, in_use))?;
+        drop(guard);
         // SAFETY: the allocation satisfies the buffer's requirements (size, alignment, type
         // bits) and is used by nothing else; `memory()` is only read here, not freed.
         let bound = unsafe {

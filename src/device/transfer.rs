@@ -38,6 +38,7 @@ use ash::vk;
 use gpu_allocator::MemoryLocation;
 
 use super::commands::CommandSlots;
+use super::map::map_host_oom;
 use super::pool::{RawBuffer, PAGE};
 use super::{Device, DeviceBlock, TransferPath};
 use crate::error::{Error, Result};
@@ -106,6 +107,15 @@ impl Transfer {
             device: Arc::clone(device),
             staging,
         })
+    }
+
+    /// Makes the transfer usable again after a panic unwound out of one of its operations:
+    /// open recordings are abandoned and everything in flight is waited for (an operation
+    /// that returns an error does this itself).
+    pub(crate) fn recover(&mut self) {
+        if let Some(s) = &mut self.staging {
+            s.abort(&self.device);
+        }
     }
 
     /// The path this transfer takes.
@@ -453,6 +463,11 @@ impl Staging {
             let i = self.cur;
             if !self.cmds.recording(i) {
                 self.retire(dev, i, sink)?;
+                if crate::inject::hit(crate::inject::Site::StagingSlot) {
+                    return Err(map_host_oom("vkBeginCommandBuffer")(
+                        vk::Result::ERROR_OUT_OF_DEVICE_MEMORY,
+                    ));
+                }
                 self.cmds.begin(&dev.raw, i)?;
                 self.batches[i].clear();
             }

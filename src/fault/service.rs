@@ -471,7 +471,28 @@ impl Handler {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let dst = ext.page_addr(pages.start);
-        install(&self.svc.uffd, &mut transfer, ext, pages, dst, wp, false)
+        // A panic in here (an assertion in the transfer code, or an injected one) must not
+        // end the handler thread: every thread waiting on a fault would sleep for ever. It
+        // becomes an error, which each caller already turns into "release the claimed pages
+        // as they were and retry". (Unwinding allocates; a panic is the one exception to the
+        // handler's no-allocation rule.)
+        let run = std::panic::AssertUnwindSafe(|| {
+            if crate::inject::hit(crate::inject::Site::FaultHandler) {
+                panic!("vkhmm: injected fault-handler panic");
+            }
+            install(&self.svc.uffd, &mut transfer, ext, pages, dst, wp, false)
+        });
+        match std::panic::catch_unwind(run) {
+            Ok(result) => result,
+            Err(_) => {
+                Counters::add(&ext.device().ctx.counters.handler_panics, 1);
+                transfer.recover();
+                Err(Error::Os {
+                    op: "the fault handler (it panicked)",
+                    source: std::io::ErrorKind::Interrupted.into(),
+                })
+            }
+        }
     }
 
     /// A touch of a `Device` page: bring back the window around it.
