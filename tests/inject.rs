@@ -162,7 +162,10 @@ fn a_staging_slot_cannot_be_readied() {
         let (src, mut dst) = buffers(&rt);
         inject::arm(Site::StagingSlot, skip, u32::MAX);
         let got = copy(&rt, &k, &src, &mut dst);
-        assert!(skip > 0 || inject::fired(Site::StagingSlot) == 1, "never hit");
+        assert!(
+            skip > 0 || inject::fired(Site::StagingSlot) == 1,
+            "never hit"
+        );
         if inject::fired(Site::StagingSlot) == 0 {
             // The launch needed fewer slots: it must simply have worked.
             assert!(got.is_ok(), "skip {skip}: {got:?}");
@@ -196,7 +199,10 @@ fn a_refused_submission_fails_the_launch_and_loses_nothing() {
             let (src, mut dst) = buffers(rt);
             inject::arm(Site::Submit, skip, 1);
             let got = copy(rt, &k, &src, &mut dst);
-            assert!(skip > 0 || inject::fired(Site::Submit) == 1, "{path:?}: never hit");
+            assert!(
+                skip > 0 || inject::fired(Site::Submit) == 1,
+                "{path:?}: never hit"
+            );
             if inject::fired(Site::Submit) == 0 {
                 // The launch needed fewer submissions: it must simply have worked.
                 assert!(got.is_ok(), "{path:?} skip {skip}: {got:?}");
