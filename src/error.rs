@@ -39,6 +39,20 @@ pub enum MemoryReason {
     Backend(&'static str),
     /// The kernel refused to register the range with userfaultfd.
     Refused,
+    /// `AccessInPlace`: the device cannot import host memory (no
+    /// `VK_EXT_external_memory_host`).
+    NoHostImport,
+    /// `AccessInPlace`: the range does not start on the device's import alignment (or its
+    /// last aligned block reaches past the mapping).
+    ImportAlignment {
+        /// `minImportedHostPointerAlignment` of the device, in bytes.
+        align: u64,
+    },
+    /// The binding overlaps a range advised `AccessInPlace` without lying inside it.
+    PartlyInPlace,
+    /// `AccessInPlace`: the process already accesses the most ranges in place that vkhmm
+    /// watches at once (64).
+    TooManyInPlace,
 }
 
 impl fmt::Display for MemoryReason {
@@ -52,6 +66,20 @@ impl fmt::Display for MemoryReason {
             MemoryReason::Backend(why) => write!(f, "the fault backend cannot serve it: {why}"),
             MemoryReason::Refused => {
                 f.write_str("the kernel refused to register it with userfaultfd")
+            }
+            MemoryReason::NoHostImport => f.write_str(
+                "the device cannot access host memory in place (no VK_EXT_external_memory_host)",
+            ),
+            MemoryReason::ImportAlignment { align } => write!(
+                f,
+                "access in place needs a range that starts on a multiple of {align} bytes, \
+                 within one mapping to the end of its last {align}-byte block"
+            ),
+            MemoryReason::PartlyInPlace => {
+                f.write_str("it overlaps memory advised AccessInPlace without lying inside it")
+            }
+            MemoryReason::TooManyInPlace => {
+                f.write_str("64 ranges are accessed in place already (the most vkhmm watches)")
             }
         }
     }

@@ -81,6 +81,7 @@ mod args;
 pub(crate) mod device;
 mod error;
 mod fault;
+mod in_place;
 #[cfg(feature = "fault-injection")]
 pub mod inject;
 #[cfg(not(feature = "fault-injection"))]

@@ -78,6 +78,8 @@ pub(crate) struct Worker {
     pub failed: Vec<(u64, Error)>,
     /// The next launch's ticket.
     pub next_ticket: u64,
+    /// Ranges the device accesses in place (`Advice::AccessInPlace`).
+    pub in_place: crate::in_place::InPlaceSet,
 }
 
 /// A submitted launch: its pages and blocks stay held until it is settled.
@@ -97,6 +99,7 @@ impl Worker {
             in_flight: None,
             failed: Vec::new(),
             next_ticket: 1,
+            in_place: Default::default(),
         }
     }
 
@@ -539,8 +542,8 @@ pub(crate) fn drain_graveyard(w: &mut crate::mirror::map::Writer<'_, DeviceCopy>
     }
 }
 
-/// Frees the device copies of `victims`: brings their data home, retires them, stops
-/// trapping their ranges, and waits until their device memory is really released.
+/// Frees the device copies of `victims` to make room, counted as evictions (see
+/// [`retire`]).
 fn evict(
     svc: &FaultService,
     w: &mut crate::mirror::map::Writer<'_, DeviceCopy>,
@@ -548,8 +551,40 @@ fn evict(
     victims: Vec<Arc<Ext>>,
 ) -> Result<()> {
     for v in &victims {
-        to_host(&svc.uffd, transfer, v, 0..v.pages(), false)?;
         Counters::add(&v.device().ctx.counters.evictions, 1);
+    }
+    retire(svc, w, transfer, victims)
+}
+
+/// Takes every extent of `owner` that overlaps `span` out of the mirror (data home first,
+/// see [`retire`]): the range is not mirrored any more. For `Advice::AccessInPlace`.
+pub(crate) fn forget(
+    svc: &FaultService,
+    owner: &Arc<DeviceContext>,
+    span: Range<usize>,
+) -> Result<()> {
+    let mut worker = owner.lock_worker();
+    let mut w = svc.mirror.write();
+    let exts: Vec<Arc<Ext>> = w
+        .snapshot()
+        .iter()
+        .filter(|e| Arc::ptr_eq(&e.device().ctx, owner))
+        .filter(|e| e.start() < span.end && span.start < e.end())
+        .cloned()
+        .collect();
+    retire(svc, &mut w, &mut worker.transfer, exts)
+}
+
+/// Frees the device copies of `victims`: brings their data home, retires them, stops
+/// trapping their ranges, and waits until their device memory is really released.
+fn retire(
+    svc: &FaultService,
+    w: &mut crate::mirror::map::Writer<'_, DeviceCopy>,
+    transfer: &mut Transfer,
+    victims: Vec<Arc<Ext>>,
+) -> Result<()> {
+    for v in &victims {
+        to_host(&svc.uffd, transfer, v, 0..v.pages(), false)?;
     }
     w.replace(&victims, []);
     for v in &victims {
@@ -1263,6 +1298,16 @@ fn runs_where(n: usize, pred: impl Fn(usize) -> bool) -> Vec<Range<usize>> {
 }
 
 impl Launch {
+    /// A launch that moved nothing (every binding is accessed in place).
+    pub fn nothing() -> Launch {
+        Launch {
+            placements: Vec::new(),
+            bindings: Vec::new(),
+            held: Vec::new(),
+            edge_out: Vec::new(),
+        }
+    }
+
     /// Releases written interior pages: they end `Device`, holding the kernel's results.
     fn release_held(&mut self) {
         for (ext, idx) in self.held.drain(..) {

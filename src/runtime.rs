@@ -20,6 +20,7 @@ use crate::device::{
 };
 use crate::fault::fork::hold_off_fork;
 use crate::fault::service::FaultService;
+use crate::in_place::{InPlace, Where};
 use crate::managed::Managed;
 use crate::migrate::{self, Binding, Counters, DeviceContext, Purpose, Worker};
 use crate::mirror::advice::Advice;
@@ -28,7 +29,7 @@ use crate::mirror::policy::ChunkPolicy;
 use crate::mirror::{Location, Residency, PAGE};
 use crate::shader::{self, Access, KernelInfo};
 use crate::stats::Stats;
-use crate::{Error, Result};
+use crate::{sys, Error, MemoryReason, Result};
 
 /// A compute kernel: a pipeline plus its reflected interface. Made by
 /// [`Runtime::kernel_wgsl`] or [`Runtime::kernel_spirv`]; cheap to clone.
@@ -282,13 +283,23 @@ impl Runtime {
             .iter()
             .map(|b| binding_pages(b.addr, b.len).span)
             .collect();
-        let (mut worker, launch) = self.prepare(&spans, &bindings, Purpose::Kernel)?;
-        let buffers: Vec<device::BufferArg<'_>> = launch
-            .placements
+        let (mut worker, launch, places) = self.prepare(&spans, &bindings, Purpose::Kernel)?;
+        let w = &mut *worker;
+        let mut mirrored = launch.placements.iter();
+        let buffers: Vec<device::BufferArg<'_>> = bindings
             .iter()
-            .zip(&bindings)
-            .map(|(p, b)| {
-                let (block, offset) = p.target();
+            .zip(&places)
+            .map(|(b, place)| {
+                let (block, offset): (&dyn device::Bindable, u64) = match *place {
+                    Where::InPlace { index, offset } => (w.in_place.get(index).import(), offset),
+                    _ => {
+                        let (block, offset) = mirrored
+                            .next()
+                            .expect("one placement per mirrored binding")
+                            .target();
+                        (block, offset)
+                    }
+                };
                 device::BufferArg {
                     block,
                     offset,
@@ -304,8 +315,7 @@ impl Runtime {
         // launch first; the fault handler only reads `Device` pages it claims, and claimed
         // pages cannot be claimed twice).
         let sent = unsafe {
-            worker
-                .dispatcher
+            w.dispatcher
                 .submit(&kernel.pipeline, &buffers, &list.push, groups)
         };
         drop(buffers);
@@ -344,17 +354,108 @@ impl Runtime {
         spans: &[std::ops::Range<usize>],
         bindings: &[Binding],
         purpose: Purpose,
-    ) -> Result<(std::sync::MutexGuard<'_, Worker>, migrate::Launch)> {
+    ) -> Result<(
+        std::sync::MutexGuard<'_, Worker>,
+        migrate::Launch,
+        Vec<Where>,
+    )> {
         let mut attempts = 0;
         loop {
             migrate::evacuate_foreign(self.svc, &self.ctx, spans)?;
             let mut worker = self.ctx.lock_worker();
-            match migrate::prepare(self.svc, &self.ctx, &mut worker, bindings, purpose) {
+            let places = self.place(&mut worker, bindings)?;
+            let mirrored: Vec<Binding> = bindings
+                .iter()
+                .zip(&places)
+                .filter(|(_, p)| **p == Where::Mirrored)
+                .map(|(b, _)| *b)
+                .collect();
+            if mirrored.is_empty() {
+                return Ok((worker, migrate::Launch::nothing(), places));
+            }
+            match migrate::prepare(self.svc, &self.ctx, &mut worker, &mirrored, purpose) {
                 Err(Error::ContendedMemory) if attempts < 10 => attempts += 1,
-                Ok(launch) => return Ok((worker, launch)),
+                Ok(launch) => return Ok((worker, launch, places)),
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Which bindings the device accesses in place (`Advice::AccessInPlace`) and which the
+    /// mirror moves; a binding partly in place is refused. Imports whose pages the program
+    /// unmapped or discarded are dropped first.
+    fn place(&self, worker: &mut Worker, bindings: &[Binding]) -> Result<Vec<Where>> {
+        if worker.in_place.is_empty() {
+            return Ok(vec![Where::Mirrored; bindings.len()]);
+        }
+        self.svc.sync_events();
+        worker.in_place.reap();
+        bindings
+            .iter()
+            .map(|b| match worker.in_place.place(b.addr, b.len) {
+                Where::Partly => Err(Error::UnsupportedMemory {
+                    addr: b.addr,
+                    len: b.len,
+                    reason: MemoryReason::PartlyInPlace,
+                }),
+                w => Ok(w),
+            })
+            .collect()
+    }
+
+    /// `advise(.., AccessInPlace)`: see [`Advice::AccessInPlace`] and `in_place`.
+    fn access_in_place(&self, addr: usize, len: usize) -> Result<()> {
+        let unsupported = |reason| Error::UnsupportedMemory { addr, len, reason };
+        let align = self
+            .ctx
+            .device
+            .host_import_alignment()
+            .ok_or_else(|| unsupported(MemoryReason::NoHostImport))?
+            .max(PAGE as u64);
+        let end = (addr + len).next_multiple_of(align as usize);
+        let maps = sys::Maps::read().map_err(unsupported)?;
+        maps.classify(addr, len).map_err(unsupported)?;
+        if addr % align as usize != 0 || maps.classify(addr, end - addr).is_err() {
+            return Err(unsupported(MemoryReason::ImportAlignment { align }));
+        }
+        let range = addr..end;
+        // Every device copy of the range comes home, and the range leaves the mirror.
+        let forget_all = || -> Result<()> {
+            self.svc.sync_events();
+            for owner in migrate::owners(self.svc, range.clone()) {
+                migrate::forget(self.svc, &owner, range.clone())?;
+            }
+            Ok(())
+        };
+        forget_all()?;
+        let mut worker = self.ctx.lock_worker();
+        worker.in_place.remove_overlapping(&range);
+        let watch = self
+            .svc
+            .watches
+            .add(range.clone())
+            .ok_or_else(|| unsupported(MemoryReason::TooManyInPlace))?;
+        // SAFETY: `range` is mapped private read-write memory of this process (classified
+        // above), aligned as the device requires; the import is dropped under the worker lock
+        // (no launch in flight) when the advice ends or the watch reports the pages gone.
+        let import = match unsafe { self.ctx.device.import_host(addr, (end - addr) as u64) } {
+            Ok(import) => import,
+            Err(e) => {
+                self.svc.watches.remove(watch);
+                return Err(e);
+            }
+        };
+        worker
+            .in_place
+            .insert(InPlace::new(import, watch, &self.svc.watches));
+        drop(worker);
+        // A launch of this runtime on the range from now on binds the import; one of another
+        // thread that came between the first pass and the insertion left extents: take them
+        // out too. Then watch the range (the passes stop trapping what they take out).
+        forget_all()?;
+        self.svc
+            .register(range.clone())
+            .map_err(|_| unsupported(MemoryReason::Refused))
     }
 
     /// Waits until launch `ticket` is settled; its error, if it failed.
@@ -419,7 +520,14 @@ impl Runtime {
         if len == 0 {
             return Ok(());
         }
-        let span = binding_pages(data.as_ptr() as usize, len).span;
+        let addr = data.as_ptr() as usize;
+        let span = binding_pages(addr, len).span;
+        if advice == Advice::AccessInPlace {
+            self.access_in_place(addr, len)?;
+        } else {
+            // Any other advice ends access in place on these pages.
+            self.ctx.lock_worker().in_place.remove_overlapping(&span);
+        }
         self.ctx
             .advice
             .lock()
@@ -427,7 +535,7 @@ impl Runtime {
             .set(span, advice);
         match advice {
             Advice::PreferredLocation(to) => self.prefetch(data, to),
-            Advice::ReadMostly | Advice::Unset => Ok(()),
+            Advice::ReadMostly | Advice::Unset | Advice::AccessInPlace => Ok(()),
         }
     }
 

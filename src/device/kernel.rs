@@ -236,12 +236,38 @@ impl Drop for PipelineObjects {
 /// One buffer argument of a dispatch: `range` bytes of `block` from `offset`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BufferArg<'a> {
-    /// The block holding the binding's data.
-    pub block: &'a DeviceBlock,
+    /// The buffer holding the binding's data: a pool block, or imported host memory.
+    pub block: &'a dyn Bindable,
     /// Offset of the binding in the block.
     pub offset: u64,
     /// Length of the binding in bytes.
     pub range: u64,
+}
+
+/// A device buffer a descriptor can point at.
+pub(crate) trait Bindable: std::fmt::Debug {
+    /// The buffer handle.
+    fn raw(&self) -> vk::Buffer;
+    /// Its size in bytes.
+    fn size(&self) -> u64;
+}
+
+impl Bindable for DeviceBlock {
+    fn raw(&self) -> vk::Buffer {
+        DeviceBlock::raw(self)
+    }
+    fn size(&self) -> u64 {
+        DeviceBlock::size(self)
+    }
+}
+
+impl Bindable for super::import::HostImport {
+    fn raw(&self) -> vk::Buffer {
+        super::import::HostImport::raw(self)
+    }
+    fn size(&self) -> u64 {
+        self.len()
+    }
 }
 
 /// Records and submits dispatches, one at a time.

@@ -58,6 +58,7 @@
 
 mod commands;
 mod config;
+mod import;
 mod instance;
 mod kernel;
 mod map;
@@ -73,7 +74,8 @@ pub(crate) use config::parse_bytes;
 pub use config::{DeviceConfig, TransferPath};
 // The runtime room is the user of these; until it lands only tests are.
 #[allow(unused_imports)]
-pub(crate) use kernel::{check_binding, check_groups, BufferArg, Dispatcher, Pipeline};
+pub(crate) use import::HostImport;
+pub(crate) use kernel::{check_binding, check_groups, Bindable, BufferArg, Dispatcher, Pipeline};
 #[allow(unused_imports)]
 pub(crate) use pool::{BlockInit, DeviceBlock, DevicePool};
 #[allow(unused_imports)]

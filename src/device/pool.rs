@@ -127,6 +127,11 @@ impl DevicePool {
         self.budget.store(bytes, Ordering::Relaxed);
     }
 
+    /// The usage flags of every pool buffer (also given to imported host memory).
+    pub(crate) fn usage(&self) -> vk::BufferUsageFlags {
+        self.usage
+    }
+
     /// Bytes held by live blocks (page-rounded sizes).
     pub(crate) fn in_use(&self) -> u64 {
         self.in_use.load(Ordering::Relaxed)

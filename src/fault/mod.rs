@@ -14,3 +14,4 @@ pub(crate) mod fork;
 pub mod probe;
 pub(crate) mod service;
 pub(crate) mod uffd;
+pub(crate) mod watch;

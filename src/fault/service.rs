@@ -45,6 +45,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use super::uffd::{CopyError, Event, Uffd, UffdMsg};
+use super::watch::Watches;
 use crate::migrate::{install, Counters, DeviceCopy, Ext, InstallStop};
 use crate::mirror::map::MirrorMap;
 use crate::mirror::page::Residence;
@@ -72,6 +73,8 @@ pub(crate) struct FaultService {
     pub uffd: Uffd,
     pub mirror: MirrorMap<DeviceCopy>,
     pub pagemap: sys::Pagemap,
+    /// Ranges accessed in place, watched for unmaps (`fault::watch`).
+    pub watches: Watches,
     wake: OwnedFd,
     gate: Mutex<()>,
 }
@@ -121,6 +124,7 @@ impl FaultService {
             uffd,
             mirror: MirrorMap::new(),
             pagemap,
+            watches: Watches::new(),
             wake,
             gate: Mutex::new(()),
         }));
@@ -237,9 +241,18 @@ impl Handler {
                             faults[nf] = Some(Fault { addr, write, wp });
                             nf += 1;
                         }
-                        Event::Remove { start, end } => self.removed(start..end),
-                        Event::Unmap { start, end } => self.unmapped(start..end),
-                        Event::Remap { from, to, len } => self.queue_remap(Remap { from, to, len }),
+                        Event::Remove { start, end } => {
+                            self.svc.watches.mark_dead(start..end);
+                            self.removed(start..end)
+                        }
+                        Event::Unmap { start, end } => {
+                            self.svc.watches.mark_dead(start..end);
+                            self.unmapped(start..end)
+                        }
+                        Event::Remap { from, to, len } => {
+                            self.svc.watches.mark_dead(from..from + len);
+                            self.queue_remap(Remap { from, to, len })
+                        }
                         other => tracing::warn!(event = ?other, "unexpected userfaultfd event"),
                     }
                 }

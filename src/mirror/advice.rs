@@ -27,6 +27,18 @@ pub enum Advice {
     ///   CPU reads results without faults;
     /// - `Device`: the range moves to the device now, and eviction takes other memory first.
     PreferredLocation(Location),
+    /// The device reads and writes the range where it is, in host memory: nothing is
+    /// copied or trapped, every page stays `Host` (zero copy, like CUDA's
+    /// `cudaMemAdviseSetAccessedBy` on memory the GPU can map). Needs a device with
+    /// `VK_EXT_external_memory_host` and a range that starts on its import alignment (a
+    /// page on most drivers: `Managed` memory or a page-aligned `mmap`); it ends where the
+    /// rest of its last aligned block still belongs to the same mapping. Any device copy of
+    /// the range comes home first. A launch binding that lies partly inside such a range is
+    /// refused (`MemoryReason::PartlyInPlace`). Ends with other advice on the range, with
+    /// `Unset`, or when the program unmaps or discards its pages. The right choice for data
+    /// a kernel touches once, on a device that shares memory with the CPU; on a discrete
+    /// GPU each access crosses the bus.
+    AccessInPlace,
     /// Back to the default policy.
     Unset,
 }
