@@ -64,6 +64,10 @@ pub(crate) struct DeviceContext {
     pub fault_transfer: Mutex<Transfer>,
     /// Advice given to this runtime (never locked by the fault handler).
     pub advice: Mutex<AdviceMap>,
+    /// When bindings count as thrashing (`None`: never settle them in place).
+    pub thrash_policy: Option<crate::mirror::thrash::ThrashPolicy>,
+    /// The bounce history of this runtime's bindings (launch path only).
+    pub thrash: Mutex<crate::mirror::thrash::Thrash>,
 }
 
 /// Tools of the launch path, used under one lock.
@@ -144,6 +148,7 @@ pub(crate) struct Counters {
     pub evictions: AtomicU64,
     pub prefetches: AtomicU64,
     pub handler_panics: AtomicU64,
+    pub thrash_settled: AtomicU64,
 }
 
 impl Counters {

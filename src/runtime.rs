@@ -26,6 +26,7 @@ use crate::migrate::{self, Binding, Counters, DeviceContext, Purpose, Worker};
 use crate::mirror::advice::Advice;
 use crate::mirror::plan::binding_pages;
 use crate::mirror::policy::ChunkPolicy;
+use crate::mirror::thrash::ThrashPolicy;
 use crate::mirror::{Location, Residency, PAGE};
 use crate::shader::{self, Access, KernelInfo};
 use crate::stats::Stats;
@@ -61,6 +62,7 @@ impl std::fmt::Debug for Kernel {
 pub struct RuntimeBuilder {
     device: std::result::Result<DeviceConfig, String>,
     chunk: std::result::Result<ChunkPolicy, String>,
+    thrash: Option<ThrashPolicy>,
 }
 
 impl RuntimeBuilder {
@@ -77,7 +79,11 @@ impl RuntimeBuilder {
                 .ok_or_else(|| format!("VKHMM_CHUNK={v:?} is not a multiple of {PAGE} bytes")),
             Err(_) => Ok(ChunkPolicy::default()),
         };
-        RuntimeBuilder { device, chunk }
+        RuntimeBuilder {
+            device,
+            chunk,
+            thrash: Some(ThrashPolicy::default()),
+        }
     }
 
     /// Chooses the device: a decimal index or a case-insensitive substring of its name.
@@ -139,6 +145,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Turns thrash detection off (or on, the default): a binding the CPU faulted back
+    /// between three launches within 100 ms is settled on the host and accessed in place
+    /// by the device (`Advice::AccessInPlace`), where its range allows; see
+    /// [`Stats::thrash_settled`].
+    pub fn thrash_detection(mut self, on: bool) -> Self {
+        self.thrash = on.then(ThrashPolicy::default);
+        self
+    }
+
     /// Creates the runtime: the device, its pool and transfer contexts, and (once per
     /// process) the fault service.
     pub fn build(self) -> Result<Runtime> {
@@ -155,6 +170,8 @@ impl RuntimeBuilder {
             fault_transfer: Mutex::new(fault_transfer(&device, config.staging_bytes)?),
             counters: Counters::default(),
             advice: Mutex::default(),
+            thrash_policy: self.thrash,
+            thrash: Mutex::default(),
             policy,
             device,
         });
@@ -167,6 +184,12 @@ impl RuntimeBuilder {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
+}
+
+/// The time base of thrash detection.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
 }
 
 /// The fault handler's transfer context: through the pool's mapping whenever the pool
@@ -279,6 +302,7 @@ impl Runtime {
         let bindings = validate(&kernel.info, &list, self.ctx.device.info())?;
         device::check_groups(groups, &self.ctx.device.info().limits)?;
         let _fork = hold_off_fork();
+        self.settle_thrashing(&bindings);
         let spans: Vec<_> = bindings
             .iter()
             .map(|b| binding_pages(b.addr, b.len).span)
@@ -401,6 +425,59 @@ impl Runtime {
                 w => Ok(w),
             })
             .collect()
+    }
+
+    /// Settles the bindings that thrash (`mirror::thrash`) on the host, accessed in place;
+    /// those whose range cannot be imported are given up on.
+    fn settle_thrashing(&self, bindings: &[Binding]) {
+        let Some(policy) = self.ctx.thrash_policy else {
+            return;
+        };
+        let now = epoch().elapsed().as_nanos() as u64;
+        let thrashing: Vec<Binding> = {
+            let mut t = self
+                .ctx
+                .thrash
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            bindings
+                .iter()
+                .filter(|b| {
+                    let span = binding_pages(b.addr, b.len).span;
+                    let exts = self.svc.mirror.overlapping(span.clone());
+                    if exts.is_empty() {
+                        return false; // in place already, or never migrated
+                    }
+                    let faults = exts.iter().map(|e| e.cpu_faults()).sum();
+                    t.observe(&policy, span, faults, now)
+                })
+                .copied()
+                .collect()
+        };
+        for b in thrashing {
+            let span = binding_pages(b.addr, b.len).span;
+            let settled = self.access_in_place(b.addr, b.len);
+            let mut t = self
+                .ctx
+                .thrash
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match settled {
+                Ok(()) => {
+                    t.forget(&span);
+                    Counters::add(&self.ctx.counters.thrash_settled, 1);
+                    tracing::debug!(
+                        addr = b.addr,
+                        len = b.len,
+                        "thrashing: accessed in place from now on"
+                    );
+                }
+                Err(e) => {
+                    t.give_up(&span);
+                    tracing::debug!(addr = b.addr, len = b.len, error = %e, "thrashing, but cannot be accessed in place");
+                }
+            }
+        }
     }
 
     /// `advise(.., AccessInPlace)`: see [`Advice::AccessInPlace`] and `in_place`.
@@ -577,6 +654,7 @@ impl Runtime {
             evictions: get(&c.evictions),
             prefetches: get(&c.prefetches),
             handler_panics: get(&c.handler_panics),
+            thrash_settled: get(&c.thrash_settled),
             device_bytes_in_use: self.ctx.device.pool().in_use(),
             device_budget: self.ctx.device.pool().budget(),
         }

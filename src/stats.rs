@@ -35,6 +35,9 @@ pub struct Stats {
     /// Panics the fault handler caught while serving a CPU fault of this runtime; each
     /// such fault was retried. Non-zero means a bug in vkhmm: please report it.
     pub handler_panics: u64,
+    /// Bindings found thrashing (faulted back by the CPU between three launches within
+    /// 100 ms) and settled on the host with the device accessing them in place.
+    pub thrash_settled: u64,
     /// Device memory the runtime holds now (a level, not a counter: a difference keeps the
     /// later value).
     pub device_bytes_in_use: u64,
@@ -60,6 +63,7 @@ impl Sub for Stats {
             evictions: self.evictions.saturating_sub(earlier.evictions),
             prefetches: self.prefetches.saturating_sub(earlier.prefetches),
             handler_panics: self.handler_panics.saturating_sub(earlier.handler_panics),
+            thrash_settled: self.thrash_settled.saturating_sub(earlier.thrash_settled),
             device_bytes_in_use: self.device_bytes_in_use,
             device_budget: self.device_budget,
         }

@@ -247,3 +247,69 @@ fn unmapped_in_place_memory_is_forgotten() {
         }
     });
 }
+
+/// Launch, then read every element on the CPU, `rounds` times; returns the stats of each
+/// round.
+fn ping_pong(rt: &Runtime, v: &mut [u32], rounds: u32, seed: u32) -> Vec<vkhmm::Stats> {
+    (1..=rounds)
+        .map(|r| {
+            let before = rt.stats();
+            add(rt, v, 1).unwrap();
+            assert!(holds(v, |i| pattern(i, seed).wrapping_add(r)), "round {r}");
+            rt.stats() - before
+        })
+        .collect()
+}
+
+#[test]
+fn a_buffer_that_thrashes_is_settled_in_place() {
+    common::each_path(|rt, path| {
+        let mut v = rt.alloc::<u32>(WORDS).unwrap();
+        v.iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = pattern(i, 10));
+        let rounds = ping_pong(rt, &mut v, 12, 10);
+        let settled: u64 = rounds.iter().map(|s| s.thrash_settled).sum();
+        assert_eq!(settled, 1, "{path:?}: {rounds:?}");
+        // The first rounds migrate and fault back; once settled, nothing moves.
+        assert!(
+            rounds[0].bytes_to_device > 0 && rounds[0].cpu_faults > 0,
+            "{path:?}"
+        );
+        let last = rounds.last().unwrap();
+        assert_eq!((moved(last), last.cpu_faults), (0, 0), "{path:?}: {last:?}");
+        assert_eq!(rt.residency(&v[..]).host, PAGES, "{path:?}");
+    });
+}
+
+#[test]
+fn thrashing_that_cannot_be_settled_keeps_migrating() {
+    common::each_path(|rt, path| {
+        // A heap `Vec` is not page-aligned: it cannot be imported, so it stays migrated.
+        let mut v: Vec<u32> = (0..WORDS).map(|i| pattern(i, 11)).collect();
+        let rounds = ping_pong(rt, &mut v, 8, 11);
+        assert!(rounds.iter().all(|s| s.thrash_settled == 0), "{path:?}");
+        assert!(
+            rounds.iter().all(|s| s.bytes_to_device > 0),
+            "{path:?}: {rounds:?}"
+        );
+    });
+    // Detection off: a page-aligned buffer keeps migrating too.
+    for path in common::PATHS {
+        let Some(rt) =
+            common::runtime_with(Runtime::builder().transfer(path).thrash_detection(false))
+        else {
+            return;
+        };
+        let mut v = rt.alloc::<u32>(WORDS).unwrap();
+        v.iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = pattern(i, 12));
+        let rounds = ping_pong(&rt, &mut v, 8, 12);
+        assert!(rounds.iter().all(|s| s.thrash_settled == 0), "{path:?}");
+        assert!(
+            rounds.iter().all(|s| s.cpu_faults > 0),
+            "{path:?}: {rounds:?}"
+        );
+    }
+}

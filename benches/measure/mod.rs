@@ -786,3 +786,58 @@ impl<'a> OversubSaxpy<'a> {
             .sum()
     }
 }
+
+/// A launch-then-read loop on one buffer: `y += 1` on the device, then the CPU sums `y`,
+/// round after round — the pattern thrash detection exists for. With detection on, the
+/// buffer is settled in place after a few rounds and nothing moves any more; with it off,
+/// every round migrates `y` and faults it back.
+pub struct PingPong<'a> {
+    rt: &'a Runtime,
+    kernel: vkhmm::Kernel,
+    y: Managed<u32>,
+    round: u32,
+    /// Sum of `y` after the last round.
+    pub sum: u64,
+}
+
+/// Push constants of `shaders/add_k.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AddK {
+    n: u32,
+    k: u32,
+}
+
+impl<'a> PingPong<'a> {
+    /// `n` words of zeros.
+    pub fn new(rt: &'a Runtime, n: usize) -> anyhow::Result<Self> {
+        Ok(PingPong {
+            rt,
+            kernel: rt.kernel_wgsl(vkhmm::shaders::ADD_K_WGSL, "main")?,
+            y: rt.alloc(n)?,
+            round: 0,
+            sum: 0,
+        })
+    }
+
+    /// Timed: one launch and the CPU's sum of the result.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        let n = self.y.len();
+        let p = AddK { n: n as u32, k: 1 };
+        let t = Instant::now();
+        self.rt.launch(
+            &self.kernel,
+            [n.div_ceil(64).clamp(1, 1024) as u32, 1, 1],
+            (&mut self.y, Push(&p)),
+        )?;
+        self.sum = self.y.iter().map(|&v| u64::from(v)).sum();
+        let d = t.elapsed();
+        self.round += 1;
+        Ok(d)
+    }
+
+    /// The sum every round must find.
+    pub fn expect(&self) -> u64 {
+        self.y.len() as u64 * u64::from(self.round)
+    }
+}

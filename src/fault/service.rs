@@ -461,6 +461,7 @@ impl Handler {
             Ok(()) => {
                 // Bookkeeping before the wake: the writer may read the counters next.
                 Counters::add(&ctx.counters.cpu_faults, 1);
+                ext.note_cpu_fault();
                 let _ = self.svc.uffd.wake(ext.page_addr(a), (b - a) * PAGE);
                 Outcome::Done
             }
@@ -555,6 +556,7 @@ impl Handler {
         if done > 0 {
             // Counted before the wake, so the faulting thread sees its own fault in `stats`.
             Counters::add(&ctx.counters.cpu_faults, 1);
+            ext.note_cpu_fault();
             let _ = self.svc.uffd.wake(ext.page_addr(a), done * PAGE);
         }
         outcome

@@ -22,6 +22,7 @@ pub struct Extent<D> {
     last_use: AtomicU64,
     stream_next: AtomicUsize,
     stream_pages: AtomicUsize,
+    cpu_faults: AtomicU64,
 }
 
 impl<D> Extent<D> {
@@ -36,6 +37,7 @@ impl<D> Extent<D> {
             last_use: AtomicU64::new(0),
             stream_next: AtomicUsize::new(usize::MAX),
             stream_pages: AtomicUsize::new(0),
+            cpu_faults: AtomicU64::new(0),
         }
     }
 
@@ -118,6 +120,17 @@ impl<D> Extent<D> {
     /// The latest stamp given to [`touch`](Self::touch).
     pub fn last_use(&self) -> u64 {
         self.last_use.load(Ordering::Relaxed)
+    }
+
+    /// Counts one CPU fault served on this extent (the fault handler; for thrash
+    /// detection, `mirror::thrash`).
+    pub fn note_cpu_fault(&self) {
+        self.cpu_faults.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// CPU faults served on this extent since it was made.
+    pub fn cpu_faults(&self) -> u64 {
+        self.cpu_faults.load(Ordering::Relaxed)
     }
 
     /// Page counts by residence over `pages` (indices).

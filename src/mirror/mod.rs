@@ -11,7 +11,8 @@
 //! - [`map`]: the process-wide extent list, lock-free for the fault handler;
 //! - [`plan`]: binding page spans (interior vs edge pages) and extent merging;
 //! - [`policy`]: fault-back windows and LRU eviction;
-//! - [`advice`]: the program's advice per range.
+//! - [`advice`]: the program's advice per range;
+//! - [`thrash`]: which bindings bounce between CPU and device too often.
 #![deny(unsafe_code)]
 
 pub mod advice;
@@ -20,6 +21,7 @@ pub mod map;
 pub mod page;
 pub mod plan;
 pub mod policy;
+pub mod thrash;
 
 /// The page size the mirror tracks. vkhmm checks at start-up that the OS uses the same.
 pub const PAGE: usize = 4096;

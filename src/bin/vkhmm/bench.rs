@@ -46,7 +46,7 @@ pub struct Args {
     #[arg(long)]
     pub wgpu: Option<PathBuf>,
     /// Run only these groups (for profiling): sweep, chunks, touch, launch, saxpy, rss,
-    /// oversub, wgpu.
+    /// oversub, thrash, wgpu.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -228,6 +228,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     if args.wants("oversub") {
         oversub(&mut r, &p, args.quick)?;
+    }
+    if args.wants("thrash") {
+        thrash(&mut r, &p, args.quick)?;
     }
     drop(vk);
     drop((direct, staged));
@@ -829,6 +832,64 @@ fn oversub(r: &mut Report, p: &Progress, quick: bool) -> anyhow::Result<()> {
             base: Some(fms),
             target: (path == TransferPath::Direct).then_some(Target::AtMost(3.0)),
             note: format!("{evictions} evictions"),
+        });
+    }
+    Ok(())
+}
+
+/// A launch-and-read loop on one 4 MiB buffer with thrash detection on (settled in place
+/// after three rounds) against the same loop with it off (migrated every round).
+fn thrash(r: &mut Report, p: &Progress, quick: bool) -> anyhow::Result<()> {
+    let b = Budget {
+        min_iters: if quick { 10 } else { 50 },
+        max_iters: if quick { 10 } else { 200 },
+        time: Duration::from_secs(2),
+    };
+    let n = 4 * MIB / 4;
+    for path in [TransferPath::Direct, TransferPath::Staged] {
+        let on = Runtime::builder().transfer(path).build()?;
+        let off = Runtime::builder()
+            .transfer(path)
+            .thrash_detection(false)
+            .build()?;
+        let mut a = measure::PingPong::new(&on, n)?;
+        let mut z = measure::PingPong::new(&off, n)?;
+        // Past the first rounds, where detection is still watching.
+        for _ in 0..4 {
+            a.run()?;
+        }
+        let (sa, sz) = measure::sample_pair(
+            b,
+            || {
+                let d = a.run()?;
+                anyhow::ensure!(a.sum == a.expect(), "ping-pong (detection on): wrong sum");
+                Ok(d)
+            },
+            || {
+                let d = z.run()?;
+                anyhow::ensure!(z.sum == z.expect(), "ping-pong (detection off): wrong sum");
+                Ok(d)
+            },
+        )?;
+        let settled = on.stats().thrash_settled;
+        anyhow::ensure!(
+            settled == 1,
+            "ping-pong: {settled} bindings settled, expected 1"
+        );
+        let (us_on, us_off) = (us(sa.median()), us(sz.median()));
+        p.say(&format!(
+            "launch + CPU read of 4 MiB, {path:?}: {us_on:.0} us settled in place vs {us_off:.0} \
+             us migrated each round"
+        ));
+        r.rows.push(Row {
+            key: format!("pingpong_{path:?}_thrash_on_vs_off").to_lowercase(),
+            figure: format!("launch + CPU read, 4 MiB, {path:?}, thrash detection"),
+            unit: Unit::Micros,
+            vkhmm: us_on,
+            baseline: "detection off".into(),
+            base: Some(us_off),
+            target: None,
+            note: "settled in place after 3 rounds".into(),
         });
     }
     Ok(())
