@@ -19,7 +19,7 @@ use crate::device::{
     self, Device, DeviceConfig, DeviceInfo, Dispatcher, Pipeline, Transfer, TransferPath,
 };
 use crate::fault::fork::hold_off_fork;
-use crate::fault::service::FaultService;
+use crate::fault::service::{FaultBackend, FaultService};
 use crate::managed::Managed;
 use crate::migrate::{self, Binding, Counters, DeviceContext, Purpose, Worker};
 use crate::mirror::advice::Advice;
@@ -215,6 +215,11 @@ impl Runtime {
         self.ctx.device.info()
     }
 
+    /// The process-wide fault backend serving this runtime (`VKHMM_FAULT`).
+    pub fn fault_backend(&self) -> FaultBackend {
+        self.svc.kind()
+    }
+
     /// Compiles a WGSL kernel and creates its pipeline (cached per source and entry point).
     pub fn kernel_wgsl(&self, source: &str, entry: &str) -> Result<Kernel> {
         self.check_owner()?;
@@ -395,8 +400,15 @@ impl Runtime {
                 self.prepare(&spans, &[b], Purpose::Prefetch).map(drop)
             }
             Location::Host => {
-                self.svc.sync_events();
                 let span = binding_pages(addr, len).span;
+                if self.svc.backend.signal().is_some() && !crate::fault::signal::is_managed(&span) {
+                    return Err(Error::UnsupportedMemory {
+                        addr,
+                        len,
+                        reason: crate::MemoryReason::Backend(migrate::SIGNAL_FOREIGN),
+                    });
+                }
+                self.svc.sync_events();
                 for owner in migrate::owners(self.svc, span.clone()) {
                     migrate::bring_home(self.svc, &owner, span.clone(), true, false)?;
                 }
@@ -513,7 +525,7 @@ impl Drop for Runtime {
             .collect();
         for ext in &mine {
             if let Err(e) = migrate::to_host(
-                &self.svc.uffd,
+                &self.svc.backend,
                 &mut worker.transfer,
                 ext,
                 0..ext.pages(),
@@ -525,7 +537,7 @@ impl Drop for Runtime {
         drop(worker);
         w.replace(&mine, []);
         for ext in &mine {
-            let _ = self.svc.uffd.unregister(ext.start(), ext.bytes());
+            let _ = self.svc.backend.unregister(ext.start(), ext.bytes());
         }
         drop(mine);
         self.svc.poke();
