@@ -56,7 +56,7 @@ use crate::sys;
 use crate::{Error, Result};
 
 /// Features the service needs from userfaultfd.
-const REQUIRED: u64 = (linux_raw_sys::general::UFFD_FEATURE_PAGEFAULT_FLAG_WP
+pub(crate) const REQUIRED: u64 = (linux_raw_sys::general::UFFD_FEATURE_PAGEFAULT_FLAG_WP
     | linux_raw_sys::general::UFFD_FEATURE_EVENT_REMOVE
     | linux_raw_sys::general::UFFD_FEATURE_EVENT_UNMAP
     | linux_raw_sys::general::UFFD_FEATURE_EVENT_REMAP) as u64;

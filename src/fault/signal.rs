@@ -507,6 +507,12 @@ impl Trap {
     }
 }
 
+/// Whether this backend can run here: `Err` with the reason if not. Leaves nothing behind
+/// (one temporary page and fd).
+pub(crate) fn probe() -> Result<(), String> {
+    Trap::open().map(drop)
+}
+
 /// Starts the backend's process-wide parts: the slots' eventfd and owner, the handler.
 pub(super) fn start(wake_fd: &OwnedFd) -> std::io::Result<()> {
     WAKE_FD.store(wake_fd.as_raw_fd(), Ordering::Release);
