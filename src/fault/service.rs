@@ -69,8 +69,8 @@ const BATCH: usize = 64;
 const MAX_DEFERRED: usize = 4096;
 
 /// Which fault backend serves CPU touches of device-resident pages (one per process,
-/// chosen when the first [`Runtime`](crate::Runtime) starts the fault service; see
-/// `VKHMM_FAULT` in the crate docs).
+/// chosen when the first [`Runtime`](crate::Runtime) starts the fault service,
+/// `VKHMM_FAULT=auto|uffd|signal`, default `auto`: userfaultfd where it can be opened).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum FaultBackend {
