@@ -68,6 +68,16 @@ fn add(rt: &Runtime, k: &Kernels, data: &mut Managed<u32>, by: u32) {
     .unwrap();
 }
 
+/// Pages of `v` resident in host memory (`mincore`), touching none of them.
+fn resident_pages(v: &[u32]) -> usize {
+    let len = std::mem::size_of_val(v).div_ceil(PAGE) * PAGE;
+    let mut vec = vec![0u8; len / PAGE];
+    // SAFETY: `v` starts page-aligned (Managed) and `vec` has one byte per page.
+    let rc = unsafe { libc::mincore(v.as_ptr() as *mut libc::c_void, len, vec.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore");
+    vec.iter().filter(|&&b| b & 1 != 0).count()
+}
+
 fn assert_pattern(v: &[u32], f: impl Fn(usize) -> u32, what: &str) {
     if let Some(i) = (0..v.len()).find(|&i| v[i] != f(i)) {
         panic!("{what}: element {i} is {} but should be {}", v[i], f(i));
@@ -274,6 +284,7 @@ fn prefetch_both_ways() {
         for (i, v) in m.iter_mut().enumerate() {
             *v = pattern(i, 3);
         }
+        assert_eq!(resident_pages(&m), pages, "{path:?}: written by the CPU");
         rt.prefetch(&m, Location::Device).unwrap();
         let r = rt.residency(&m);
         assert_eq!(
@@ -281,6 +292,7 @@ fn prefetch_both_ways() {
             (0, 0, pages),
             "{path:?}: {r:?}"
         );
+        assert_eq!(resident_pages(&m), 0, "{path:?}: host copies dropped");
         rt.prefetch(&m, Location::Host).unwrap();
         let r = rt.residency(&m);
         assert_eq!(
@@ -521,5 +533,73 @@ fn dropping_device_resident_managed_memory_frees_the_device_copy() {
             assert_pattern(&fresh, |_| 0, &format!("{path:?} fresh round {round}"));
         }
         assert_eq!(rt.stats().device_bytes_in_use, base, "{path:?}: freed");
+    });
+}
+
+#[test]
+fn a_working_set_four_times_the_budget_is_evicted_and_stays_exact() {
+    force_signal();
+    let _watchdog = common::Watchdog::arm_for_this_test(std::time::Duration::from_secs(300));
+    for path in PATHS {
+        let budget = 4 << 20;
+        let Some(rt) = common::runtime_with(Runtime::builder().transfer(path).budget(budget))
+        else {
+            continue;
+        };
+        let k = kernels(&rt);
+        let n = (2 << 20) / 4; // eight 2 MiB buffers: 16 MiB
+        let mut bufs: Vec<Managed<u32>> = (0..8u32)
+            .map(|b| {
+                let data: Vec<u32> = (0..n).map(|i| pattern(i, b)).collect();
+                rt.alloc_from(&data).unwrap()
+            })
+            .collect();
+        for round in 1..=3u32 {
+            for (b, m) in bufs.iter_mut().enumerate() {
+                add(&rt, &k, m, 1);
+                let s = rt.stats();
+                assert!(s.device_bytes_in_use <= budget, "{path:?}: {s}");
+                if b % 3 == 0 {
+                    let want = pattern(n / 2, b as u32).wrapping_add(round);
+                    assert_eq!(m[n / 2], want, "{path:?} buffer {b} round {round}");
+                }
+            }
+        }
+        assert!(rt.stats().evictions >= 8, "{path:?}: {}", rt.stats());
+        for (b, m) in bufs.iter().enumerate() {
+            assert_pattern(
+                m,
+                |i| pattern(i, b as u32).wrapping_add(3),
+                &format!("{path:?} buffer {b}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn a_touch_from_another_thread_waits_until_an_async_launch_is_settled() {
+    each_path(|rt, path| {
+        let k = kernels(rt);
+        let n = 1 << 20;
+        let data: Vec<u32> = (0..n).map(|i| pattern(i, 4)).collect();
+        let mut m = rt.alloc_from(&data).unwrap();
+        let addr = m.as_ptr() as usize;
+        let push = AddK { n: n as u32, k: 5 };
+        rt.scope(|s| -> vkhmm::Result<()> {
+            let pending = s.launch_async(&k.add, groups(n, 256), (&mut m, Push(&push)))?;
+            let reader = std::thread::spawn(move || {
+                // SAFETY: an aligned, initialised u32 inside `m`, which outlives the scope;
+                // the test reads it concurrently on purpose (the page is claimed by the
+                // launch: the fault waits until the launch is settled).
+                unsafe { std::ptr::read_volatile((addr as *const u32).add(n / 2)) }
+            });
+            let seen = reader.join().unwrap();
+            pending.wait()?;
+            assert_eq!(seen, pattern(n / 2, 4).wrapping_add(5), "{path:?}");
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_pattern(&m, |i| pattern(i, 4).wrapping_add(5), &format!("{path:?}"));
     });
 }
