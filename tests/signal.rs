@@ -603,3 +603,32 @@ fn a_touch_from_another_thread_waits_until_an_async_launch_is_settled() {
         assert_pattern(&m, |i| pattern(i, 4).wrapping_add(5), &format!("{path:?}"));
     });
 }
+
+#[test]
+fn a_bad_vkhmm_fault_value_is_a_typed_error() {
+    // The backend is chosen once per process: check in a fresh one (this test, re-run alone).
+    if std::env::var_os("VKHMM_TEST_BAD_FAULT").is_some() {
+        match Runtime::new() {
+            Err(Error::InvalidConfig(m)) => assert!(m.contains("VKHMM_FAULT"), "{m}"),
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_bad_vkhmm_fault_value_is_a_typed_error",
+            "--nocapture",
+        ])
+        .env("VKHMM_FAULT", "sigsegv")
+        .env("VKHMM_TEST_BAD_FAULT", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 passed"), "{text}");
+}
