@@ -117,6 +117,7 @@ pub use fault::probe::{
     probe as probe_fault_capabilities, DevNodeAccess, FaultCapabilities, OpenMode as UffdMode,
     ProbeAttempt, ProbeFailure, SeccompMode,
 };
+pub use fault::service::FaultBackend;
 pub use managed::Managed;
 pub use mirror::{advice::Advice, Location, Residency};
 pub use runtime::{Kernel, Runtime, RuntimeBuilder};

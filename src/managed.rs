@@ -6,7 +6,10 @@
 //! and can be used like any slice; launches take `&Managed<T>` or `&mut Managed<T>`.
 //!
 //! Dropping it unmaps the memory; the fault service sees the `UNMAP` event and the runtime
-//! releases the device copy at its next call.
+//! releases the device copy at its next call. Every live `Managed<T>` is recorded in the
+//! `signal` backend's table of runtime-owned ranges (the only memory that backend serves);
+//! under that backend, which sees no `UNMAP` event, the drop marks the mirror's pages gone
+//! before it unmaps.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -56,6 +59,12 @@ impl<T: Pod> Managed<T> {
         .map_err(|e| Error::os("mmap for Managed", e))?;
         let ptr = NonNull::new(p.cast::<T>())
             .ok_or_else(|| Error::InvalidConfig("mmap returned null".into()))?;
+        if !crate::fault::signal::add_managed(p as usize, bytes) {
+            tracing::warn!(
+                bytes,
+                "too many live Managed allocations: the signal fault backend will refuse this one"
+            );
+        }
         Ok(Managed {
             ptr,
             len,
@@ -125,6 +134,8 @@ impl<T: Pod> Drop for Managed<T> {
         if bytes == 0 {
             return;
         }
+        let start = self.ptr.as_ptr() as usize;
+        crate::fault::service::FaultService::forget_managed(start..start + bytes);
         // SAFETY: the mapping was created by `zeroed` with this length and is owned by this
         // value; no reference into it outlives `self`.
         if let Err(e) = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), bytes) } {

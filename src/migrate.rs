@@ -33,8 +33,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::device::{Device, DeviceBlock, Dispatcher, Transfer};
-use crate::fault::service::FaultService;
-use crate::fault::uffd::{CopyError, Uffd};
+use crate::fault::service::{Backend, FaultService};
+use crate::fault::uffd::CopyError;
 use crate::mirror::advice::{Advice, AdviceMap};
 use crate::mirror::extent::Extent;
 use crate::mirror::page::Residence;
@@ -271,10 +271,10 @@ pub(crate) struct Installed {
 /// Copies the device copy of the claimed, absent pages `pages` of `ext` into host memory at
 /// `dst` (the address of the first page; normally `ext.page_addr(pages.start)`), page `i`
 /// write-protected iff `wp(i)`. With `wake` false, threads waiting on the pages stay asleep
-/// until the caller wakes them (`Uffd::wake`) after its bookkeeping. Allocates nothing: the
+/// until the caller wakes them (`Backend::wake`) after its bookkeeping. Allocates nothing: the
 /// fault handler calls it.
 pub(crate) fn install(
-    uffd: &Uffd,
+    trap: &Backend,
     transfer: &mut Transfer,
     ext: &Ext,
     pages: Range<usize>,
@@ -305,7 +305,7 @@ pub(crate) fn install(
                 &ext.device().block,
                 &[(offset, len)],
                 &mut |_, at, bytes| match copy_piece(
-                    uffd,
+                    trap,
                     run_dst + at,
                     bytes,
                     flag,
@@ -340,7 +340,7 @@ pub(crate) fn install(
 /// `madvise`, a malloc heap growing). So `ENOENT` on more than a page halves the request
 /// until it fits; only a single page that reports `ENOENT` is really gone.
 fn copy_piece(
-    uffd: &Uffd,
+    trap: &Backend,
     dst: usize,
     bytes: &[u8],
     wp: bool,
@@ -353,7 +353,7 @@ fn copy_piece(
         let rest = &bytes[done..(done + limit).min(bytes.len())];
         // SAFETY: `rest` is readable for its length; `dst + done` lies in a registered range
         // whose pages are claimed by the caller and absent (a present one reports EEXIST).
-        let r = unsafe { uffd.copy(dst + done, rest.as_ptr(), rest.len(), wp, wake) };
+        let r = unsafe { trap.copy(dst + done, rest.as_ptr(), rest.len(), wp, wake) };
         match r {
             Ok(n) => {
                 out.bytes += n as u64;
@@ -368,7 +368,7 @@ fn copy_piece(
                 // by someone else): keep it and wake whoever waits on it.
                 out.bytes += n as u64;
                 out.already_present += 1;
-                let _ = uffd.wake(dst + done + n, PAGE);
+                let _ = trap.wake(dst + done + n, PAGE);
                 done += n + PAGE;
             }
             Err(CopyError::Again { copied: n }) => {
@@ -392,7 +392,7 @@ fn copy_piece(
 /// `Shared` if `keep_device`, else `Host`), `Shared` pages become `Host` unless
 /// `keep_device`. Returns bytes copied.
 pub(crate) fn to_host(
-    uffd: &Uffd,
+    trap: &Backend,
     transfer: &mut Transfer,
     ext: &Ext,
     pages: Range<usize>,
@@ -403,7 +403,7 @@ pub(crate) fn to_host(
     let result = loop {
         let first = pages.start;
         let mut states = claim_all(ext, pages.clone(), false);
-        let r = to_host_claimed(uffd, transfer, ext, first, &mut states, keep_device);
+        let r = to_host_claimed(trap, transfer, ext, first, &mut states, keep_device);
         release_all(ext, first, &states);
         match r {
             Ok((b, None)) => break Ok(bytes + b),
@@ -424,7 +424,7 @@ pub(crate) fn to_host(
 
 /// [`to_host`] on pages the caller claimed; updates `states` to what is true afterwards.
 fn to_host_claimed(
-    uffd: &Uffd,
+    trap: &Backend,
     transfer: &mut Transfer,
     ext: &Ext,
     first: usize,
@@ -435,7 +435,7 @@ fn to_host_claimed(
     for run in runs(states, |r| r == Residence::Device) {
         let (a, b) = (first + run.start, first + run.end);
         let got = install(
-            uffd,
+            trap,
             transfer,
             ext,
             a..b,
@@ -465,7 +465,7 @@ fn to_host_claimed(
     if !keep_device {
         for run in runs(states, |r| r == Residence::Shared) {
             let (a, b) = (first + run.start, first + run.end);
-            write_protect(uffd, ext.page_addr(a), (b - a) * PAGE, false)?;
+            write_protect(trap, ext.page_addr(a), (b - a) * PAGE, false)?;
             for s in &mut states[run] {
                 *s = Residence::Host;
             }
@@ -477,11 +477,11 @@ fn to_host_claimed(
 /// `UFFDIO_WRITEPROTECT` on the launch path. The kernel refuses it with `EAGAIN` while a
 /// non-cooperative event (another thread's `munmap`, `madvise`, `mremap`) waits to be read;
 /// the handler reads events promptly, so a short wait and a retry succeed.
-fn write_protect(uffd: &Uffd, addr: usize, len: usize, protect: bool) -> Result<()> {
+fn write_protect(trap: &Backend, addr: usize, len: usize, protect: bool) -> Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut spins = 0;
     loop {
-        match uffd.write_protect(addr, len, protect, !protect) {
+        match trap.write_protect(addr, len, protect, !protect) {
             Err(e)
                 if e.raw_os_error() == Some(linux_raw_sys::errno::EAGAIN as i32)
                     && std::time::Instant::now() < deadline =>
@@ -589,13 +589,13 @@ fn retire(
     victims: Vec<Arc<Ext>>,
 ) -> Result<()> {
     for v in &victims {
-        to_host(&svc.uffd, transfer, v, 0..v.pages(), false)?;
+        to_host(&svc.backend, transfer, v, 0..v.pages(), false)?;
     }
     w.replace(&victims, []);
     for v in &victims {
         // Nothing of it is mirrored any more: stop trapping faults there. The range may be
         // partly unmapped already; that is fine.
-        let _ = svc.uffd.unregister(v.start(), v.bytes());
+        let _ = svc.backend.unregister(v.start(), v.bytes());
     }
     // The graveyard holds the last references once ours are gone.
     drop(victims);
@@ -721,7 +721,7 @@ pub(crate) fn bring_home(
         } else {
             e.page_span(&span)
         };
-        bytes += to_host(&svc.uffd, &mut worker.transfer, e, pages, keep_device)?;
+        bytes += to_host(&svc.backend, &mut worker.transfer, e, pages, keep_device)?;
     }
     drop(w);
     Ok(bytes)
@@ -729,6 +729,10 @@ pub(crate) fn bring_home(
 
 // ------------------------------------------------------------------------------------------
 // Launch preparation
+
+/// Why the `signal` backend refuses memory the runtime did not allocate.
+pub(crate) const SIGNAL_FOREIGN: &str = "the signal backend (mprotect + SIGSEGV) serves only \
+     memory from Runtime::alloc (Managed<T>): it cannot see munmap or reuse of other memory";
 
 /// Why a launch's pages are moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -777,8 +781,22 @@ pub(crate) fn prepare(
             len: bindings.first().map_or(0, |b| b.len),
             reason,
         })?;
+        let signal = svc.backend.signal().is_some();
         for b in bindings {
+            let span = binding_pages(b.addr, b.len).span;
+            if signal && crate::fault::signal::is_managed(&span) {
+                // Runtime-owned private anonymous memory; its pages may be protected by
+                // now, which `classify` would refuse.
+                continue;
+            }
             maps.classify(b.addr, b.len)
+                // Under the signal backend only the launching thread's stack (copied
+                // through) passes below.
+                .and(if signal {
+                    Err(MemoryReason::Backend(SIGNAL_FOREIGN))
+                } else {
+                    Ok(())
+                })
                 .or_else(|reason| {
                     // The launching thread's stack is fine: it is copied through.
                     let s = maps.stack_of_current_thread();
@@ -910,7 +928,7 @@ pub(crate) fn prepare(
         )
         .and_then(|block| {
             merge(
-                &svc.uffd,
+                &svc.backend,
                 ctx,
                 &mut worker.transfer,
                 range,
@@ -1024,7 +1042,7 @@ pub(crate) fn prepare(
 /// this device are copied device-to-device, and pages valid only on another device (which
 /// [`evacuate_foreign`] should have brought home) make the call fail so the caller retries.
 fn merge(
-    uffd: &Uffd,
+    trap: &Backend,
     ctx: &Arc<DeviceContext>,
     transfer: &mut Transfer,
     range: Range<usize>,
@@ -1039,7 +1057,7 @@ fn merge(
         let states = claim_all(old, 0..old.pages(), true);
         let base = (old.start() - range.start) / PAGE;
         if result.is_ok() {
-            result = take_over(uffd, ctx, transfer, old, &states, &block, base);
+            result = take_over(trap, ctx, transfer, old, &states, &block, base);
         }
         if Arc::ptr_eq(&old.device().ctx, ctx) {
             init[base..base + states.len()].copy_from_slice(&states);
@@ -1066,7 +1084,7 @@ fn merge(
 
 /// Moves what `old` (claimed, in `states`) holds into `block` at page `base`.
 fn take_over(
-    uffd: &Uffd,
+    trap: &Backend,
     ctx: &Arc<DeviceContext>,
     transfer: &mut Transfer,
     old: &Ext,
@@ -1097,7 +1115,7 @@ fn take_over(
     }
     // Shared there means valid here only on the host: drop the stale write protection.
     for r in runs(states, |s| s == Residence::Shared) {
-        write_protect(uffd, old.page_addr(r.start), r.len() * PAGE, false)?;
+        write_protect(trap, old.page_addr(r.start), r.len() * PAGE, false)?;
     }
     Ok(())
 }
@@ -1149,7 +1167,7 @@ fn move_pages<'e>(
         let st = loop {
             let mut st = claim_all(ext, i..i + 1, true);
             let moved = if write {
-                to_host_claimed(&svc.uffd, &mut worker.transfer, ext, i, &mut st, false)
+                to_host_claimed(&svc.backend, &mut worker.transfer, ext, i, &mut st, false)
             } else {
                 Ok((0, None))
             };
@@ -1235,7 +1253,7 @@ fn migrate_run(
         // Protocol rule 1: write-protect before copying, so a concurrent writer waits.
         for r in &copy_runs {
             write_protect(
-                &svc.uffd,
+                &svc.backend,
                 ext.page_addr(first + r.start),
                 r.len() * PAGE,
                 true,
@@ -1279,19 +1297,30 @@ fn migrate_run(
         states[r.clone()].fill(Residence::Shared);
     }
     for r in &zero_runs {
+        // Absent on the host, valid (zero) on the device: a touch must fault (userfaultfd
+        // does so already; the signal backend needs PROT_NONE).
+        svc.backend
+            .trap_absent(ext.page_addr(first + r.start), r.len() * PAGE)
+            .map_err(|e| Error::os("mprotect(PROT_NONE)", e))?;
         states[r.clone()].fill(Residence::Device);
     }
     if drop_host {
         for r in runs(states, |s| s == Residence::Shared) {
             // SAFETY: interior pages of a live borrow, valid on the device: discarding the
             // host copy loses nothing; the next touch faults and copies it back.
-            unsafe { sys::madvise_dontneed(ext.page_addr(first + r.start), r.len() * PAGE) }
-                .map_err(|e| Error::os("madvise(MADV_DONTNEED)", e))?;
+            unsafe {
+                svc.backend
+                    .discard(ext.page_addr(first + r.start), r.len() * PAGE)
+            }
+            .map_err(|e| Error::os("madvise(MADV_DONTNEED)", e))?;
             states[r].fill(Residence::Device);
         }
         // Our own discards raised REMOVE events; make sure the handler has seen them while
-        // the pages are still claimed (it ignores REMOVE on claimed pages).
-        svc.sync_events();
+        // the pages are still claimed (it ignores REMOVE on claimed pages). The signal
+        // backend has no events.
+        if svc.backend.signal().is_none() {
+            svc.sync_events();
+        }
     }
     Ok(())
 }
@@ -1398,7 +1427,7 @@ impl Launch {
             out
         };
         for (ext, pages) in advised {
-            to_host(&svc.uffd, transfer, &ext, pages, true)?; // counts its bytes
+            to_host(&svc.backend, transfer, &ext, pages, true)?; // counts its bytes
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use crate::device::{
     self, Device, DeviceConfig, DeviceInfo, Dispatcher, Pipeline, Transfer, TransferPath,
 };
 use crate::fault::fork::hold_off_fork;
-use crate::fault::service::FaultService;
+use crate::fault::service::{FaultBackend, FaultService};
 use crate::in_place::{InPlace, Where};
 use crate::managed::Managed;
 use crate::migrate::{self, Binding, Counters, DeviceContext, Purpose, Worker};
@@ -237,6 +237,11 @@ impl Runtime {
     /// The device this runtime drives.
     pub fn device_info(&self) -> &DeviceInfo {
         self.ctx.device.info()
+    }
+
+    /// The process-wide fault backend serving this runtime (`VKHMM_FAULT`).
+    pub fn fault_backend(&self) -> FaultBackend {
+        self.svc.kind()
     }
 
     /// Compiles a WGSL kernel and creates its pipeline (cached per source and entry point).
@@ -490,10 +495,23 @@ impl Runtime {
             .ok_or_else(|| unsupported(MemoryReason::NoHostImport))?
             .max(PAGE as u64);
         let end = (addr + len).next_multiple_of(align as usize);
-        let maps = sys::Maps::read().map_err(unsupported)?;
-        maps.classify(addr, len).map_err(unsupported)?;
-        if addr % align as usize != 0 || maps.classify(addr, end - addr).is_err() {
-            return Err(unsupported(MemoryReason::ImportAlignment { align }));
+        if self.svc.backend.signal().is_some() {
+            // The signal backend hears of no `munmap` of memory it did not allocate, so it
+            // could not tell when an import of such memory goes stale. Its own `Managed`
+            // memory is private and anonymous; its pages may be protected by now, which
+            // `classify` would refuse.
+            if !crate::fault::signal::is_managed(&(addr..end)) {
+                return Err(unsupported(MemoryReason::Backend(migrate::SIGNAL_FOREIGN)));
+            }
+            if addr % align as usize != 0 {
+                return Err(unsupported(MemoryReason::ImportAlignment { align }));
+            }
+        } else {
+            let maps = sys::Maps::read().map_err(unsupported)?;
+            maps.classify(addr, len).map_err(unsupported)?;
+            if addr % align as usize != 0 || maps.classify(addr, end - addr).is_err() {
+                return Err(unsupported(MemoryReason::ImportAlignment { align }));
+            }
         }
         let range = addr..end;
         // Every device copy of the range comes home, and the range leaves the mirror.
@@ -573,8 +591,15 @@ impl Runtime {
                 self.prepare(&spans, &[b], Purpose::Prefetch).map(drop)
             }
             Location::Host => {
-                self.svc.sync_events();
                 let span = binding_pages(addr, len).span;
+                if self.svc.backend.signal().is_some() && !crate::fault::signal::is_managed(&span) {
+                    return Err(Error::UnsupportedMemory {
+                        addr,
+                        len,
+                        reason: crate::MemoryReason::Backend(migrate::SIGNAL_FOREIGN),
+                    });
+                }
+                self.svc.sync_events();
                 for owner in migrate::owners(self.svc, span.clone()) {
                     migrate::bring_home(self.svc, &owner, span.clone(), true, false)?;
                 }
@@ -700,7 +725,7 @@ impl Drop for Runtime {
             .collect();
         for ext in &mine {
             if let Err(e) = migrate::to_host(
-                &self.svc.uffd,
+                &self.svc.backend,
                 &mut worker.transfer,
                 ext,
                 0..ext.pages(),
@@ -712,7 +737,7 @@ impl Drop for Runtime {
         drop(worker);
         w.replace(&mine, []);
         for ext in &mine {
-            let _ = self.svc.uffd.unregister(ext.start(), ext.bytes());
+            let _ = self.svc.backend.unregister(ext.start(), ext.bytes());
         }
         drop(mine);
         self.svc.poke();

@@ -9,7 +9,8 @@
 //!   arguments that live there are copied in and out, never migrated.
 //! - [`Pagemap`] reads `/proc/self/pagemap` to tell which pages were never touched (they read
 //!   as zero and need no copy) without faulting anything in.
-//! - [`page_size`], [`mmap_anon`], [`munmap`], [`madvise_dontneed`], [`gettid`] wrap `rustix`.
+//! - [`page_size`], [`mmap_anon`], [`munmap`], [`madvise_dontneed`], [`mprotect`], [`gettid`]
+//!   wrap `rustix`.
 //!
 //! # Invariants
 //!
@@ -73,6 +74,37 @@ pub fn mmap_anon(len: usize) -> io::Result<NonNull<u8>> {
 pub unsafe fn munmap(ptr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: the caller owns the mapping and holds no reference into it.
     unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) }?;
+    Ok(())
+}
+
+/// Page protection for [`mprotect`]: what the `signal` fault backend gives each page state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prot {
+    /// `PROT_NONE`: every access faults (`Device` pages).
+    None,
+    /// `PROT_READ`: writes fault (`Shared` pages).
+    Read,
+    /// `PROT_READ | PROT_WRITE`: nothing faults (`Host` pages).
+    ReadWrite,
+}
+
+/// `mprotect(addr, len, prot)` on page-aligned `[addr, addr + len)`. Allocates nothing and is
+/// async-signal-safe (one raw syscall).
+///
+/// # Safety
+///
+/// The caller must own the range. Lowering the protection makes later accesses fault: the
+/// range must be one whose faults a handler resolves (the `signal` backend's managed
+/// memory), or nobody may access it meanwhile.
+pub unsafe fn mprotect(addr: usize, len: usize, prot: Prot) -> io::Result<()> {
+    use rustix::mm::MprotectFlags as F;
+    let flags = match prot {
+        Prot::None => F::empty(),
+        Prot::Read => F::READ,
+        Prot::ReadWrite => F::READ | F::WRITE,
+    };
+    // SAFETY: the caller owns the range and has arranged for faults in it to be served.
+    unsafe { rustix::mm::mprotect(addr as *mut core::ffi::c_void, len, flags) }?;
     Ok(())
 }
 

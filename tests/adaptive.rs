@@ -62,6 +62,10 @@ fn transparent_huge_pages_migrate_and_come_back() {
         let Some(rt) = common::runtime(path) else {
             return;
         };
+        if rt.fault_backend() == vkhmm::FaultBackend::Signal {
+            common::assert_foreign_refused(&rt, path); // it needs foreign memory
+            continue;
+        }
         let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
         let len = 8 << 20;
         let p = common::map_anon(len);

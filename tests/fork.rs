@@ -7,12 +7,12 @@ mod common;
 
 use common::push::{AddK, Fill};
 
-use common::{each_path, groups};
+use common::{each_path_foreign, groups};
 use vkhmm::{shaders, Push};
 
 #[test]
 fn fork_child_reads_device_resident_data() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let fill_k = rt.kernel_wgsl(shaders::FILL_INDEX_WGSL, "main").unwrap();
         let add_k = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
         let n = 100_000u32;

@@ -123,7 +123,7 @@ fn unset_goes_back_to_migration() {
 
 #[test]
 fn memory_it_cannot_take_gives_typed_errors_and_stays_intact() {
-    common::each_path(|rt, path| {
+    common::each_path_foreign(|rt, path| {
         // A heap `Vec`: not page-aligned.
         let mut v: Vec<u32> = (0..WORDS + 3).map(|i| pattern(i, 5)).collect();
         let start = if (v.as_ptr() as usize) % 4096 == 0 {
@@ -193,7 +193,7 @@ fn memory_it_cannot_take_gives_typed_errors_and_stays_intact() {
 
 #[test]
 fn unmapped_in_place_memory_is_forgotten() {
-    common::each_path(|rt, path| {
+    common::each_path_foreign(|rt, path| {
         let len = PAGES * 4096;
         for discard in [false, true] {
             let p = map_anon(len);
@@ -284,7 +284,7 @@ fn a_buffer_that_thrashes_is_settled_in_place() {
 
 #[test]
 fn thrashing_that_cannot_be_settled_keeps_migrating() {
-    common::each_path(|rt, path| {
+    common::each_path_foreign(|rt, path| {
         // A heap `Vec` is not page-aligned: it cannot be imported, so it stays migrated.
         let mut v: Vec<u32> = (0..WORDS).map(|i| pattern(i, 11)).collect();
         let rounds = ping_pong(rt, &mut v, 8, 11);

@@ -47,6 +47,11 @@ fn rt(path: TransferPath) -> Option<&'static Rt> {
     };
     cell.get_or_init(|| {
         let rt = common::runtime(path)?;
+        if rt.fault_backend() == vkhmm::FaultBackend::Signal {
+            // The model's memory is the heap's (`Vec`, `calloc`): refused by that backend.
+            common::assert_foreign_refused(&rt, path);
+            return None;
+        }
         let k = |src| rt.kernel_wgsl(src, "main").unwrap();
         Some(Rt {
             add: k(shaders::ADD_K_WGSL),

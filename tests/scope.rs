@@ -2,12 +2,12 @@
 
 mod common;
 
-use common::{each_path, groups, pattern};
+use common::{each_path_foreign, groups, pattern};
 use vkhmm::{shaders, Push};
 
 #[test]
 fn cpu_work_overlaps_launches_that_run_in_order() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
         let n = 1 << 20;
         let mut a: Vec<u32> = (0..n).map(|i| pattern(i, 1)).collect();
@@ -44,7 +44,7 @@ fn cpu_work_overlaps_launches_that_run_in_order() {
 
 #[test]
 fn a_touch_from_another_thread_waits_until_the_launch_is_settled() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
         let n = 4 << 20;
         let mut v: Vec<u32> = (0..n).map(|i| pattern(i, 4)).collect();
@@ -75,7 +75,7 @@ fn a_touch_from_another_thread_waits_until_the_launch_is_settled() {
 
 #[test]
 fn synchronize_and_sync_launches_settle_async_ones() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
         let n = 100_000;
         let mut a = vec![7u32; n];
@@ -96,7 +96,7 @@ fn synchronize_and_sync_launches_settle_async_ones() {
 
 #[test]
 fn a_panicking_scope_still_settles_its_launches() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
         let n = 100_000;
         let mut a = vec![1u32; n];

@@ -9,7 +9,7 @@ mod common;
 use common::push::{AddK, Fill, N};
 
 use bytemuck::{Pod, Zeroable};
-use common::{each_path, groups, pattern};
+use common::{each_path_foreign, groups, pattern};
 use vkhmm::{shaders, Location, Managed, Push};
 
 const PAGE: usize = 4096;
@@ -39,7 +39,7 @@ struct Poke {
 /// hold zeros only.
 #[test]
 fn new_allocations_never_see_old_bytes() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let fill = rt.kernel_wgsl(shaders::FILL_INDEX_WGSL, "main").unwrap();
         let copy = rt.kernel_wgsl(shaders::COPY_U32_WGSL, "main").unwrap();
         let sum = rt.kernel_wgsl(shaders::CHECKSUM_WGSL, "main").unwrap();
@@ -119,7 +119,7 @@ fn new_allocations_never_see_old_bytes() {
 /// extent, after a prefetch of both), nor the rest of the same page, nor other buffers.
 #[test]
 fn out_of_bounds_kernel_writes_do_not_reach_neighbours() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let poke = rt.kernel_wgsl(POKE_WGSL, "main").unwrap();
         // One mapping, split in two: `a` (1000 words, ends mid-page) and `b` right after it.
         let total = 16 * 1024;
@@ -212,7 +212,7 @@ fn out_of_bounds_kernel_writes_do_not_reach_neighbours() {
 /// after a mirrored range, and fresh memory mapped where mirrored memory was unmapped.
 #[test]
 fn faults_on_unmirrored_memory_are_not_touched() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
         let pages = 12;
         let len = pages * PAGE;

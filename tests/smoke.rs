@@ -14,7 +14,7 @@ struct Saxpy {
 
 #[test]
 fn saxpy_on_vecs() {
-    common::each_path(|rt, path| {
+    common::each_path_foreign(|rt, path| {
         let k = rt.kernel_wgsl(shaders::SAXPY_WGSL, "main").unwrap();
         let n = 100_000;
         let x: Vec<f32> = (0..n).map(|i| i as f32).collect();

@@ -554,7 +554,11 @@ fn uffd_stress() {
         let w = watch.clone();
         std::thread::spawn(move || watchdog(w))
     };
-    let modes = modes();
+    let mut modes = modes();
+    if common::signal_backend() {
+        // The signal fault backend serves only runtime-owned memory.
+        modes.retain(|m| m.memory == Memory::Managed);
+    }
     // One runtime (and kernel) per (path, chunk, fixed), made on first use and kept.
     let mut runtimes: Vec<((TransferPath, usize, bool), Runtime, Kernel)> = Vec::new();
     // A pass lasts 1/10 of the run, at least 1.5 s and at most 10 s.
@@ -654,6 +658,10 @@ fn merge_race(
         let (Some(rt), Some(rt_x)) = (common::runtime(path), common::runtime(path)) else {
             return;
         };
+        if rt.fault_backend() == vkhmm::FaultBackend::Signal {
+            common::assert_foreign_refused(&rt, path); // the race needs heap memory
+            continue;
+        }
         let rt = Arc::new(rt);
         let rt_x = if other_runtime {
             Arc::new(rt_x)

@@ -7,7 +7,7 @@ mod common;
 
 use common::push::{AddK, Fill, N};
 
-use common::{each_path, groups, pattern};
+use common::{each_path, each_path_foreign, groups, pattern};
 use vkhmm::{shaders, Kernel, Location, Push, Residency, Runtime};
 
 const PAGE: usize = 4096;
@@ -62,7 +62,7 @@ fn assert_pattern(v: &[u32], f: impl Fn(usize) -> u32, what: &str) {
 
 #[test]
 fn write_kernel_into_fresh_memory() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let k = kernels(rt);
         let mut v = vec![0u32; 300_000];
         fill(rt, &k, &mut v, 3, 7);
@@ -97,7 +97,7 @@ fn write_kernel_into_fresh_memory() {
 
 #[test]
 fn read_kernel_over_untouched_zero_and_data_pages() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let k = kernels(rt);
         let n = 64 * 1024;
         let mut src = vec![0u32; 3 * n]; // all three thirds start untouched
@@ -131,7 +131,7 @@ fn read_kernel_over_untouched_zero_and_data_pages() {
 
 #[test]
 fn round_trips_with_fresh_and_reused_buffers() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let k = kernels(rt);
         let n = 50_000;
         let mut reused: Vec<u32> = (0..n).map(|i| pattern(i, 1)).collect();
@@ -291,7 +291,7 @@ fn read_only_binding_stays_readable_without_faults() {
 /// the kernel allows) and never hangs. The kernel reports `MADV_FREE` as `REMOVE`.
 #[test]
 fn shared_pages_reclaimed_after_madv_free_read_back() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let k = kernels(rt);
         let len = 1 << 20;
         let p = common::map_anon(len);
@@ -375,7 +375,7 @@ fn syscalls_read_into_and_write_out_of_device_resident_buffers() {
         eprintln!("skipped: this host allows user-mode userfaultfd faults only");
         return;
     }
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let k = kernels(rt);
         let n = 200_000;
         let data: Vec<u32> = (0..n).map(|i| pattern(i, 77)).collect();
@@ -422,7 +422,7 @@ fn tempfile() -> std::fs::File {
 
 #[test]
 fn freed_and_unmapped_device_memory_is_dropped_and_reused_correctly() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let k = kernels(rt);
         for round in 0..5u32 {
             // free(): the allocator may keep the pages (then they stay mirrored until evicted)
@@ -506,6 +506,10 @@ fn runtime_drop_brings_everything_home() {
             let Some(rt) = common::runtime(path) else {
                 return;
             };
+            if rt.fault_backend() == vkhmm::FaultBackend::Signal {
+                common::assert_foreign_refused(&rt, path); // it needs foreign memory
+                continue;
+            }
             let k = kernels(&rt);
             fill(&rt, &k, &mut v, 5, 5);
             let mut m = rt.alloc::<u32>(10_000).unwrap();
@@ -521,7 +525,7 @@ fn runtime_drop_brings_everything_home() {
 
 #[test]
 fn edges_shared_with_other_data_keep_working() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let k = kernels(rt);
         let mut v: Vec<u32> = (0..50_000).map(|i| pattern(i, 3)).collect();
         // Bind an unaligned-by-page middle part: its edge pages hold data outside the binding.
@@ -568,7 +572,7 @@ fn stack_memory_is_copied_through() {
 
 #[test]
 fn threads_touch_their_own_memory_while_another_launches() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let k = kernels(rt);
         let stop = std::sync::atomic::AtomicBool::new(false);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -622,7 +626,7 @@ fn threads_touch_their_own_memory_while_another_launches() {
 
 #[test]
 fn free_and_munmap_racing_a_launch_on_another_thread() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let k = kernels(rt);
         std::thread::scope(|s| {
             let launcher = s.spawn(|| {
@@ -665,7 +669,7 @@ fn resident_pages(v: &[u32]) -> usize {
 
 #[test]
 fn written_buffers_leave_host_memory() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let k = kernels(rt);
         let mut v: Vec<u32> = (0..16 << 20).map(|i| pattern(i, 4)).collect(); // 64 MiB
         let pages = pages_of(&v);
@@ -688,7 +692,7 @@ fn written_buffers_leave_host_memory() {
 
 #[test]
 fn mremap_moves_device_resident_data_with_the_mapping() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let k = kernels(rt);
         let len = 4 << 20;
         let p = common::map_anon(len);
@@ -727,7 +731,7 @@ fn mremap_moves_device_resident_data_with_the_mapping() {
 /// does must be installed in pieces, not given up on (a livelock before the fix).
 #[test]
 fn a_mapping_split_after_migration_comes_back_whole() {
-    each_path(|rt, path| {
+    each_path_foreign(|rt, path| {
         let k = kernels(rt);
         let len = 4 << 20;
         let p = common::map_anon(len);

@@ -5,7 +5,8 @@
 //! Vulkan objects. A page whose data lives only on the device would read as zero there. So
 //! a `pthread_atfork` prepare hook takes the fork gate exclusively — waiting for launches and
 //! prefetches in flight, which hold it shared — and brings every `Device` page home as
-//! `Shared` (the parent keeps its device copies). The child then sees ordinary memory with
+//! `Shared` (the parent keeps its device copies; under the `signal` backend as `Host`, since
+//! a `Shared` page is `PROT_READ` there). The child then sees ordinary memory with
 //! the right bytes; a `Runtime` used in the child returns [`Error::ForkedChild`].
 //!
 //! `posix_spawn` and `vfork`-based process creation (what `std::process::Command` uses where
@@ -113,8 +114,11 @@ unsafe extern "C" fn child() {
 fn bring_everything_home() {
     let Ok(svc) = FaultService::get() else { return };
     svc.sync_events();
+    // Under the signal backend, `Shared` pages are PROT_READ, and the child (no helper
+    // thread) could not serve a write to one: bring everything home as `Host`.
+    let keep_device = svc.backend.signal().is_none();
     for owner in crate::migrate::owners(svc, 0..usize::MAX) {
-        if let Err(e) = crate::migrate::bring_home(svc, &owner, 0..usize::MAX, true, true) {
+        if let Err(e) = crate::migrate::bring_home(svc, &owner, 0..usize::MAX, keep_device, true) {
             tracing::error!(error = %e, "copying device-resident pages home before fork() failed");
         }
     }

@@ -7,11 +7,16 @@
 //! which fault backends this process could run (`vkhmm info`).
 //!
 //! [`service`] is the fault service on top of them (the handler thread, deferred faults, the
-//! mirror), and [`fork`] brings device-resident pages home before `fork()`. The `signal`
-//! backend of the design brief is not written yet.
+//! mirror), and [`fork`] brings device-resident pages home before `fork()`.
+//!
+//! The service runs one of two backends, chosen once per process (`VKHMM_FAULT`):
+//! userfaultfd ([`uffd`]), or — where userfaultfd cannot be opened, e.g. under Docker's
+//! default seccomp profile — [`signal`]: `mprotect` + a `SIGSEGV` handler that hands faults
+//! to a helper thread, for runtime-owned `Managed<T>` memory only.
 
 pub(crate) mod fork;
 pub mod probe;
 pub(crate) mod service;
+pub(crate) mod signal;
 pub(crate) mod uffd;
 pub(crate) mod watch;

@@ -11,6 +11,7 @@
 use std::fmt;
 use std::io;
 
+use super::service::{Choice, FaultBackend, REQUIRED};
 pub use super::uffd::OpenMode;
 use super::uffd::{feature_names, Uffd, DEV_NODE, KNOWN_FEATURES, SERVICE_FEATURES};
 
@@ -40,8 +41,13 @@ pub struct FaultCapabilities {
     pub dev_userfaultfd: DevNodeAccess,
     /// The process's seccomp mode (`Seccomp:` in `/proc/self/status`).
     pub seccomp: SeccompMode,
-    /// Whether the `signal` backend (mprotect + SIGSEGV) can run: always on Linux.
+    /// Whether the `signal` backend (mprotect + SIGSEGV, writes through `/proc/self/mem`)
+    /// can run here.
     pub signal_fallback: bool,
+    /// Why the `signal` backend cannot run, if it cannot.
+    pub signal_error: Option<String>,
+    /// The backend a runtime started now would get, given `VKHMM_FAULT` (or why none).
+    pub backend: Result<FaultBackend, String>,
 }
 
 /// The outcome of one way of opening a userfaultfd.
@@ -122,6 +128,17 @@ pub fn probe() -> FaultCapabilities {
         attempts.push(ProbeAttempt { mode, result });
     }
     let (supported, negotiated) = chosen.map_or((0, 0), |(_, s, n)| (s, n));
+    let signal_error = super::signal::probe().err();
+    let uffd_ok = chosen.is_some() && negotiated & REQUIRED == REQUIRED;
+    let backend = match Choice::from_env() {
+        Err(e) => Err(e.to_string()),
+        Ok(choice) => match (choice, uffd_ok, &signal_error) {
+            (Choice::Uffd | Choice::Auto, true, _) => Ok(FaultBackend::Userfaultfd),
+            (Choice::Uffd, false, _) => Err("userfaultfd is unusable (VKHMM_FAULT=uffd)".into()),
+            (Choice::Signal | Choice::Auto, _, None) => Ok(FaultBackend::Signal),
+            (_, _, Some(e)) => Err(format!("the signal backend cannot run: {e}")),
+        },
+    };
     FaultCapabilities {
         userfaultfd: chosen.map(|(m, _, _)| m),
         kernel_faults: chosen.is_some_and(|(m, _, _)| m.kernel_faults()),
@@ -133,7 +150,9 @@ pub fn probe() -> FaultCapabilities {
         unprivileged_userfaultfd: read_unprivileged_sysctl(),
         dev_userfaultfd: dev_node_access(),
         seccomp: seccomp_mode(),
-        signal_fallback: true,
+        signal_fallback: signal_error.is_none(),
+        signal_error,
+        backend,
     }
 }
 
@@ -266,15 +285,18 @@ impl fmt::Display for FaultCapabilities {
         }
         writeln!(f, "/dev/userfaultfd:   {}", self.dev_userfaultfd)?;
         writeln!(f, "seccomp:            {}", self.seccomp)?;
-        write!(
+        writeln!(
             f,
             "signal fallback:    {}",
-            if self.signal_fallback {
-                "available (mprotect + SIGSEGV)"
-            } else {
-                "unavailable"
+            match &self.signal_error {
+                None => "available (mprotect + SIGSEGV)".to_string(),
+                Some(e) => format!("unavailable: {e}"),
             }
-        )
+        )?;
+        match &self.backend {
+            Ok(b) => write!(f, "backend chosen:     {b}"),
+            Err(e) => write!(f, "backend chosen:     none ({e})"),
+        }
     }
 }
 
@@ -397,8 +419,11 @@ mod tests {
             dev_userfaultfd: DevNodeAccess::Denied { errno: 13 },
             seccomp: SeccompMode::Filter,
             signal_fallback: true,
+            signal_error: None,
+            backend: Ok(FaultBackend::Signal),
         };
         let text = caps.to_string();
+        assert!(text.contains("backend chosen:     signal"), "{text}");
         assert!(text.contains("userfaultfd:        unavailable"), "{text}");
         assert!(text.contains("kernel-mode faults: not served"), "{text}");
         assert!(text.contains("blocked by seccomp"), "{text}");

@@ -44,7 +44,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use super::uffd::{CopyError, Event, Uffd, UffdMsg};
+use super::signal::{self, Trap};
+use super::uffd::{CopyError, CopyResult, Event, Uffd, UffdMsg};
 use super::watch::Watches;
 use crate::migrate::{install, Counters, DeviceCopy, Ext, InstallStop};
 use crate::mirror::map::MirrorMap;
@@ -56,7 +57,7 @@ use crate::sys;
 use crate::{Error, Result};
 
 /// Features the service needs from userfaultfd.
-const REQUIRED: u64 = (linux_raw_sys::general::UFFD_FEATURE_PAGEFAULT_FLAG_WP
+pub(crate) const REQUIRED: u64 = (linux_raw_sys::general::UFFD_FEATURE_PAGEFAULT_FLAG_WP
     | linux_raw_sys::general::UFFD_FEATURE_EVENT_REMOVE
     | linux_raw_sys::general::UFFD_FEATURE_EVENT_UNMAP
     | linux_raw_sys::general::UFFD_FEATURE_EVENT_REMAP) as u64;
@@ -68,33 +69,252 @@ const BATCH: usize = 64;
 /// Faults that can wait at once (one per blocked thread).
 const MAX_DEFERRED: usize = 4096;
 
+/// Which fault backend serves CPU touches of device-resident pages (one per process,
+/// chosen when the first [`Runtime`](crate::Runtime) starts the fault service,
+/// `VKHMM_FAULT=auto|uffd|signal`, default `auto`: userfaultfd where it can be opened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FaultBackend {
+    /// userfaultfd (MISSING + WP faults, a handler thread): serves any private anonymous
+    /// memory, and syscalls touching device-resident pages unless the fd is user-mode-only.
+    Userfaultfd,
+    /// `mprotect` + `SIGSEGV` with a helper thread: serves only memory from
+    /// [`Runtime::alloc`](crate::Runtime::alloc) (`Managed<T>`); a syscall touching a
+    /// device-resident page fails with `EFAULT`.
+    Signal,
+}
+
+impl FaultBackend {
+    /// `"uffd"` or `"signal"`, as `VKHMM_FAULT` spells them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultBackend::Userfaultfd => "uffd",
+            FaultBackend::Signal => "signal",
+        }
+    }
+}
+
+impl std::fmt::Display for FaultBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `VKHMM_FAULT` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Choice {
+    /// userfaultfd, falling back to `signal` where it cannot be opened or lacks features.
+    Auto,
+    /// userfaultfd or nothing.
+    Uffd,
+    /// `signal`, even where userfaultfd works.
+    Signal,
+}
+
+impl Choice {
+    /// Reads `VKHMM_FAULT` (`auto` when unset).
+    pub fn from_env() -> Result<Choice> {
+        Choice::from_value(std::env::var_os("VKHMM_FAULT"))
+    }
+
+    /// Parses a `VKHMM_FAULT` value; a bad one is [`Error::InvalidConfig`].
+    pub fn from_value(v: Option<std::ffi::OsString>) -> Result<Choice> {
+        let Some(v) = v else {
+            return Ok(Choice::Auto);
+        };
+        v.to_str().and_then(Choice::parse).ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "VKHMM_FAULT={v:?} is not one of `uffd`, `signal`, `auto`"
+            ))
+        })
+    }
+
+    fn parse(v: &str) -> Option<Choice> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Some(Choice::Auto),
+            "uffd" | "userfaultfd" => Some(Choice::Uffd),
+            "signal" => Some(Choice::Signal),
+            _ => None,
+        }
+    }
+}
+
+/// The trapping mechanism of the running service, with the memory operations the
+/// migration code needs, each done the backend's way.
+pub(crate) enum Backend {
+    /// userfaultfd.
+    Uffd(Uffd),
+    /// `mprotect` + `SIGSEGV` (module `signal`).
+    Signal(Trap),
+}
+
+impl Backend {
+    /// Which backend this is.
+    pub fn kind(&self) -> FaultBackend {
+        match self {
+            Backend::Uffd(_) => FaultBackend::Userfaultfd,
+            Backend::Signal(_) => FaultBackend::Signal,
+        }
+    }
+
+    /// The `signal` backend's handle, if that is the backend.
+    pub fn signal(&self) -> Option<&Trap> {
+        match self {
+            Backend::Signal(t) => Some(t),
+            Backend::Uffd(_) => None,
+        }
+    }
+
+    /// Fills the absent (or, for `signal`, protected and dropped) claimed pages at `dst`
+    /// with `len` bytes from `src`, write-protected iff `wp`; wakes their waiters iff
+    /// `wake`. Outcomes as for [`Uffd::copy`].
+    ///
+    /// # Safety
+    ///
+    /// As [`Uffd::copy`]: `src` readable and not in mirrored memory that may fault;
+    /// `dst..dst + len` page-aligned mirrored memory whose pages the caller has claimed.
+    pub unsafe fn copy(
+        &self,
+        dst: usize,
+        src: *const u8,
+        len: usize,
+        wp: bool,
+        wake: bool,
+    ) -> CopyResult {
+        match self {
+            // SAFETY: forwarded from the caller.
+            Backend::Uffd(u) => unsafe { u.copy(dst, src, len, wp, wake) },
+            Backend::Signal(t) => {
+                let prot = if wp {
+                    sys::Prot::Read
+                } else {
+                    sys::Prot::ReadWrite
+                };
+                // SAFETY: forwarded from the caller.
+                let r = unsafe { t.copy(dst, src, len, prot) };
+                if wake {
+                    t.wake();
+                }
+                r
+            }
+        }
+    }
+
+    /// Wakes threads waiting in faults on `[addr, addr + len)`.
+    pub fn wake(&self, addr: usize, len: usize) -> std::io::Result<()> {
+        match self {
+            Backend::Uffd(u) => u.wake(addr, len),
+            Backend::Signal(t) => {
+                t.wake();
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets (`protect`) or clears write protection of present pages; `wake` wakes writers
+    /// when clearing.
+    pub fn write_protect(
+        &self,
+        addr: usize,
+        len: usize,
+        protect: bool,
+        wake: bool,
+    ) -> std::io::Result<()> {
+        match self {
+            Backend::Uffd(u) => u.write_protect(addr, len, protect, wake),
+            Backend::Signal(t) => {
+                let prot = if protect {
+                    sys::Prot::Read
+                } else {
+                    sys::Prot::ReadWrite
+                };
+                t.protect(addr, len, prot)?;
+                if wake && !protect {
+                    t.wake();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops trapping `[addr, addr + len)` (its pages are `Host` by now).
+    pub fn unregister(&self, addr: usize, len: usize) -> std::io::Result<()> {
+        match self {
+            Backend::Uffd(u) => u.unregister(addr, len),
+            Backend::Signal(_) => Ok(()),
+        }
+    }
+
+    /// Drops the host copy of claimed pages that are now valid on the device; the next
+    /// touch faults. (userfaultfd: `MADV_DONTNEED`, which raises a `REMOVE` event the
+    /// caller must let the handler read; signal: `PROT_NONE`, then `MADV_DONTNEED`.)
+    ///
+    /// # Safety
+    ///
+    /// As [`sys::madvise_dontneed`].
+    pub unsafe fn discard(&self, addr: usize, len: usize) -> std::io::Result<()> {
+        match self {
+            // SAFETY: forwarded from the caller.
+            Backend::Uffd(_) => unsafe { sys::madvise_dontneed(addr, len) },
+            // SAFETY: forwarded from the caller.
+            Backend::Signal(t) => unsafe { t.discard(addr, len) },
+        }
+    }
+
+    /// Claimed pages that are absent on the host became `Device`: make a touch fault.
+    /// (userfaultfd: an absent registered page faults already; signal: `PROT_NONE`.)
+    pub fn trap_absent(&self, addr: usize, len: usize) -> std::io::Result<()> {
+        match self {
+            Backend::Uffd(_) => Ok(()),
+            Backend::Signal(t) => t.protect(addr, len, sys::Prot::None),
+        }
+    }
+}
+
 /// The process-wide fault service.
 pub(crate) struct FaultService {
-    pub uffd: Uffd,
+    pub backend: Backend,
     pub mirror: MirrorMap<DeviceCopy>,
     pub pagemap: sys::Pagemap,
     /// Ranges accessed in place, watched for unmaps (`fault::watch`).
     pub watches: Watches,
-    wake: OwnedFd,
-    gate: Mutex<()>,
+    /// The process that started the service (a forked child must not use it).
+    pub pid: u32,
+    pub(super) wake: OwnedFd,
+    pub(super) gate: Mutex<()>,
 }
 
 static SERVICE: OnceLock<std::result::Result<&'static FaultService, (String, Option<i32>)>> =
     OnceLock::new();
 
 impl FaultService {
-    /// The service, started on first use.
+    /// The service, started on first use with the backend `VKHMM_FAULT` asks for.
     pub fn get() -> Result<&'static FaultService> {
-        SERVICE
-            .get_or_init(|| Self::start().map_err(|e| (e.to_string(), os_code(&e))))
-            .clone()
+        if let Some(started) = SERVICE.get() {
+            return Self::map_started(started);
+        }
+        let choice = Choice::from_env()?;
+        Self::map_started(
+            SERVICE.get_or_init(|| Self::start(choice).map_err(|e| (e.to_string(), os_code(&e)))),
+        )
+    }
+
+    /// The service if it has been started (never starts it).
+    pub fn running() -> Option<&'static FaultService> {
+        SERVICE.get().and_then(|r| r.as_ref().ok().copied())
+    }
+
+    fn map_started(
+        r: &std::result::Result<&'static FaultService, (String, Option<i32>)>,
+    ) -> Result<&'static FaultService> {
+        r.clone()
             .map_err(|(reason, code)| Error::FaultBackendUnavailable {
                 reason,
                 source: code.map(std::io::Error::from_raw_os_error),
             })
     }
 
-    fn start() -> Result<&'static FaultService> {
+    fn start(choice: Choice) -> Result<&'static FaultService> {
         if sys::page_size() != PAGE {
             return Err(Error::FaultBackendUnavailable {
                 reason: format!(
@@ -104,16 +324,33 @@ impl FaultService {
                 source: None,
             });
         }
-        let uffd = Uffd::open(WANTED).map_err(Error::from)?;
-        if uffd.features() & REQUIRED != REQUIRED {
-            return Err(Error::FaultBackendUnavailable {
-                reason: format!(
-                    "userfaultfd lacks write-protect or REMOVE/UNMAP/REMAP events (features {:#x})",
-                    uffd.features()
-                ),
-                source: None,
-            });
-        }
+        let signal = || {
+            Trap::open()
+                .map(Backend::Signal)
+                .map_err(|reason| Error::FaultBackendUnavailable {
+                    reason: format!("the signal fault backend cannot run: {reason}"),
+                    source: None,
+                })
+        };
+        let backend = match choice {
+            Choice::Uffd => Backend::Uffd(open_uffd()?),
+            Choice::Signal => signal()?,
+            Choice::Auto => match open_uffd() {
+                Ok(u) => Backend::Uffd(u),
+                Err(uffd_err) => match signal() {
+                    Ok(b) => {
+                        tracing::info!(reason = %uffd_err, "userfaultfd unavailable; using the signal fault backend");
+                        b
+                    }
+                    Err(sig_err) => {
+                        return Err(Error::FaultBackendUnavailable {
+                            reason: format!("{uffd_err}; {sig_err}"),
+                            source: None,
+                        })
+                    }
+                },
+            },
+        };
         let wake = rustix::event::eventfd(
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
@@ -121,26 +358,70 @@ impl FaultService {
         .map_err(|e| Error::os("eventfd", e))?;
         let pagemap = sys::Pagemap::open().map_err(|e| Error::os("open /proc/self/pagemap", e))?;
         let svc: &'static FaultService = Box::leak(Box::new(FaultService {
-            uffd,
+            backend,
             mirror: MirrorMap::new(),
             pagemap,
             watches: Watches::new(),
+            pid: rustix::process::getpid().as_raw_nonzero().get() as u32,
             wake,
             gate: Mutex::new(()),
         }));
-        std::thread::Builder::new()
-            .name("vkhmm-fault".into())
-            .spawn(move || Handler::new(svc).run())
-            .map_err(|e| Error::os("spawn the fault handler thread", e))?;
+        let spawned = match &svc.backend {
+            Backend::Uffd(uffd) => std::thread::Builder::new()
+                .name("vkhmm-fault".into())
+                .spawn(move || Handler::new(svc, uffd).run()),
+            Backend::Signal(_) => {
+                signal::start(&svc.wake).map_err(|e| Error::os("sigaction(SIGSEGV)", e))?;
+                std::thread::Builder::new()
+                    .name("vkhmm-fault".into())
+                    .spawn(move || signal::Helper::new(svc).run())
+            }
+        };
+        spawned.map_err(|e| Error::os("spawn the fault handler thread", e))?;
         super::fork::install_atfork_handlers();
         Ok(svc)
     }
 
-    /// Registers `span` (page-aligned) for MISSING and WP faults. Idempotent.
+    /// Which backend this service runs.
+    pub fn kind(&self) -> FaultBackend {
+        self.backend.kind()
+    }
+
+    /// Registers `span` (page-aligned) for MISSING and WP faults. Idempotent. The `signal`
+    /// backend traps only runtime-owned memory and registers nothing: the launch path has
+    /// checked the span is such memory.
     pub fn register(&self, span: Range<usize>) -> std::io::Result<()> {
-        self.uffd
-            .register(span.start, span.len(), true, true)
-            .map(drop)
+        match &self.backend {
+            Backend::Uffd(u) => u.register(span.start, span.len(), true, true).map(drop),
+            Backend::Signal(_) if signal::is_managed(&span) => Ok(()),
+            Backend::Signal(_) => Err(std::io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    /// `Managed<T>` memory at `range` is about to be unmapped: under the `signal` backend
+    /// (which sees no `UNMAP` event) its mirror pages are marked gone first, with the
+    /// mirror's writer side and the gate held, so no launch and no helper round is writing
+    /// into the range when it is unmapped and its addresses are reused.
+    pub fn forget_managed(range: Range<usize>) {
+        signal::remove_managed(range.start, range.len());
+        let Some(svc) = Self::running() else { return };
+        // In-place imports of the range are stale now (under userfaultfd the UNMAP event
+        // says so too).
+        svc.watches.mark_dead(range.clone());
+        if svc.backend.signal().is_none()
+            || rustix::process::getpid().as_raw_nonzero().get() as u32 != svc.pid
+        {
+            return;
+        }
+        let w = svc.mirror.write();
+        let gate = svc.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        svc.mirror.for_each_overlapping(range.clone(), |ext| {
+            for i in ext.page_span(&range) {
+                ext.cell(i).mark_gone();
+            }
+        });
+        drop(gate);
+        drop(w);
     }
 
     /// Waits until every event the handler has already read is processed.
@@ -152,6 +433,21 @@ impl FaultService {
     pub fn poke(&self) {
         let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
     }
+}
+
+/// Opens the service's userfaultfd and checks it has what the handler needs.
+fn open_uffd() -> Result<Uffd> {
+    let uffd = Uffd::open(WANTED).map_err(Error::from)?;
+    if uffd.features() & REQUIRED != REQUIRED {
+        return Err(Error::FaultBackendUnavailable {
+            reason: format!(
+                "userfaultfd lacks write-protect or REMOVE/UNMAP/REMAP events (features {:#x})",
+                uffd.features()
+            ),
+            source: None,
+        });
+    }
+    Ok(uffd)
 }
 
 fn os_code(e: &Error) -> Option<i32> {
@@ -170,7 +466,7 @@ struct Fault {
 
 /// What became of a fault.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Outcome {
+pub(super) enum Outcome {
     /// Resolved (or nothing left to resolve): the thread is awake.
     Done,
     /// The page is claimed: retry when poked.
@@ -192,6 +488,7 @@ struct Remap {
 
 struct Handler {
     svc: &'static FaultService,
+    uffd: &'static Uffd,
     deferred: Vec<(Fault, Outcome)>,
     /// Remaps waiting for the event queue to drain: the kernel refuses `UFFDIO_COPY` with
     /// `EAGAIN` while an event (the `UNMAP` of the old range that follows a `REMAP`) is
@@ -200,9 +497,10 @@ struct Handler {
 }
 
 impl Handler {
-    fn new(svc: &'static FaultService) -> Self {
+    fn new(svc: &'static FaultService, uffd: &'static Uffd) -> Self {
         Handler {
             svc,
+            uffd,
             deferred: Vec::with_capacity(MAX_DEFERRED),
             remaps: [None; MAX_REMAPS],
         }
@@ -222,7 +520,7 @@ impl Handler {
             let _ = rustix::io::read(&self.svc.wake, &mut tick);
             let gate = self.svc.gate.lock().unwrap_or_else(PoisonError::into_inner);
             loop {
-                let n = match self.svc.uffd.read_events(&mut msgs) {
+                let n = match self.uffd.read_events(&mut msgs) {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::error!(error = %e, "reading userfaultfd events failed");
@@ -234,7 +532,7 @@ impl Handler {
                 }
                 let mut nf = 0;
                 for m in &msgs[..n] {
-                    match self.svc.uffd.decode(m) {
+                    match self.uffd.decode(m) {
                         Event::PageFault {
                             addr, write, wp, ..
                         } => {
@@ -286,7 +584,7 @@ impl Handler {
         } else {
             None
         };
-        let uffd = self.svc.uffd.as_fd();
+        let uffd = self.uffd.as_fd();
         let mut fds = [
             PollFd::new(&uffd, PollFlags::IN),
             PollFd::new(&self.svc.wake, PollFlags::IN),
@@ -336,7 +634,7 @@ impl Handler {
     fn resolve(&self, f: Fault) -> Outcome {
         let outcome = self.resolve_once(f);
         if outcome == Outcome::Done {
-            let _ = self.svc.uffd.wake(page_floor(f.addr), PAGE);
+            let _ = self.uffd.wake(page_floor(f.addr), PAGE);
         }
         outcome
     }
@@ -372,9 +670,9 @@ impl Handler {
         }
         let page = ext.page_addr(idx);
         match (f.wp, bits.residence()) {
-            (true, Residence::Shared) => self.release_shared(ext, idx),
+            (true, Residence::Shared) => release_shared(self.svc, ext, idx),
             (true, _) => self.unprotect_page(page),
-            (false, Residence::Device) => self.copy_back(ext, idx, f.write),
+            (false, Residence::Device) => copy_back(self.svc, ext, idx, f.write),
             (false, Residence::Host) => self.zero_page(page),
             (false, Residence::Shared) => self.refill_shared(ext, idx),
         }
@@ -388,7 +686,7 @@ impl Handler {
         let page = ext.page_addr(idx);
         let mut entry = [sys::PageEntry::default()];
         if self.svc.pagemap.query(page, &mut entry).is_err() || entry[0].present() {
-            let _ = self.svc.uffd.wake(page, PAGE);
+            let _ = self.uffd.wake(page, PAGE);
             return Outcome::Done;
         }
         let shared = |b: crate::mirror::page::PageBits| b.residence() == Residence::Shared;
@@ -396,7 +694,7 @@ impl Handler {
             return Outcome::Wait; // owned, or no longer Shared: resolved again later
         }
         let ctx = &ext.device().ctx;
-        let got = self.install_claimed(ext, idx..idx + 1, |_| true);
+        let got = install_claimed(self.svc, ext, idx..idx + 1, |_| true);
         ext.cell(idx).release(Residence::Shared);
         match got {
             Ok(g) if g.stop == Some(InstallStop::Again) => Outcome::Retry,
@@ -412,10 +710,10 @@ impl Handler {
     }
 
     fn zero_page(&self, page: usize) -> Outcome {
-        match self.svc.uffd.zeropage(page, PAGE, true) {
+        match self.uffd.zeropage(page, PAGE, true) {
             Ok(_) | Err(CopyError::Gone(_)) => Outcome::Done,
             Err(CopyError::Exists { .. }) => {
-                let _ = self.svc.uffd.wake(page, PAGE);
+                let _ = self.uffd.wake(page, PAGE);
                 Outcome::Done
             }
             Err(CopyError::Again { .. }) => Outcome::Retry,
@@ -427,139 +725,13 @@ impl Handler {
     }
 
     fn unprotect_page(&self, page: usize) -> Outcome {
-        match self.svc.uffd.write_protect(page, PAGE, false, true) {
+        match self.uffd.write_protect(page, PAGE, false, true) {
             Ok(()) => Outcome::Done,
             Err(e) if e.raw_os_error() == Some(linux_raw_sys::errno::EAGAIN as i32) => {
                 Outcome::Retry
             }
             Err(_) => Outcome::Done, // the page is gone; the thread was woken by the unmap
         }
-    }
-
-    /// A write to a `Shared` page: the chunk's `Shared` pages become `Host` (their device
-    /// copies are stale from now on).
-    fn release_shared(&self, ext: &Ext, idx: usize) -> Outcome {
-        let ctx = &ext.device().ctx;
-        let shared = |b: crate::mirror::page::PageBits| b.residence() == Residence::Shared;
-        let (a, b) = match claim_around(ext, idx, ctx.policy.base, shared) {
-            Some(r) => r,
-            None => return Outcome::Wait,
-        };
-        let r = self
-            .svc
-            .uffd
-            .write_protect(ext.page_addr(a), (b - a) * PAGE, false, false);
-        let settled = if r.is_ok() {
-            Residence::Host
-        } else {
-            Residence::Shared
-        };
-        for i in a..b {
-            ext.cell(i).release(settled);
-        }
-        match r {
-            Ok(()) => {
-                // Bookkeeping before the wake: the writer may read the counters next.
-                Counters::add(&ctx.counters.cpu_faults, 1);
-                ext.note_cpu_fault();
-                let _ = self.svc.uffd.wake(ext.page_addr(a), (b - a) * PAGE);
-                Outcome::Done
-            }
-            Err(_) => Outcome::Retry,
-        }
-    }
-
-    /// Installs the device copy of the claimed, absent pages `pages` of `ext` at their own
-    /// addresses, page `i` write-protected iff `wp(i)`, through the handler's transfer
-    /// context; waiters stay asleep until the caller has done its bookkeeping and wakes them.
-    fn install_claimed(
-        &self,
-        ext: &Ext,
-        pages: Range<usize>,
-        wp: impl Fn(usize) -> bool,
-    ) -> Result<crate::migrate::Installed> {
-        let mut transfer = ext
-            .device()
-            .ctx
-            .fault_transfer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let dst = ext.page_addr(pages.start);
-        // A panic in here (an assertion in the transfer code, or an injected one) must not
-        // end the handler thread: every thread waiting on a fault would sleep for ever. It
-        // becomes an error, which each caller already turns into "release the claimed pages
-        // as they were and retry". (Unwinding allocates; a panic is the one exception to the
-        // handler's no-allocation rule.)
-        let run = std::panic::AssertUnwindSafe(|| {
-            if crate::inject::hit(crate::inject::Site::FaultHandler) {
-                panic!("vkhmm: injected fault-handler panic");
-            }
-            install(&self.svc.uffd, &mut transfer, ext, pages, dst, wp, false)
-        });
-        match std::panic::catch_unwind(run) {
-            Ok(result) => result,
-            Err(_) => {
-                Counters::add(&ext.device().ctx.counters.handler_panics, 1);
-                transfer.recover();
-                Err(Error::Os {
-                    op: "the fault handler (it panicked)",
-                    source: std::io::ErrorKind::Interrupted.into(),
-                })
-            }
-        }
-    }
-
-    /// A touch of a `Device` page: bring back the window around it.
-    fn copy_back(&self, ext: &Ext, idx: usize, write: bool) -> Outcome {
-        let ctx = &ext.device().ctx;
-        let first = ext.start() / PAGE;
-        let w = fault_window(
-            &ctx.policy,
-            first + idx,
-            first..first + ext.pages(),
-            ext.stream(),
-        );
-        let device = |b: crate::mirror::page::PageBits| b.residence() == Residence::Device;
-        let Some((a, b)) =
-            claim_within(ext, idx, w.pages.start - first..w.pages.end - first, device)
-        else {
-            return Outcome::Wait;
-        };
-        ext.set_stream(w.next, w.size);
-        let wp = |i: usize| !(write && i == idx);
-        let got = self.install_claimed(ext, a..b, wp);
-        let (done, outcome) = match got {
-            Ok(g) => {
-                Counters::add(&ctx.counters.bytes_to_host, g.bytes);
-                let done = ((g.bytes as usize) / PAGE + g.already_present as usize).min(b - a);
-                match g.stop {
-                    None => (b - a, Outcome::Done),
-                    Some(InstallStop::Again) => (done, Outcome::Retry),
-                    Some(InstallStop::Gone) => (done, Outcome::Done),
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reading device memory for a CPU fault failed; retrying");
-                (0, Outcome::Retry)
-            }
-        };
-        for i in a..b {
-            let settled = if i - a >= done {
-                Residence::Device
-            } else if wp(i) {
-                Residence::Shared
-            } else {
-                Residence::Host
-            };
-            ext.cell(i).release(settled);
-        }
-        if done > 0 {
-            // Counted before the wake, so the faulting thread sees its own fault in `stats`.
-            Counters::add(&ctx.counters.cpu_faults, 1);
-            ext.note_cpu_fault();
-            let _ = self.svc.uffd.wake(ext.page_addr(a), done * PAGE);
-        }
-        outcome
     }
 
     /// `MADV_DONTNEED`/`MADV_REMOVE` by the program: the pages read as zero from now on.
@@ -635,7 +807,7 @@ impl Handler {
                             .fault_transfer
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner);
-                        match install(&self.svc.uffd, &mut t, ext, i..i + 1, dst, |_| false, true) {
+                        match install(&self.svc.backend, &mut t, ext, i..i + 1, dst, |_| false, true) {
                             Ok(g) => {
                                 Counters::add(&ctx.counters.bytes_to_host, g.bytes);
                                 g.stop != Some(InstallStop::Again)
@@ -644,7 +816,7 @@ impl Handler {
                         }
                     }
                     Residence::Shared => {
-                        let r = self.svc.uffd.write_protect(dst, PAGE, false, true);
+                        let r = self.uffd.write_protect(dst, PAGE, false, true);
                         !matches!(r, Err(e) if e.raw_os_error() == Some(linux_raw_sys::errno::EAGAIN as i32))
                     }
                     Residence::Host => true,
@@ -660,6 +832,130 @@ impl Handler {
         });
         done
     }
+}
+
+/// A write to a `Shared` page: the chunk's `Shared` pages become `Host` (their device
+/// copies are stale from now on).
+pub(super) fn release_shared(svc: &FaultService, ext: &Ext, idx: usize) -> Outcome {
+    let ctx = &ext.device().ctx;
+    let shared = |b: crate::mirror::page::PageBits| b.residence() == Residence::Shared;
+    let (a, b) = match claim_around(ext, idx, ctx.policy.base, shared) {
+        Some(r) => r,
+        None => return Outcome::Wait,
+    };
+    let r = svc
+        .backend
+        .write_protect(ext.page_addr(a), (b - a) * PAGE, false, false);
+    let settled = if r.is_ok() {
+        Residence::Host
+    } else {
+        Residence::Shared
+    };
+    for i in a..b {
+        ext.cell(i).release(settled);
+    }
+    match r {
+        Ok(()) => {
+            // Bookkeeping before the wake: the writer may read the counters next.
+            Counters::add(&ctx.counters.cpu_faults, 1);
+            ext.note_cpu_fault();
+            let _ = svc.backend.wake(ext.page_addr(a), (b - a) * PAGE);
+            Outcome::Done
+        }
+        Err(_) => Outcome::Retry,
+    }
+}
+
+/// Installs the device copy of the claimed, absent pages `pages` of `ext` at their own
+/// addresses, page `i` write-protected iff `wp(i)`, through the handler's transfer
+/// context; waiters stay asleep until the caller has done its bookkeeping and wakes them.
+fn install_claimed(
+    svc: &FaultService,
+    ext: &Ext,
+    pages: Range<usize>,
+    wp: impl Fn(usize) -> bool,
+) -> Result<crate::migrate::Installed> {
+    let mut transfer = ext
+        .device()
+        .ctx
+        .fault_transfer
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let dst = ext.page_addr(pages.start);
+    // A panic in here (an assertion in the transfer code, or an injected one) must not end
+    // the handler thread: every thread waiting on a fault would sleep for ever. It becomes an
+    // error, which each caller already turns into "release the claimed pages as they were
+    // and retry". (Unwinding allocates; a panic is the one exception to the handler's
+    // no-allocation rule.)
+    let run = std::panic::AssertUnwindSafe(|| {
+        if crate::inject::hit(crate::inject::Site::FaultHandler) {
+            panic!("vkhmm: injected fault-handler panic");
+        }
+        install(&svc.backend, &mut transfer, ext, pages, dst, wp, false)
+    });
+    match std::panic::catch_unwind(run) {
+        Ok(result) => result,
+        Err(_) => {
+            Counters::add(&ext.device().ctx.counters.handler_panics, 1);
+            transfer.recover();
+            Err(Error::Os {
+                op: "the fault handler (it panicked)",
+                source: std::io::ErrorKind::Interrupted.into(),
+            })
+        }
+    }
+}
+
+/// A touch of a `Device` page: bring back the window around it.
+pub(super) fn copy_back(svc: &FaultService, ext: &Ext, idx: usize, write: bool) -> Outcome {
+    let ctx = &ext.device().ctx;
+    let first = ext.start() / PAGE;
+    let w = fault_window(
+        &ctx.policy,
+        first + idx,
+        first..first + ext.pages(),
+        ext.stream(),
+    );
+    let device = |b: crate::mirror::page::PageBits| b.residence() == Residence::Device;
+    let Some((a, b)) = claim_within(ext, idx, w.pages.start - first..w.pages.end - first, device)
+    else {
+        return Outcome::Wait;
+    };
+    ext.set_stream(w.next, w.size);
+    let wp = |i: usize| !(write && i == idx);
+    let got = install_claimed(svc, ext, a..b, wp);
+    let (done, outcome) = match got {
+        Ok(g) => {
+            Counters::add(&ctx.counters.bytes_to_host, g.bytes);
+            let done = ((g.bytes as usize) / PAGE + g.already_present as usize).min(b - a);
+            match g.stop {
+                None => (b - a, Outcome::Done),
+                Some(InstallStop::Again) => (done, Outcome::Retry),
+                Some(InstallStop::Gone) => (done, Outcome::Done),
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading device memory for a CPU fault failed; retrying");
+            (0, Outcome::Retry)
+        }
+    };
+    for i in a..b {
+        let settled = if i - a >= done {
+            Residence::Device
+        } else if wp(i) {
+            Residence::Shared
+        } else {
+            Residence::Host
+        };
+        ext.cell(i).release(settled);
+    }
+    if done > 0 {
+        // Counted before the wake, so the faulting thread sees its own fault in `stats`.
+        Counters::add(&ctx.counters.cpu_faults, 1);
+        ext.note_cpu_fault();
+        let _ = svc.backend.wake(ext.page_addr(a), done * PAGE);
+    }
+    outcome
 }
 
 /// Claims page `idx` and the contiguous pages around it that `want` accepts, within the
@@ -695,4 +991,24 @@ fn claim_within(
         b += 1;
     }
     Some((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vkhmm_fault_values() {
+        let parse = |v: Option<&str>| Choice::from_value(v.map(Into::into));
+        assert_eq!(parse(None).unwrap(), Choice::Auto);
+        assert_eq!(parse(Some("auto")).unwrap(), Choice::Auto);
+        assert_eq!(parse(Some("")).unwrap(), Choice::Auto);
+        assert_eq!(parse(Some("uffd")).unwrap(), Choice::Uffd);
+        assert_eq!(parse(Some("userfaultfd")).unwrap(), Choice::Uffd);
+        assert_eq!(parse(Some(" Signal ")).unwrap(), Choice::Signal);
+        match parse(Some("sigsegv")) {
+            Err(Error::InvalidConfig(m)) => assert!(m.contains("VKHMM_FAULT"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

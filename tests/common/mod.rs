@@ -57,6 +57,58 @@ pub fn each_path(mut f: impl FnMut(&Runtime, TransferPath)) {
     }
 }
 
+/// Runs `f` like [`each_path`], for a test that needs memory the runtime did not allocate
+/// (`Vec`, `mmap`). The `signal` fault backend (`VKHMM_FAULT=signal`) refuses such memory by
+/// design: there it checks instead that a launch and a prefetch on a `Vec` give the typed
+/// error and change nothing, and says so.
+pub fn each_path_foreign(mut f: impl FnMut(&Runtime, TransferPath)) {
+    each_path(|rt, path| {
+        if rt.fault_backend() == vkhmm::FaultBackend::Signal {
+            assert_foreign_refused(rt, path);
+            eprintln!("{path:?}: needs foreign memory; the signal backend refuses it (checked)");
+        } else {
+            f(rt, path)
+        }
+    })
+}
+
+/// Under the `signal` backend: a launch or prefetch on a `Vec` is
+/// `UnsupportedMemory { reason: Backend(..) }` and leaves the data where and as it was.
+pub fn assert_foreign_refused(rt: &Runtime, path: TransferPath) {
+    use vkhmm::{Error, Location, MemoryReason, Push};
+    let k = rt
+        .kernel_wgsl(vkhmm::shaders::FILL_INDEX_WGSL, "main")
+        .unwrap();
+    let n = 20_000;
+    let mut v: Vec<u32> = (0..n).map(|i| pattern(i, 77)).collect();
+    let fill = push::Fill {
+        n: n as u32,
+        mul: 1,
+        add: 0,
+    };
+    let launched = rt.launch(&k, groups(n, 64), (&mut v[..], Push(&fill)));
+    let prefetched = rt.prefetch(&v, Location::Device);
+    for (what, r) in [("launch", launched), ("prefetch", prefetched)] {
+        match r {
+            Err(Error::UnsupportedMemory {
+                reason: MemoryReason::Backend(_),
+                ..
+            }) => {}
+            other => panic!("{path:?}: {what} on a Vec under the signal backend: {other:?}"),
+        }
+    }
+    assert!(
+        (0..n).all(|i| v[i] == pattern(i, 77)),
+        "{path:?}: the Vec changed"
+    );
+    assert_eq!(rt.residency(&v).device, 0, "{path:?}");
+}
+
+/// Whether this test process runs the `signal` fault backend (`VKHMM_FAULT=signal`).
+pub fn signal_backend() -> bool {
+    std::env::var("VKHMM_FAULT").is_ok_and(|v| v.trim().eq_ignore_ascii_case("signal"))
+}
+
 /// Workgroups for `n` elements at `per_group` invocations each, capped for grid-stride kernels.
 pub fn groups(n: usize, per_group: usize) -> [u32; 3] {
     [n.div_ceil(per_group).clamp(1, 1024) as u32, 1, 1]

@@ -1,6 +1,8 @@
 //! `vkhmm info`: what this machine gives vkhmm to work with.
 
-use vkhmm::{DeviceConfig, DeviceInfo, FaultCapabilities, MemoryTypeInfo, SeccompMode};
+use vkhmm::{
+    DeviceConfig, DeviceInfo, FaultBackend, FaultCapabilities, MemoryTypeInfo, SeccompMode,
+};
 
 /// Prints the device report and the fault-mechanism report. A missing device is reported,
 /// not fatal: the fault report still helps.
@@ -133,12 +135,22 @@ fn print_faults(c: &FaultCapabilities) {
         _ => "other",
     };
     println!("  seccomp            {seccomp}");
-    println!(
-        "  signal fallback    {}",
-        if c.signal_fallback {
-            "possible on this host (not implemented yet: launches need userfaultfd)"
-        } else {
-            "no"
+    match &c.signal_error {
+        None => println!(
+            "  signal fallback    yes: mprotect + SIGSEGV, for Runtime::alloc (Managed<T>) memory only"
+        ),
+        Some(e) => println!("  signal fallback    no: {e}"),
+    }
+    let asked = std::env::var("VKHMM_FAULT").unwrap_or_else(|_| "auto".into());
+    match &c.backend {
+        Ok(FaultBackend::Signal) => {
+            println!("  backend chosen     signal (VKHMM_FAULT={asked})");
+            println!(
+                "                     launches on Vec/mmap memory are refused (UnsupportedMemory); \
+                 read(2)/write(2) into a device-resident buffer fail with EFAULT"
+            );
         }
-    );
+        Ok(b) => println!("  backend chosen     {b} (VKHMM_FAULT={asked})"),
+        Err(e) => println!("  backend chosen     none: {e}"),
+    }
 }
