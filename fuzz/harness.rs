@@ -93,6 +93,31 @@ pub fn wgsl(data: &[u8]) {
     }
 }
 
+/// For the `wgsl` fuzz target: a panic inside naga on the compiler thread is caught by
+/// `compile_wgsl` and becomes `Error::InvalidShader`, so it is no crash of vkhmm. Instead of
+/// aborting (libFuzzer's hook), print its location once and let it unwind. Set
+/// `VKHMM_FUZZ_NAGA_PANICS=abort` to stop at them (to collect and minimise naga bugs).
+pub fn tolerate_caught_naga_panics() {
+    if std::env::var_os("VKHMM_FUZZ_NAGA_PANICS").is_some_and(|v| v == "abort") {
+        return;
+    }
+    let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+    let abort = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() != Some("vkhmm-naga") {
+            return abort(info);
+        }
+        let at = info.location().map(ToString::to_string).unwrap_or_default();
+        if seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(at.clone())
+        {
+            eprintln!("caught naga panic (first at this place): {at}: {info}");
+        }
+    }));
+}
+
 /// Reflects every compute entry point the module lists (and `main`), checking the documented
 /// shape of each result; returns them.
 pub fn reflect_every_entry(words: &[u32]) -> Vec<(String, Result<KernelInfo, Error>)> {

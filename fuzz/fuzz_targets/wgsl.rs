@@ -4,4 +4,7 @@
 #[path = "../harness.rs"]
 mod harness;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::wgsl(data));
+libfuzzer_sys::fuzz_target!(
+    init: harness::tolerate_caught_naga_panics(),
+    |data: &[u8]| harness::wgsl(data)
+);

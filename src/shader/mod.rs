@@ -430,6 +430,25 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_inside_naga_is_an_error() {
+        // naga 30.0.2's SPIR-V writer hits `unreachable!` on this valid WGSL (upstream
+        // gfx-rs/wgpu#10266; also fuzz/regressions/wgsl). If a naga update fixes it, this
+        // compiles: replace it with another known naga panic, or drop the test.
+        let err = compile_wgsl(
+            "fn takes_ptr(p: ptr<function, i32>) {}
+             fn f(v: ptr<function, array<array<array<i32, 4>, 4>, 4>>, i: u32, j: u32) {
+                 takes_ptr((&(*v)[i][0][j]));
+             }",
+        )
+        .unwrap_err();
+        let Error::InvalidShader(message) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(message.starts_with("wgsl: naga panicked"), "{message}");
+        assert!(message.contains("is not cached"), "{message}");
+    }
+
+    #[test]
     fn long_flat_wgsl_still_compiles() {
         // Right under the limit, a chain as deep as it allows compiles on a small stack.
         // `out[0] = ` counts 2 (`[`, `=`).

@@ -42,10 +42,11 @@
 //!   statement, [`MAX_ELSE_PER_BLOCK`] per block), rejecting with the line and column;
 //! - naga then runs on a scoped thread of its own with a [`COMPILER_STACK`]-byte stack, so the
 //!   bound holds whatever stack the caller has (a 256 KiB thread, an unoptimised build);
-//! - a panic inside naga ends that thread, and `join` turns it into an error. This is the
-//!   only reason for the thread to catch anything: vkhmm's own code does not panic. Built with
-//!   `panic = "abort"`, a naga panic still aborts; no naga panic is known for the inputs
-//!   that pass [`check_nesting`].
+//! - a panic inside naga ends that thread, and `join` turns it into an error (naga 30.0.2's
+//!   SPIR-V writer hits `unreachable!` on some valid WGSL, upstream gfx-rs/wgpu#10266). The
+//!   panic hook still runs first (the default one prints the message to stderr), and built
+//!   with `panic = "abort"` the process still aborts: catching is the best vkhmm can do
+//!   short of patching naga. vkhmm's own code does not panic.
 
 use naga::back::spv;
 use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
@@ -112,6 +113,7 @@ pub fn wgsl_to_spirv_with_path(source: &str, path: &str) -> Result<Vec<u32>, Str
             .stack_size(COMPILER_STACK)
             .spawn_scoped(scope, || compile(source, path))
             .map_err(|e| format!("{path}: cannot start the WGSL compiler thread: {e}"))?;
+        // Nothing naga touched outlives its thread, so a panic leaves no broken state behind.
         compiler.join().unwrap_or_else(|panic| {
             let message = panic
                 .downcast_ref::<&str>()
