@@ -23,8 +23,17 @@ pub fn reflect_spirv(data: &[u8]) {
     reflect_every_entry(&words);
 }
 
+/// Opcodes the reflector reads, for [`mutate_spirv`]'s "insert an instruction" edit.
+const OPCODES: [u32; 24] = [
+    5, 15, 16, 21, 23, 24, 28, 29, 30, 32, 43, 44, 50, 51, 54, 56, 57, 59, 61, 65, 71, 72, 74, 331,
+];
+/// Decorations the reflector reads (BuiltIn is 11, with WorkgroupSize 25).
+const DECORATIONS: [u32; 10] = [2, 3, 4, 6, 7, 11, 24, 33, 34, 35];
+
 /// Structure-aware: a bundled shader's SPIR-V (chosen by the first byte) edited by the rest of
 /// the input, 7 bytes per edit, so that mutations start past the header and type section.
+/// Besides word edits, three kinds insert a whole instruction the reflector reads
+/// (`OpDecorate`, `OpMemberDecorate`, or one of [`OPCODES`] with small-id operands).
 pub fn mutate_spirv(data: &[u8]) {
     let Some((&choice, edits)) = data.split_first() else {
         return;
@@ -42,7 +51,40 @@ pub fn mutate_spirv(data: &[u8]) {
         } else {
             usize::from(u16::from_le_bytes([lo, hi])) % len
         };
-        match (kind % 10, words.get_mut(at)) {
+        let [b0, b1, b2, b3] = value.to_le_bytes().map(u32::from);
+        let instruction: Option<Vec<u32>> = match kind % 13 {
+            10 => Some(vec![
+                (4 << 16) | 71,
+                b0 % 64,
+                DECORATIONS[b1 as usize % DECORATIONS.len()],
+                if b1 % 3 == 0 { 25 } else { b2 % 64 },
+            ]),
+            11 => Some(vec![
+                (5 << 16) | 72,
+                b0 % 64,
+                b3 % 8,
+                DECORATIONS[b1 as usize % DECORATIONS.len()],
+                b2 % 64,
+            ]),
+            12 => {
+                let opcode = OPCODES[b0 as usize % OPCODES.len()];
+                let n = 1 + b1 % 5;
+                let operands = (0..n).map(|k| (b2 + k * (b3 | 1)) % 64);
+                Some(
+                    [((n + 1) << 16) | opcode]
+                        .into_iter()
+                        .chain(operands)
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
+        if let Some(instruction) = instruction {
+            let at = at.min(words.len());
+            words.splice(at..at, instruction);
+            continue;
+        }
+        match (kind % 13, words.get_mut(at)) {
             (0, Some(w)) => *w = value,
             (1, Some(w)) => *w ^= value,
             // An id or small literal: what the reader compares against most.

@@ -2,8 +2,8 @@
 //! keeps every input the fuzzers ever crashed on fixed.
 //!
 //! Each input goes through `fuzz/harness.rs`, the very function its libFuzzer target calls:
-//! - `fuzz/seeds/<target>/`: the starting corpus (the bundled shaders' SPIR-V, their WGSL is
-//!   read from `shaders/`);
+//! - `fuzz/seeds/<target>/`: the starting corpus (the SPIR-V of the bundled shaders and of
+//!   `fuzz/seeds/wgsl/`; the bundled WGSL is read from `shaders/`);
 //! - `fuzz/regressions/<target>/`: minimised inputs that crashed a target, one file each,
 //!   named after the bug (docs/reliability.md, "Fuzzing", lists them).
 //!
@@ -65,19 +65,35 @@ fn mutate_spirv_corpus() {
 
 #[test]
 fn wgsl_corpus() {
-    let n = replay(harness::wgsl, &["shaders", "fuzz/regressions/wgsl"]);
+    let n = replay(
+        harness::wgsl,
+        &["shaders", "fuzz/seeds/wgsl", "fuzz/regressions/wgsl"],
+    );
     assert!(n >= vkhmm::shaders::ALL.len(), "{n} inputs");
 }
 
-/// The SPIR-V seeds are the bundled shaders as `build.rs` compiles them today. Run with
-/// `VKHMM_WRITE_FUZZ_SEEDS=1` to rewrite them after a shader changes.
+/// The SPIR-V seeds are the bundled shaders as `build.rs` compiles them today, and the
+/// WGSL seeds of `fuzz/seeds/wgsl/` (features the bundled shaders lack: push-constant
+/// matrices and arrays, uniforms, several entry points, images, pointers) as `compile_wgsl`
+/// compiles them. Run with `VKHMM_WRITE_FUZZ_SEEDS=1` to rewrite them after a change.
 #[test]
-fn spirv_seeds_are_the_bundled_shaders() {
+fn spirv_seeds_are_the_compiled_shaders() {
     let dir = Path::new(ROOT).join("fuzz/seeds/reflect_spirv");
     let write = std::env::var_os("VKHMM_WRITE_FUZZ_SEEDS").is_some();
-    for shader in vkhmm::shaders::ALL {
-        let bytes: Vec<u8> = shader.spirv.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let path = dir.join(shader.name.replace(".wgsl", ".spv"));
+    let bundled = vkhmm::shaders::ALL
+        .iter()
+        .map(|s| (s.name.to_owned(), s.spirv.to_vec()));
+    let extra = files("fuzz/seeds/wgsl").into_iter().map(|path| {
+        let source = fs::read_to_string(&path).unwrap();
+        let words = vkhmm::shader::compile_wgsl(&source).unwrap();
+        (
+            path.file_name().unwrap().to_string_lossy().into_owned(),
+            words,
+        )
+    });
+    for (name, words) in bundled.chain(extra) {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let path = dir.join(name.replace(".wgsl", ".spv"));
         if write {
             fs::create_dir_all(&dir).unwrap();
             fs::write(&path, &bytes).unwrap();
