@@ -11,7 +11,7 @@
 //! instruction's word count is checked (at least 1, within the module) before its operands are
 //! looked at, operands are taken by slice patterns, type sizes use checked arithmetic, nested
 //! types are followed at most [`MAX_TYPE_DEPTH`] levels deep (a self-referencing type is an
-//! error, not a stack overflow). Nothing is quadratic in the input: decorations are kept per
+//! error, not a stack overflow; a valid chain deeper than that is an unsupported kernel). Nothing is quadratic in the input: decorations are kept per
 //! (target, kind) — the first of a kind wins — and decoration groups are copied onto their
 //! targets once, after the pass; struct sizes and "all members `NonWritable`" are memoised per
 //! type, so thousands of variables sharing one huge block cost linear time. Malformed input
@@ -1058,12 +1058,63 @@ impl Module {
     fn push_constant_size(&self, var: u32, pointer_type: u32) -> Result<u32> {
         let block = self.pointee(var, pointer_type)?;
         let mut memo = HashMap::new();
-        let size = self.size_of(block, None, 0, &mut memo)?;
+        let size = match self.size_of(block, None, 0, &mut memo) {
+            // A cycle is invalid SPIR-V; a long chain of types is valid (naga writes one for
+            // 70 nested WGSL structs) and only over vkhmm's limit.
+            Err(Error::UnsupportedKernel(_)) if self.has_cycle_from(block) => {
+                return Err(invalid(format!(
+                    "push-constant type %{block} refers to itself: it nests deeper than \
+                     {MAX_TYPE_DEPTH} levels"
+                )))
+            }
+            Err(Error::UnsupportedKernel(_)) => {
+                return Err(Error::UnsupportedKernel(format!(
+                    "push-constant type %{block} nests deeper than {MAX_TYPE_DEPTH} levels; \
+                     vkhmm sizes push-constant blocks at most that deep"
+                )))
+            }
+            other => other?,
+        };
         u32::try_from(size).map_err(|_| {
             invalid(format!(
                 "push-constant block %{block} is {size} bytes, over 4 GiB"
             ))
         })
+    }
+
+    /// The types [`Module::size_of`] descends into from `ty`.
+    fn sized_parts(&self, ty: u32) -> &[u32] {
+        match self.types.get(&ty) {
+            Some(Type::Vector { component, .. }) => std::slice::from_ref(component),
+            Some(Type::Array { element, .. }) => std::slice::from_ref(element),
+            Some(Type::Struct { members }) => members,
+            _ => &[],
+        }
+    }
+
+    /// Whether a cycle is reachable from `ty` through [`Module::sized_parts`]: an iterative
+    /// depth-first search, linear in the types reached.
+    fn has_cycle_from(&self, ty: u32) -> bool {
+        // false: on the current path; true: finished.
+        let mut state: HashMap<u32, bool> = HashMap::from([(ty, false)]);
+        let mut stack: Vec<(u32, usize)> = vec![(ty, 0)];
+        while let Some((t, next)) = stack.last_mut() {
+            let Some(&part) = self.sized_parts(*t).get(*next) else {
+                state.insert(*t, true);
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            match state.get(&part) {
+                Some(false) => return true,
+                Some(true) => {}
+                None => {
+                    state.insert(part, false);
+                    stack.push((part, 0));
+                }
+            }
+        }
+        false
     }
 
     /// Bytes a value of type `ty` occupies in an explicitly laid-out block: for a struct the
@@ -1078,8 +1129,10 @@ impl Module {
         memo: &mut HashMap<u32, u64>,
     ) -> Result<u64> {
         if depth >= MAX_TYPE_DEPTH {
-            return Err(invalid(format!(
-                "type %{ty} nests deeper than {MAX_TYPE_DEPTH} levels (or refers to itself)"
+            // The only UnsupportedKernel this returns; `push_constant_size` tells a cycle
+            // (invalid) from a valid chain this deep.
+            return Err(Error::UnsupportedKernel(format!(
+                "type %{ty} nests deeper than {MAX_TYPE_DEPTH} levels"
             )));
         }
         let overflow = || invalid(format!("the size of type %{ty} overflows"));
@@ -1655,6 +1708,29 @@ mod tests {
         let at = words.windows(4).position(|w| w == target).unwrap();
         words[at + 3] = 16;
         assert!(invalid_message(reflect(&words, "main")).contains("nests deeper"));
+    }
+
+    #[test]
+    fn deep_but_valid_push_constant_type_is_unsupported_not_invalid() {
+        // 70 nested structs: valid WGSL and valid SPIR-V, past MAX_TYPE_DEPTH. The `wgsl`
+        // fuzz harness's check (naga's output must not be InvalidShader) caught this.
+        let n = 70;
+        let mut source: String = (1..=n)
+            .map(|i| format!("struct S{i} {{ a: S{} }}\n", i - 1))
+            .collect::<String>()
+            .replacen("a: S0", "a: u32", 1);
+        source += &format!(
+            "var<immediate> p: S{n};
+             @group(0) @binding(0) var<storage, read_write> out: array<u32>;
+             @compute @workgroup_size(1) fn main() {{ out[0] = p{}; }}",
+            ".a".repeat(n)
+        );
+        match reflect(&compile_wgsl(&source).unwrap(), "main") {
+            Err(Error::UnsupportedKernel(message)) => {
+                assert!(message.contains("nests deeper than 64"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
