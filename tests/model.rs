@@ -32,6 +32,9 @@ const PAGE: usize = 4096;
 
 struct Rt {
     rt: Runtime,
+    /// Under the signal backend, which serves runtime-owned memory only: every `Vec` slot
+    /// of a program becomes a `Managed` one.
+    managed_only: bool,
     add: Kernel,
     fill: Kernel,
     copy: Kernel,
@@ -47,13 +50,15 @@ fn rt(path: TransferPath) -> Option<&'static Rt> {
     };
     cell.get_or_init(|| {
         let rt = common::runtime(path)?;
-        if rt.fault_backend() == vkhmm::FaultBackend::Signal {
-            // The model's memory is the heap's (`Vec`, `calloc`): refused by that backend.
+        let managed_only = rt.fault_backend() == vkhmm::FaultBackend::Signal;
+        if managed_only {
+            // Heap memory is refused by that backend (checked here); the programs run on
+            // `Managed` slots only.
             common::assert_foreign_refused(&rt, path);
-            return None;
         }
         let k = |src| rt.kernel_wgsl(src, "main").unwrap();
         Some(Rt {
+            managed_only,
             add: k(shaders::ADD_K_WGSL),
             fill: k(shaders::FILL_INDEX_WGSL),
             copy: k(shaders::COPY_U32_WGSL),
@@ -273,8 +278,8 @@ fn run(r: &Rt, program: &[Step], at: &AtomicUsize) -> Result<(), String> {
             } => {
                 slots[*slot] = None; // free first, so the new buffer may reuse its memory
                 let mut mem = match kind {
-                    Kind::Vec => Mem::Vec(vec![0u32; *len]),
-                    Kind::Managed => Mem::Managed(rt.alloc::<u32>(*len).map_err(launch_err)?),
+                    Kind::Vec if !r.managed_only => Mem::Vec(vec![0u32; *len]),
+                    _ => Mem::Managed(rt.alloc::<u32>(*len).map_err(launch_err)?),
                 };
                 let mut model = vec![0u32; *len];
                 if *seed != 0 {
@@ -351,12 +356,19 @@ fn run(r: &Rt, program: &[Step], at: &AtomicUsize) -> Result<(), String> {
             Op::Sum { slot, span } => {
                 if let Some(b) = &slots[*slot] {
                     let (s, n) = span.resolve(b.model.len(), true);
-                    let mut out = vec![0u32; 4];
+                    let (mut out_v, mut out_m);
+                    let out: &mut [u32] = if r.managed_only {
+                        out_m = rt.alloc::<u32>(4).map_err(launch_err)?;
+                        &mut out_m
+                    } else {
+                        out_v = vec![0u32; 4];
+                        &mut out_v
+                    };
                     let push = N { n: n as u32 };
                     rt.launch(
                         &r.sum,
                         common::groups(n, 256),
-                        (&b.data()[s..s + n], &mut out, Push(&push)),
+                        (&b.data()[s..s + n], &mut *out, Push(&push)),
                     )
                     .map_err(launch_err)?;
                     let want = b.model[s..s + n]
