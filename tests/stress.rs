@@ -78,6 +78,10 @@ struct Mode {
     memory: Memory,
     access: Access,
     movers: usize,
+    /// Thrash detection on: slices of a `Managed` region that bounce get settled in place,
+    /// so the pass mixes migrated and in-place slices. Off elsewhere, so that the other
+    /// passes keep migrating every slice.
+    thrash: bool,
 }
 
 /// The cycle of modes; a run goes through it in order, as often as the time allows.
@@ -92,6 +96,7 @@ fn modes() -> Vec<Mode> {
         memory,
         access,
         movers,
+        thrash: false,
     };
     vec![
         m(Direct, 64 << 10, false, Managed, Random, 1),
@@ -100,7 +105,10 @@ fn modes() -> Vec<Mode> {
         m(Staged, 4 << 10, true, Managed, Racing, 2),
         m(Direct, 2 << 20, true, Vec, Random, 2),
         m(Staged, 256 << 10, true, Managed, Random, 1),
-        m(Direct, 256 << 10, true, Managed, Racing, 1),
+        Mode {
+            thrash: true,
+            ..m(Direct, 256 << 10, true, Managed, Racing, 1)
+        },
         m(Staged, 2 << 20, true, Vec, Racing, 2),
         m(Direct, 64 << 10, false, Vec, Racing, 1),
         m(Staged, 4 << 10, true, Vec, Random, 2),
@@ -507,7 +515,7 @@ fn run_pass(
     let inc = pass.increments.load(Ordering::Relaxed);
     let launches = pass.launches.load(Ordering::Relaxed);
     println!(
-        "pass {pass_no:3} {:?} chunk {:>4} KiB{} {:?} {:?} movers {}: {inc} increments, \
+        "pass {pass_no:3} {:?} chunk {:>4} KiB{} {:?} {:?} movers {}{}: {inc} increments, \
          {launches} launches ({} checked mid-pass), {} cpu faults, {} deferred: ok",
         mode.path,
         mode.chunk >> 10,
@@ -515,6 +523,14 @@ fn run_pass(
         mode.memory,
         mode.access,
         mode.movers,
+        if mode.thrash {
+            format!(
+                ", thrash detection ({} slices settled in place)",
+                d.thrash_settled
+            )
+        } else {
+            String::new()
+        },
         pass.midpass_checks.load(Ordering::Relaxed),
         d.cpu_faults,
         d.deferred_faults,
@@ -576,7 +592,8 @@ fn uffd_stress() {
                 let b = Runtime::builder()
                     .transfer(mode.path)
                     .chunk_size(mode.chunk)
-                    .fixed_chunks(mode.fixed);
+                    .fixed_chunks(mode.fixed)
+                    .thrash_detection(mode.thrash);
                 let Some(rt) = common::runtime_with(b) else {
                     watch.done.store(true, Ordering::Relaxed);
                     return;
