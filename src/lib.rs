@@ -36,7 +36,7 @@
 //!     let mut y = vec![1.0f32; n];
 //!     let params = Params { a: 2.0, n: n as u32 };
 //!     rt.launch(&saxpy, [1024, 1, 1], (&x, &mut y, Push(&params)))?;
-//!     assert_eq!(y[3], 2.0 * 3.0 + 1.0); // this read faults y's first chunk back
+//!     assert_eq!(y[n / 2], n as f32 + 1.0); // this read faults a chunk of y back
 //!     println!("{}", rt.stats()); // launches, CPU faults, bytes each way
 //!     Ok(())
 //! }
@@ -45,7 +45,9 @@
 //! The i-th buffer argument is `@group(0) @binding(i)`. A binding the shader only reads
 //! (`var<storage, read>`) takes `&`; one it writes (`read_write`) takes `&mut`. After the
 //! launch `x`'s pages are `Shared` (readable, still valid on the device) and `y`'s are `Device`
-//! (host copies dropped); reading `y[3]` faults a 64 KiB chunk back. [`Runtime::residency`]
+//! (host copies dropped); reading `y[n / 2]` faults a 64 KiB chunk back (`y[3]` would not: the
+//! first and last page of a `Vec` are edge pages, whose results come home before `launch`
+//! returns). [`Runtime::residency`]
 //! counts pages in each state and [`Runtime::stats`] says what moved.
 //!
 //! # Map of the crate
