@@ -561,6 +561,21 @@ fn evict(
     retire(svc, w, transfer, victims)
 }
 
+/// The extents of `owner` that overlap `span`, looked up on the writer side (so that no
+/// launch merges one away before the caller claims its pages).
+fn owned_overlapping(
+    w: &crate::mirror::map::Writer<'_, DeviceCopy>,
+    owner: &Arc<DeviceContext>,
+    span: &Range<usize>,
+) -> Vec<Arc<Ext>> {
+    w.snapshot()
+        .iter()
+        .filter(|e| Arc::ptr_eq(&e.device().ctx, owner))
+        .filter(|e| e.start() < span.end && span.start < e.end())
+        .cloned()
+        .collect()
+}
+
 /// Takes every extent of `owner` that overlaps `span` out of the mirror (data home first,
 /// see [`retire`]): the range is not mirrored any more. For `Advice::AccessInPlace`.
 pub(crate) fn forget(
@@ -570,13 +585,7 @@ pub(crate) fn forget(
 ) -> Result<()> {
     let mut worker = owner.lock_worker();
     let mut w = svc.mirror.write();
-    let exts: Vec<Arc<Ext>> = w
-        .snapshot()
-        .iter()
-        .filter(|e| Arc::ptr_eq(&e.device().ctx, owner))
-        .filter(|e| e.start() < span.end && span.start < e.end())
-        .cloned()
-        .collect();
+    let exts = owned_overlapping(&w, owner, &span);
     retire(svc, &mut w, &mut worker.transfer, exts)
 }
 
@@ -707,13 +716,7 @@ pub(crate) fn bring_home(
 ) -> Result<u64> {
     let mut worker = owner.lock_worker();
     let w = svc.mirror.write();
-    let exts: Vec<Arc<Ext>> = w
-        .snapshot()
-        .iter()
-        .filter(|e| Arc::ptr_eq(&e.device().ctx, owner))
-        .filter(|e| e.start() < span.end && span.start < e.end())
-        .cloned()
-        .collect();
+    let exts = owned_overlapping(&w, owner, &span);
     let mut bytes = 0;
     for e in &exts {
         let pages = if whole {
