@@ -191,11 +191,13 @@ pub struct CopyBandwidth {
     piece: usize,
     src: Vec<u8>,
     fd: OwnedFd,
+    wp: bool,
 }
 
 impl CopyBandwidth {
-    /// A registered mapping and a source of `size` bytes.
-    pub fn new(size: usize, piece: usize) -> anyhow::Result<CopyBandwidth> {
+    /// A registered mapping and a source of `size` bytes. With `wp` the pages are installed
+    /// write-protected (`UFFDIO_COPY_MODE_WP`), as vkhmm installs `Shared` pages.
+    pub fn new(size: usize, piece: usize, wp: bool) -> anyhow::Result<CopyBandwidth> {
         use rustix::mm::{userfaultfd, UserfaultfdFlags};
         let flags = UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK;
         // SAFETY: as in `RawUffd::new`: only our own mapping is registered.
@@ -211,7 +213,11 @@ impl CopyBandwidth {
         };
         let mut api = uapi::uffdio_api {
             api: u64::from(uapi::UFFD_API),
-            features: 0,
+            features: if wp {
+                u64::from(uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+            } else {
+                0
+            },
             ioctls: 0,
         };
         // SAFETY: UFFDIO_API reads and writes one `uffdio_api`, which `api` is.
@@ -233,7 +239,12 @@ impl CopyBandwidth {
                 start: dst as u64,
                 len: size as u64,
             },
-            mode: u64::from(uapi::UFFDIO_REGISTER_MODE_MISSING),
+            mode: u64::from(uapi::UFFDIO_REGISTER_MODE_MISSING)
+                | if wp {
+                    u64::from(uapi::UFFDIO_REGISTER_MODE_WP)
+                } else {
+                    0
+                },
             ioctls: 0,
         };
         // SAFETY: UFFDIO_REGISTER reads and writes one `uffdio_register`; the range is ours.
@@ -245,6 +256,7 @@ impl CopyBandwidth {
             piece: piece.min(size),
             src: (0..size).map(|i| i as u8).collect(),
             fd,
+            wp,
         })
     }
 
@@ -266,7 +278,12 @@ impl CopyBandwidth {
                 dst: self.dst as u64 + off as u64,
                 src: self.src.as_ptr() as u64 + off as u64,
                 len: len as u64,
-                mode: u64::from(uapi::UFFDIO_COPY_MODE_DONTWAKE),
+                mode: u64::from(uapi::UFFDIO_COPY_MODE_DONTWAKE)
+                    | if self.wp {
+                        u64::from(uapi::UFFDIO_COPY_MODE_WP)
+                    } else {
+                        0
+                    },
                 copy: 0,
             };
             // SAFETY: UFFDIO_COPY reads and writes one `uffdio_copy`; the source is our

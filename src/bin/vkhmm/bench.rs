@@ -350,17 +350,18 @@ fn limits(r: &mut Report, budget: Budget, size: usize, memcpy: f64) -> anyhow::R
             cold,
         ),
     ];
-    for piece in [64 * KIB, 2 * MIB] {
-        let mut u = measure::raw_uffd::CopyBandwidth::new(size, piece)?;
+    for (piece, wp) in [(64 * KIB, false), (2 * MIB, false), (2 * MIB, true)] {
+        let mut u = measure::raw_uffd::CopyBandwidth::new(size, piece, wp)?;
         let t = median_of(&measure::sample(budget, || u.run())?);
-        let key = if piece == 64 * KIB {
-            "uffdio_copy_64k"
-        } else {
-            "uffdio_copy_2m"
+        let key = match (piece == 64 * KIB, wp) {
+            (true, _) => "uffdio_copy_64k",
+            (false, false) => "uffdio_copy_2m",
+            (false, true) => "uffdio_copy_wp_2m",
         };
+        let how = if wp { " write-protected" } else { "" };
         rows.push((
             key,
-            format!("UFFDIO_COPY, {} pieces (limit)", size_name(piece)),
+            format!("UFFDIO_COPY{how}, {} pieces (limit)", size_name(piece)),
             t,
         ));
     }
