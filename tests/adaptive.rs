@@ -87,3 +87,32 @@ fn transparent_huge_pages_migrate_and_come_back() {
         assert_eq!(unsafe { libc::munmap(p, len) }, 0);
     }
 }
+
+#[test]
+fn a_stream_of_full_windows_is_read_ahead() {
+    common::each_path(|rt, path| {
+        let len = 64 << 20; // 32 windows of 2 MiB once the chunk has grown
+        let src: Vec<u32> = (0..len / 4).map(|i| pattern(i, 2)).collect();
+        let v = rt.alloc_from(&src).unwrap();
+        rt.prefetch(&v, Location::Device).unwrap();
+        let before = rt.stats();
+        // One load per page, in order, as a streaming reader does.
+        assert!(
+            (0..v.len()).step_by(1024).all(|i| v[i] == src[i]),
+            "{path:?}"
+        );
+        let s = rt.stats() - before;
+        // 6 faults grow the chunk to 2 MiB, then one per 2 MiB window: 37 without read-ahead.
+        // With it the handler installs the window after each one it faulted in, so at most
+        // every other window faults: about 21 (a touch that lands while a window is being
+        // read ahead can restart the stream, so a few more).
+        assert!(s.cpu_faults <= 30, "{path:?}: {} faults", s.cpu_faults);
+        assert_eq!(
+            s.bytes_to_host, len as u64,
+            "{path:?}: read-ahead copied past the buffer"
+        );
+        // Read ahead like a read fault: `Shared`, the device copy still valid.
+        assert_eq!(rt.residency(&v[..]).shared, len / 4096, "{path:?}");
+        assert!(v.iter().zip(&src).all(|(a, b)| a == b), "{path:?}");
+    });
+}

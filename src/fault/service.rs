@@ -916,15 +916,67 @@ pub(super) fn copy_back(svc: &FaultService, ext: &Ext, idx: usize, write: bool) 
         first..first + ext.pages(),
         ext.stream(),
     );
-    let device = |b: crate::mirror::page::PageBits| b.residence() == Residence::Device;
     let Some((a, b)) = claim_within(ext, idx, w.pages.start - first..w.pages.end - first, device)
     else {
         return Outcome::Wait;
     };
     ext.set_stream(w.next, w.size);
-    let wp = |i: usize| !(write && i == idx);
-    let got = install_claimed(svc, ext, a..b, wp);
-    let (done, outcome) = match got {
+    let (done, outcome) = install_window(svc, ext, a..b, |i| !(write && i == idx));
+    if done > 0 {
+        // Counted before the wake, so the faulting thread sees its own fault in `stats`.
+        Counters::add(&ctx.counters.cpu_faults, 1);
+        ext.note_cpu_fault();
+        let _ = svc.backend.wake(ext.page_addr(a), done * PAGE);
+    }
+    if outcome == Outcome::Done && done == b - a && w.size >= ctx.policy.max && ctx.policy.adaptive
+    {
+        read_ahead(svc, ext);
+    }
+    outcome
+}
+
+fn device(b: crate::mirror::page::PageBits) -> bool {
+    b.residence() == Residence::Device
+}
+
+/// A stream whose windows have grown to the largest size: installs its next window now,
+/// before the CPU faults on it, so that the next fault's round trip (the toucher blocks, this
+/// thread wakes, then wakes it) overlaps a copy instead of adding to it. The pages come back
+/// as a read fault would bring them (`Shared`); nothing is counted as a CPU fault. Pages
+/// that are not `Device`, or claimed, end the window there; a failure leaves the pages
+/// `Device` for the ordinary fault path.
+fn read_ahead(svc: &FaultService, ext: &Ext) {
+    let ctx = &ext.device().ctx;
+    let first = ext.start() / PAGE;
+    let (next, size) = ext.stream();
+    if next < first || next >= first + ext.pages() {
+        return;
+    }
+    let w = fault_window(&ctx.policy, next, first..first + ext.pages(), (next, size));
+    let idx = next - first;
+    let Some((a, b)) = claim_within(ext, idx, idx..w.pages.end - first, device) else {
+        return;
+    };
+    ext.set_stream(w.next, w.size);
+    let (done, _) = install_window(svc, ext, a..b, |_| true);
+    if done > 0 {
+        // A thread that touched these pages meanwhile waits on them.
+        let _ = svc.backend.wake(ext.page_addr(a), done * PAGE);
+    }
+}
+
+/// Installs the claimed `Device` pages `pages` (page `i` write-protected iff `wp(i)`) and
+/// releases them to what they became; returns how many from the start were installed and
+/// what becomes of the fault. Counts the bytes.
+fn install_window(
+    svc: &FaultService,
+    ext: &Ext,
+    pages: Range<usize>,
+    wp: impl Fn(usize) -> bool,
+) -> (usize, Outcome) {
+    let ctx = &ext.device().ctx;
+    let (a, b) = (pages.start, pages.end);
+    let (done, outcome) = match install_claimed(svc, ext, pages, &wp) {
         Ok(g) => {
             Counters::add(&ctx.counters.bytes_to_host, g.bytes);
             let done = ((g.bytes as usize) / PAGE + g.already_present as usize).min(b - a);
@@ -949,13 +1001,7 @@ pub(super) fn copy_back(svc: &FaultService, ext: &Ext, idx: usize, write: bool) 
         };
         ext.cell(i).release(settled);
     }
-    if done > 0 {
-        // Counted before the wake, so the faulting thread sees its own fault in `stats`.
-        Counters::add(&ctx.counters.cpu_faults, 1);
-        ext.note_cpu_fault();
-        let _ = svc.backend.wake(ext.page_addr(a), done * PAGE);
-    }
-    outcome
+    (done, outcome)
 }
 
 /// Claims page `idx` and the contiguous pages around it that `want` accepts, within the
