@@ -62,6 +62,9 @@ pub(crate) struct DeviceContext {
     pub worker: Mutex<Worker>,
     /// The fault handler's own transfer context (nobody else locks it).
     pub fault_transfer: Mutex<Transfer>,
+    /// The fault handler's assistant's transfer context (`fault::assist`; nobody else locks
+    /// it).
+    pub assist_transfer: Mutex<Transfer>,
     /// Advice given to this runtime (never locked by the fault handler).
     pub advice: Mutex<AdviceMap>,
     /// When bindings count as thrashing (`None`: never settle them in place).
@@ -148,6 +151,7 @@ pub(crate) struct Counters {
     pub evictions: AtomicU64,
     pub prefetches: AtomicU64,
     pub handler_panics: AtomicU64,
+    pub parallel_installs: AtomicU64,
     pub thrash_settled: AtomicU64,
 }
 

@@ -145,6 +145,16 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Turns parallel fault-back off (or on, the default): a fault-back window of 512 KiB or
+    /// more is installed by two threads at once, the fault handler and its assistant, half
+    /// each. The assistant runs only on machines with more than one CPU.
+    pub fn parallel_fault_back(mut self, on: bool) -> Self {
+        if let Ok(c) = &mut self.chunk {
+            c.split = if on { ChunkPolicy::default().split } else { 0 };
+        }
+        self
+    }
+
     /// Turns thrash detection off (or on, the default): a binding the CPU faulted back
     /// between three launches within 100 ms is settled on the host and accessed in place
     /// by the device (`Advice::AccessInPlace`), where its range allows; see
@@ -168,6 +178,7 @@ impl RuntimeBuilder {
                 Dispatcher::new(&device)?,
             )),
             fault_transfer: Mutex::new(fault_transfer(&device, config.staging_bytes)?),
+            assist_transfer: Mutex::new(fault_transfer(&device, config.staging_bytes)?),
             counters: Counters::default(),
             advice: Mutex::default(),
             thrash_policy: self.thrash,
@@ -192,7 +203,7 @@ fn epoch() -> std::time::Instant {
     *EPOCH.get_or_init(std::time::Instant::now)
 }
 
-/// The fault handler's transfer context: through the pool's mapping whenever the pool
+/// The transfer context of the fault handler (and of its assistant): through the pool's mapping whenever the pool
 /// memory is host-visible, whatever path launches take.
 ///
 /// A handler that waits on the queue can deadlock: when the driver executes commands on CPU
@@ -679,6 +690,7 @@ impl Runtime {
             evictions: get(&c.evictions),
             prefetches: get(&c.prefetches),
             handler_panics: get(&c.handler_panics),
+            parallel_installs: get(&c.parallel_installs),
             thrash_settled: get(&c.thrash_settled),
             device_bytes_in_use: self.ctx.device.pool().in_use(),
             device_budget: self.ctx.device.pool().budget(),

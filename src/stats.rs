@@ -38,6 +38,9 @@ pub struct Stats {
     /// Bindings found thrashing (faulted back by the CPU between three launches within
     /// 100 ms) and settled on the host with the device accessing them in place.
     pub thrash_settled: u64,
+    /// Fault-back windows installed by two threads at once, the fault handler and its
+    /// assistant (see [`RuntimeBuilder::parallel_fault_back`](crate::RuntimeBuilder::parallel_fault_back)).
+    pub parallel_installs: u64,
     /// Device memory the runtime holds now (a level, not a counter: a difference keeps the
     /// later value).
     pub device_bytes_in_use: u64,
@@ -64,6 +67,9 @@ impl Sub for Stats {
             prefetches: self.prefetches.saturating_sub(earlier.prefetches),
             handler_panics: self.handler_panics.saturating_sub(earlier.handler_panics),
             thrash_settled: self.thrash_settled.saturating_sub(earlier.thrash_settled),
+            parallel_installs: self
+                .parallel_installs
+                .saturating_sub(earlier.parallel_installs),
             device_bytes_in_use: self.device_bytes_in_use,
             device_budget: self.device_budget,
         }

@@ -194,11 +194,15 @@ pub fn runtime(path: TransferPath) -> anyhow::Result<Runtime> {
 
 /// A runtime on `path` whose CPU faults bring back `chunk` bytes, fixed or adaptive.
 pub fn runtime_chunked(path: TransferPath, chunk: usize, fixed: bool) -> anyhow::Result<Runtime> {
-    Ok(Runtime::builder()
+    Ok(chunked(path, chunk, fixed).build()?)
+}
+
+/// The builder of [`runtime_chunked`], for one more setting.
+pub fn chunked(path: TransferPath, chunk: usize, fixed: bool) -> vkhmm::RuntimeBuilder {
+    Runtime::builder()
         .transfer(path)
         .chunk_size(chunk)
         .fixed_chunks(fixed)
-        .build()?)
 }
 
 /// Writes one byte into every page of `buf` (makes each page `Host` again, cheaply).

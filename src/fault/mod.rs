@@ -14,6 +14,7 @@
 //! default seccomp profile — [`signal`]: `mprotect` + a `SIGSEGV` handler that hands faults
 //! to a helper thread, for runtime-owned `Managed<T>` memory only.
 
+pub(crate) mod assist;
 pub(crate) mod fork;
 pub mod probe;
 pub(crate) mod service;

@@ -41,17 +41,20 @@
 
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use super::assist::{Assist, Job};
 use super::signal::{self, Trap};
 use super::uffd::{CopyError, CopyResult, Event, Uffd, UffdMsg};
 use super::watch::Watches;
-use crate::migrate::{install, Counters, DeviceCopy, Ext, InstallStop};
+use crate::device::Transfer;
+use crate::migrate::{install, Counters, DeviceCopy, Ext, InstallStop, Installed};
 use crate::mirror::map::MirrorMap;
 use crate::mirror::page::Residence;
 use crate::mirror::plan::page_floor;
-use crate::mirror::policy::fault_window;
+use crate::mirror::policy::{fault_window, split_point};
 use crate::mirror::PAGE;
 use crate::sys;
 use crate::{Error, Result};
@@ -280,6 +283,10 @@ pub(crate) struct FaultService {
     pub watches: Watches,
     /// The process that started the service (a forked child must not use it).
     pub pid: u32,
+    /// The second thread that installs half of each large fault-back window (`fault::assist`).
+    assist: Assist,
+    /// Whether the assistant runs (the machine has more than one CPU and it started).
+    assisted: AtomicBool,
     pub(super) wake: OwnedFd,
     pub(super) gate: Mutex<()>,
 }
@@ -363,6 +370,8 @@ impl FaultService {
             pagemap,
             watches: Watches::new(),
             pid: rustix::process::getpid().as_raw_nonzero().get() as u32,
+            assist: Assist::new(),
+            assisted: AtomicBool::new(false),
             wake,
             gate: Mutex::new(()),
         }));
@@ -378,6 +387,13 @@ impl FaultService {
             }
         };
         spawned.map_err(|e| Error::os("spawn the fault handler thread", e))?;
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+            let assistant = std::thread::Builder::new()
+                .name("vkhmm-assist".into())
+                .spawn(move || svc.assist.run(|job| assist_install(svc, job)));
+            // Without it every window is installed by the handler alone.
+            svc.assisted.store(assistant.is_ok(), Ordering::Release);
+        }
         super::fork::install_atfork_handlers();
         Ok(svc)
     }
@@ -694,7 +710,7 @@ impl Handler {
             return Outcome::Wait; // owned, or no longer Shared: resolved again later
         }
         let ctx = &ext.device().ctx;
-        let got = install_claimed(self.svc, ext, idx..idx + 1, |_| true);
+        let got = install_claimed(self.svc, ext, idx..idx + 1, &ctx.fault_transfer, |_| true);
         ext.cell(idx).release(Residence::Shared);
         match got {
             Ok(g) if g.stop == Some(InstallStop::Again) => Outcome::Retry,
@@ -867,20 +883,17 @@ pub(super) fn release_shared(svc: &FaultService, ext: &Ext, idx: usize) -> Outco
 }
 
 /// Installs the device copy of the claimed, absent pages `pages` of `ext` at their own
-/// addresses, page `i` write-protected iff `wp(i)`, through the handler's transfer
-/// context; waiters stay asleep until the caller has done its bookkeeping and wakes them.
+/// addresses, page `i` write-protected iff `wp(i)`, through `transfer` (the handler's own
+/// transfer context, or the assistant's); waiters stay asleep until the caller has done its
+/// bookkeeping and wakes them.
 fn install_claimed(
     svc: &FaultService,
     ext: &Ext,
     pages: Range<usize>,
+    transfer: &Mutex<Transfer>,
     wp: impl Fn(usize) -> bool,
-) -> Result<crate::migrate::Installed> {
-    let mut transfer = ext
-        .device()
-        .ctx
-        .fault_transfer
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+) -> Result<Installed> {
+    let mut transfer = transfer.lock().unwrap_or_else(PoisonError::into_inner);
     let dst = ext.page_addr(pages.start);
     // A panic in here (an assertion in the transfer code, or an injected one) must not end
     // the handler thread: every thread waiting on a fault would sleep for ever. It becomes an
@@ -921,7 +934,7 @@ pub(super) fn copy_back(svc: &FaultService, ext: &Ext, idx: usize, write: bool) 
         return Outcome::Wait;
     };
     ext.set_stream(w.next, w.size);
-    let (done, outcome) = install_window(svc, ext, a..b, |i| !(write && i == idx));
+    let (done, outcome) = install_window(svc, ext, a..b, write.then_some(idx));
     if done > 0 {
         // Counted before the wake, so the faulting thread sees its own fault in `stats`.
         Counters::add(&ctx.counters.cpu_faults, 1);
@@ -958,25 +971,68 @@ fn read_ahead(svc: &FaultService, ext: &Ext) {
         return;
     };
     ext.set_stream(w.next, w.size);
-    let (done, _) = install_window(svc, ext, a..b, |_| true);
+    let (done, _) = install_window(svc, ext, a..b, None);
     if done > 0 {
         // A thread that touched these pages meanwhile waits on them.
         let _ = svc.backend.wake(ext.page_addr(a), done * PAGE);
     }
 }
 
-/// Installs the claimed `Device` pages `pages` (page `i` write-protected iff `wp(i)`) and
+/// Installs the claimed `Device` pages `pages` (write-protected, except page `writable`) and
 /// releases them to what they became; returns how many from the start were installed and
 /// what becomes of the fault. Counts the bytes.
+///
+/// A window of at least `policy.split` pages is installed in two halves at once, the upper
+/// one by the assistant (`fault::assist`); each half is released by its own outcome. When
+/// the lower half stopped early, pages the upper half installed are woken here (the caller
+/// wakes only the prefix it is told of).
 fn install_window(
     svc: &FaultService,
     ext: &Ext,
     pages: Range<usize>,
+    writable: Option<usize>,
+) -> (usize, Outcome) {
+    let ctx = &ext.device().ctx;
+    let wp = |i| Some(i) != writable;
+    let split =
+        split_point(&ctx.policy, pages.clone()).filter(|_| svc.assisted.load(Ordering::Acquire));
+    let Some(mid) = split else {
+        let r = install_claimed(svc, ext, pages.clone(), &ctx.fault_transfer, wp);
+        return settle(ext, pages, r, wp);
+    };
+    svc.assist.post(Job::new(ext, mid..pages.end, writable));
+    let low = install_claimed(svc, ext, pages.start..mid, &ctx.fault_transfer, wp);
+    let high = svc.assist.wait();
+    Counters::add(&ctx.counters.parallel_installs, 1);
+    let (low_done, low_outcome) = settle(ext, pages.start..mid, low, wp);
+    let (high_done, high_outcome) = settle(ext, mid..pages.end, high, wp);
+    let outcome = if low_outcome == Outcome::Retry {
+        low_outcome
+    } else {
+        high_outcome
+    };
+    if low_done == mid - pages.start {
+        (low_done + high_done, outcome)
+    } else {
+        if high_done > 0 {
+            let _ = svc.backend.wake(ext.page_addr(mid), high_done * PAGE);
+        }
+        (low_done, outcome)
+    }
+}
+
+/// Counts the bytes of an install of the claimed pages `pages` and releases them: the
+/// installed prefix to `Shared` (write-protected, `wp(i)`) or `Host`, the rest to `Device`.
+/// Returns the installed prefix's length and what becomes of the fault.
+fn settle(
+    ext: &Ext,
+    pages: Range<usize>,
+    installed: Result<Installed>,
     wp: impl Fn(usize) -> bool,
 ) -> (usize, Outcome) {
     let ctx = &ext.device().ctx;
     let (a, b) = (pages.start, pages.end);
-    let (done, outcome) = match install_claimed(svc, ext, pages, &wp) {
+    let (done, outcome) = match installed {
         Ok(g) => {
             Counters::add(&ctx.counters.bytes_to_host, g.bytes);
             let done = ((g.bytes as usize) / PAGE + g.already_present as usize).min(b - a);
@@ -1002,6 +1058,21 @@ fn install_window(
         ext.cell(i).release(settled);
     }
     (done, outcome)
+}
+
+/// The assistant's half of a window: installed like the handler's, through the assistant's
+/// own transfer context.
+fn assist_install(svc: &FaultService, job: &Job) -> Result<Installed> {
+    // SAFETY: called while the job is served; the handler waits for its result.
+    let ext = unsafe { job.ext() };
+    let writable = job.writable;
+    install_claimed(
+        svc,
+        ext,
+        job.pages.clone(),
+        &ext.device().ctx.assist_transfer,
+        |i| Some(i) != writable,
+    )
 }
 
 /// Claims page `idx` and the contiguous pages around it that `want` accepts, within the

@@ -7,6 +7,8 @@
 //! doubles (up to `max` pages) and starts at the faulting page, so a stream through a large
 //! buffer ends up moving 2 MiB per fault — what NVIDIA UVM does with its 64 KiB fault
 //! batches grown within 2 MiB blocks.
+//! A window of at least `split` pages is installed by two threads, half each
+//! (`fault::assist`): the kernel's per-page work, not memory bandwidth, bounds one thread.
 //!
 //! **Eviction.** When a launch needs more device memory than the budget leaves, the least
 //! recently used extents that the launch itself does not use are evicted first.
@@ -22,6 +24,9 @@ pub struct ChunkPolicy {
     pub max: usize,
     /// Grow the window on sequential access.
     pub adaptive: bool,
+    /// Windows of at least this many pages are installed by two threads at once, half each
+    /// (0: never; 128 = 512 KiB).
+    pub split: usize,
 }
 
 impl Default for ChunkPolicy {
@@ -30,6 +35,7 @@ impl Default for ChunkPolicy {
             base: 16,
             max: 512,
             adaptive: true,
+            split: 128,
         }
     }
 }
@@ -41,6 +47,7 @@ impl ChunkPolicy {
             base: pages.max(1),
             max: pages.max(1),
             adaptive: false,
+            ..ChunkPolicy::default()
         }
     }
 }
@@ -80,6 +87,13 @@ pub fn fault_window(
         next: hi,
         size,
     }
+}
+
+/// Where a fault-back window over `pages` is split between the fault handler and its
+/// assistant: the middle page, when the window has at least `policy.split` pages.
+pub fn split_point(policy: &ChunkPolicy, pages: Range<usize>) -> Option<usize> {
+    let n = pages.len();
+    (policy.split > 0 && n >= policy.split.max(2)).then_some(pages.start + n / 2)
 }
 
 /// An extent eviction may take.
@@ -156,6 +170,20 @@ mod tests {
         let p = ChunkPolicy::fixed(1);
         let w = fault_window(&p, 10, 0..100, (10, 1));
         assert_eq!(w.pages, 10..11);
+    }
+
+    #[test]
+    fn large_windows_split_in_the_middle() {
+        let p = ChunkPolicy::default();
+        assert_eq!(split_point(&p, 1000..1512), Some(1256));
+        assert_eq!(split_point(&p, 10..138), Some(74));
+        assert_eq!(split_point(&p, 10..137), None); // under 128 pages
+        let off = ChunkPolicy { split: 0, ..p };
+        assert_eq!(split_point(&off, 0..512), None);
+        // A split of one page would leave an empty half.
+        let tiny = ChunkPolicy { split: 1, ..p };
+        assert_eq!(split_point(&tiny, 5..6), None);
+        assert_eq!(split_point(&tiny, 5..7), Some(6));
     }
 
     #[test]

@@ -417,22 +417,32 @@ fn check_moved(what: &str, moved: u64, size: usize) {
 /// Fault-back of 64 MiB by chunk policy and page order (Direct path, plus Staged default).
 fn chunks(r: &mut Report, p: &Progress, budget: Budget, quick: bool) -> anyhow::Result<()> {
     let size = TARGET_SIZE;
-    let mut policies: Vec<(String, TransferPath, usize, bool)> = vec![
-        ("4K fixed".into(), TransferPath::Direct, 4 * KIB, true),
-        ("64K fixed".into(), TransferPath::Direct, 64 * KIB, true),
-        ("2M fixed".into(), TransferPath::Direct, 2 * MIB, true),
-        ("default".into(), TransferPath::Direct, 64 * KIB, false),
-        ("default".into(), TransferPath::Staged, 64 * KIB, false),
+    // (name, path, chunk, fixed, parallel fault-back)
+    let mut policies: Vec<(&str, TransferPath, usize, bool, bool)> = vec![
+        ("4K fixed", TransferPath::Direct, 4 * KIB, true, true),
+        ("64K fixed", TransferPath::Direct, 64 * KIB, true, true),
+        ("2M fixed", TransferPath::Direct, 2 * MIB, true, true),
+        ("default", TransferPath::Direct, 64 * KIB, false, true),
+        (
+            "default 1 thread",
+            TransferPath::Direct,
+            64 * KIB,
+            false,
+            false,
+        ),
+        ("default", TransferPath::Staged, 64 * KIB, false, true),
     ];
     if quick {
-        policies.retain(|(n, ..)| n != "4K fixed");
+        policies.retain(|(n, ..)| *n != "4K fixed");
     }
     // Each figure alternates with its own memcpy baseline, run by run (`sample_pair`): the
     // load of this shared machine changes from second to second.
     let mut m = measure::Memcpy::new(size);
     let mut memcpys = Vec::new();
-    for (name, path, chunk, fixed) in policies {
-        let rt = measure::runtime_chunked(path, chunk, fixed)?;
+    for (name, path, chunk, fixed, parallel) in policies {
+        let rt = measure::chunked(path, chunk, fixed)
+            .parallel_fault_back(parallel)
+            .build()?;
         let mut line = format!("fault-back 64 MiB, {path:?}, chunk {name}:");
         for order in [Order::Sequential, Order::Random] {
             let mut f = measure::FaultBack::new(&rt, size, order)?;
