@@ -459,13 +459,16 @@ impl Runtime {
             bindings
                 .iter()
                 .filter(|b| {
+                    // Every launch passes here: sum the extents' fault counters in place
+                    // (no list of extents is built).
                     let span = binding_pages(b.addr, b.len).span;
-                    let exts = self.svc.mirror.overlapping(span.clone());
-                    if exts.is_empty() {
-                        return false; // in place already, or never migrated
-                    }
-                    let faults = exts.iter().map(|e| e.cpu_faults()).sum();
-                    t.observe(&policy, span, faults, now)
+                    let (mut mirrored, mut faults) = (false, 0);
+                    self.svc.mirror.for_each_overlapping(span.clone(), |e| {
+                        mirrored = true;
+                        faults += e.cpu_faults();
+                    });
+                    // Not mirrored: in place already, or never migrated.
+                    mirrored && t.observe(&policy, span, faults, now)
                 })
                 .copied()
                 .collect()
