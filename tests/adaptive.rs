@@ -58,14 +58,7 @@ fn sequential_reads_grow_the_chunk_and_random_reads_do_not() {
 
 #[test]
 fn transparent_huge_pages_migrate_and_come_back() {
-    for path in common::PATHS {
-        let Some(rt) = common::runtime(path) else {
-            return;
-        };
-        if rt.fault_backend() == vkhmm::FaultBackend::Signal {
-            common::assert_foreign_refused(&rt, path); // it needs foreign memory
-            continue;
-        }
+    common::each_path_foreign(|rt, path| {
         let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
         let len = 8 << 20;
         let p = common::map_anon(len);
@@ -85,7 +78,7 @@ fn transparent_huge_pages_migrate_and_come_back() {
         }
         // SAFETY: `v` is not used after this.
         assert_eq!(unsafe { libc::munmap(p, len) }, 0);
-    }
+    });
 }
 
 #[test]

@@ -275,33 +275,28 @@ fn tempfile() -> std::fs::File {
 
 #[test]
 fn a_launch_larger_than_the_budget_is_refused() {
-    for path in common::PATHS {
-        let Some(rt) = common::runtime_with(Runtime::builder().transfer(path).budget(1 << 20))
-        else {
-            return;
-        };
-        if rt.fault_backend() == vkhmm::FaultBackend::Signal {
-            common::assert_foreign_refused(&rt, path); // it needs foreign memory
-            continue;
-        }
-        let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
-        let mut v = data(1 << 20); // 4 MiB
-        let push = [v.len() as u32, 1u32];
-        let before = rt.stats();
-        let e = rt
-            .launch(&add, groups(v.len(), 64), (&mut v, Push(&push)))
-            .unwrap_err();
-        assert!(
-            matches!(e, Error::LaunchExceedsBudget { budget, .. } if budget == 1 << 20),
-            "{path:?}: {e:?}"
-        );
-        assert_eq!((rt.stats() - before).bytes_to_device, 0);
-        assert_eq!(rt.residency(&v).device, 0);
-        assert!(
-            (0..v.len()).all(|i| v[i] == pattern(i, 0)),
-            "{path:?}: data changed"
-        );
-    }
+    common::each_path_foreign_with(
+        |path| Runtime::builder().transfer(path).budget(1 << 20),
+        |rt, path| {
+            let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
+            let mut v = data(1 << 20); // 4 MiB
+            let push = [v.len() as u32, 1u32];
+            let before = rt.stats();
+            let e = rt
+                .launch(&add, groups(v.len(), 64), (&mut v, Push(&push)))
+                .unwrap_err();
+            assert!(
+                matches!(e, Error::LaunchExceedsBudget { budget, .. } if budget == 1 << 20),
+                "{path:?}: {e:?}"
+            );
+            assert_eq!((rt.stats() - before).bytes_to_device, 0);
+            assert_eq!(rt.residency(&v).device, 0);
+            assert!(
+                (0..v.len()).all(|i| v[i] == pattern(i, 0)),
+                "{path:?}: data changed"
+            );
+        },
+    );
 }
 
 #[test]

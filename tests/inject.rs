@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use common::push::N;
 use common::{groups, pattern};
 use vkhmm::inject::{self, Site};
-use vkhmm::{shaders, Error, Location, Managed, Push, Runtime, TransferPath};
+use vkhmm::{shaders, Error, Kernel, Location, Managed, Push, Runtime, TransferPath};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -32,7 +32,23 @@ fn disarm_all() {
     }
 }
 
-/// Disarms every site when dropped, also when the test fails half-way.
+/// Runs `f` on a runtime of each of `paths`, with a copy kernel, holding the injection
+/// sites for itself (`SERIAL`); every site is disarmed afterwards, also when `f` fails
+/// half-way.
+fn with_sites(paths: &[TransferPath], mut f: impl FnMut(&Runtime, TransferPath, &Kernel)) {
+    let _serial = serial();
+    let _disarm = Disarm;
+    common::each_runtime(
+        paths,
+        |path| Runtime::builder().transfer(path),
+        |rt, path| {
+            let k = rt.kernel_wgsl(shaders::COPY_U32_WGSL, "main").unwrap();
+            f(rt, path, &k)
+        },
+    );
+}
+
+/// Disarms every site when dropped.
 struct Disarm;
 
 impl Drop for Disarm {
@@ -116,17 +132,14 @@ fn check_and_recover(
 
 #[test]
 fn pool_allocation_fails_in_the_middle_of_a_migration() {
-    let _serial = serial();
-    let _disarm = Disarm;
-    common::each_path(|rt, path| {
-        let k = rt.kernel_wgsl(shaders::COPY_U32_WGSL, "main").unwrap();
+    with_sites(&common::PATHS, |rt, path, k| {
         // Once: the launch evicts what it can and tries again, which works.
         // For good: the launch fails with the allocator's error.
         for fail in [1, u32::MAX] {
             let (src, mut dst) = buffers(rt);
             // The first block (src) is allocated, the second (dst) fails.
             inject::arm(Site::PoolAlloc, 1, fail);
-            let got = copy(rt, &k, &src, &mut dst);
+            let got = copy(rt, k, &src, &mut dst);
             assert!(
                 inject::fired(Site::PoolAlloc) >= 1,
                 "{path:?}: the site was never hit"
@@ -142,63 +155,55 @@ fn pool_allocation_fails_in_the_middle_of_a_migration() {
                     "{path:?}: a single failure was not retried: {got:?}"
                 );
             }
-            check_and_recover(rt, path, &k, got, src, dst);
+            check_and_recover(rt, path, k, got, src, dst);
         }
     });
 }
 
 #[test]
 fn a_staging_slot_cannot_be_readied() {
-    let _serial = serial();
-    let _disarm = Disarm;
-    let Some(rt) = common::runtime(TransferPath::Staged) else {
-        return;
-    };
-    let _watchdog = common::Watchdog::arm_for_this_test(std::time::Duration::from_secs(300));
-    let k = rt.kernel_wgsl(shaders::COPY_U32_WGSL, "main").unwrap();
-    // Each `skip` lets a different number of slots through first: the failure lands at a
-    // different point of the upload of src and dst.
-    for skip in 0..4 {
-        let (src, mut dst) = buffers(&rt);
-        inject::arm(Site::StagingSlot, skip, u32::MAX);
-        let got = copy(&rt, &k, &src, &mut dst);
-        assert!(
-            skip > 0 || inject::fired(Site::StagingSlot) == 1,
-            "never hit"
-        );
-        if inject::fired(Site::StagingSlot) == 0 {
-            // The launch needed fewer slots: it must simply have worked.
-            assert!(got.is_ok(), "skip {skip}: {got:?}");
-        } else {
+    with_sites(&[TransferPath::Staged], |rt, _, k| {
+        // Each `skip` lets a different number of slots through first: the failure lands at a
+        // different point of the upload of src and dst.
+        for skip in 0..4 {
+            let (src, mut dst) = buffers(rt);
+            inject::arm(Site::StagingSlot, skip, u32::MAX);
+            let got = copy(rt, k, &src, &mut dst);
             assert!(
-                got.is_err(),
-                "skip {skip}: a launch without staging succeeded"
+                skip > 0 || inject::fired(Site::StagingSlot) == 1,
+                "never hit"
             );
+            if inject::fired(Site::StagingSlot) == 0 {
+                // The launch needed fewer slots: it must simply have worked.
+                assert!(got.is_ok(), "skip {skip}: {got:?}");
+            } else {
+                assert!(
+                    got.is_err(),
+                    "skip {skip}: a launch without staging succeeded"
+                );
+            }
+            check_and_recover(rt, TransferPath::Staged, k, got, src, dst);
         }
-        check_and_recover(&rt, TransferPath::Staged, &k, got, src, dst);
-    }
-    // Prefetches fail the same way and lose nothing.
-    let (src, dst) = buffers(&rt);
-    inject::arm(Site::StagingSlot, 0, u32::MAX);
-    assert!(rt.prefetch(&src[..], Location::Device).is_err());
-    inject::arm(Site::StagingSlot, 0, 0);
-    assert!(holds(&src, 1) && holds(&dst, 7));
-    drop((src, dst));
-    assert_eq!(rt.stats().device_bytes_in_use, 0, "device memory leaked");
+        // Prefetches fail the same way and lose nothing.
+        let (src, dst) = buffers(rt);
+        inject::arm(Site::StagingSlot, 0, u32::MAX);
+        assert!(rt.prefetch(&src[..], Location::Device).is_err());
+        inject::arm(Site::StagingSlot, 0, 0);
+        assert!(holds(&src, 1) && holds(&dst, 7));
+        drop((src, dst));
+        assert_eq!(rt.stats().device_bytes_in_use, 0, "device memory leaked");
+    });
 }
 
 #[test]
 fn a_refused_submission_fails_the_launch_and_loses_nothing() {
-    let _serial = serial();
-    let _disarm = Disarm;
-    common::each_path(|rt, path| {
-        let k = rt.kernel_wgsl(shaders::COPY_U32_WGSL, "main").unwrap();
+    with_sites(&common::PATHS, |rt, path, k| {
         // Submission 0 is the first of the launch (an upload on the Staged path, the
         // dispatch on the Direct path); later ones reach the dispatch and the copy-back.
         for skip in 0..4 {
             let (src, mut dst) = buffers(rt);
             inject::arm(Site::Submit, skip, 1);
-            let got = copy(rt, &k, &src, &mut dst);
+            let got = copy(rt, k, &src, &mut dst);
             assert!(
                 skip > 0 || inject::fired(Site::Submit) == 1,
                 "{path:?}: never hit"
@@ -218,19 +223,16 @@ fn a_refused_submission_fails_the_launch_and_loses_nothing() {
                     "{path:?} skip {skip}: {e:?}"
                 );
             }
-            check_and_recover(rt, path, &k, got, src, dst);
+            check_and_recover(rt, path, k, got, src, dst);
         }
     });
 }
 
 #[test]
 fn a_panic_in_the_fault_handler_is_retried() {
-    let _serial = serial();
-    let _disarm = Disarm;
-    common::each_path(|rt, path| {
-        let k = rt.kernel_wgsl(shaders::COPY_U32_WGSL, "main").unwrap();
+    with_sites(&common::PATHS, |rt, path, k| {
         let (src, mut dst) = buffers(rt);
-        copy(rt, &k, &src, &mut dst).unwrap(); // dst is on the device now
+        copy(rt, k, &src, &mut dst).unwrap(); // dst is on the device now
         let before = rt.stats();
         // The first three attempts to serve the CPU's read of dst panic.
         inject::arm(Site::FaultHandler, 0, 3);
@@ -258,50 +260,45 @@ fn a_refused_download_leaves_the_pages_on_the_device() {
     // The fault handler reads the pool through its mapping wherever it can (lavapipe: always,
     // see `fault_transfer` in src/runtime.rs), so the staging ring's downloads are those of
     // `prefetch(Host)` and eviction.
-    let _serial = serial();
-    let _disarm = Disarm;
-    let Some(rt) = common::runtime(TransferPath::Staged) else {
-        return;
-    };
-    let _watchdog = common::Watchdog::arm_for_this_test(std::time::Duration::from_secs(300));
-    let k = rt.kernel_wgsl(shaders::COPY_U32_WGSL, "main").unwrap();
-    for skip in 0..3 {
-        let (src, mut dst) = buffers(&rt);
-        copy(&rt, &k, &src, &mut dst).unwrap();
-        let pages = rt.residency(&dst[..]).device;
-        assert_eq!(pages, N_ELEMS * 4 / 4096, "dst is not on the device");
-        inject::arm(Site::Submit, skip, u32::MAX);
-        let got = rt.prefetch(&dst[..], Location::Host);
-        let fired = inject::fired(Site::Submit);
-        disarm_all();
-        assert!(skip > 0 || fired == 1, "skip 0: never hit");
-        if fired == 0 {
-            assert!(got.is_ok(), "skip {skip}: {got:?}");
-        } else {
+    with_sites(&[TransferPath::Staged], |rt, _, k| {
+        for skip in 0..3 {
+            let (src, mut dst) = buffers(rt);
+            copy(rt, k, &src, &mut dst).unwrap();
+            let pages = rt.residency(&dst[..]).device;
+            assert_eq!(pages, N_ELEMS * 4 / 4096, "dst is not on the device");
+            inject::arm(Site::Submit, skip, u32::MAX);
+            let got = rt.prefetch(&dst[..], Location::Host);
+            let fired = inject::fired(Site::Submit);
+            disarm_all();
+            assert!(skip > 0 || fired == 1, "skip 0: never hit");
+            if fired == 0 {
+                assert!(got.is_ok(), "skip {skip}: {got:?}");
+            } else {
+                assert!(
+                    matches!(
+                        got,
+                        Err(Error::Vulkan {
+                            call: "vkQueueSubmit",
+                            ..
+                        })
+                    ),
+                    "skip {skip}: {got:?}"
+                );
+                // Whatever did not come home is still on the device, and faults back.
+                let r = rt.residency(&dst[..]);
+                assert!(r.device > 0, "skip {skip}: {r:?}");
+            }
             assert!(
-                matches!(
-                    got,
-                    Err(Error::Vulkan {
-                        call: "vkQueueSubmit",
-                        ..
-                    })
-                ),
-                "skip {skip}: {got:?}"
+                holds(&dst, 1),
+                "skip {skip}: wrong data after a refused download"
             );
-            // Whatever did not come home is still on the device, and faults back.
-            let r = rt.residency(&dst[..]);
-            assert!(r.device > 0, "skip {skip}: {r:?}");
+            assert!(holds(&src, 1), "skip {skip}");
+            drop((src, dst));
+            assert_eq!(
+                rt.stats().device_bytes_in_use,
+                0,
+                "skip {skip}: device memory leaked"
+            );
         }
-        assert!(
-            holds(&dst, 1),
-            "skip {skip}: wrong data after a refused download"
-        );
-        assert!(holds(&src, 1), "skip {skip}");
-        drop((src, dst));
-        assert_eq!(
-            rt.stats().device_bytes_in_use,
-            0,
-            "skip {skip}: device memory leaked"
-        );
-    }
+    });
 }

@@ -9,8 +9,8 @@
 mod common;
 
 use common::push::{AddK, Fill, N};
-use common::{groups, pattern, PATHS};
-use vkhmm::{shaders, Error, FaultBackend, Kernel, Location, Managed, MemoryReason, Push, Runtime};
+use common::{groups, kernels, pattern, Kernels, PATHS};
+use vkhmm::{Error, FaultBackend, Location, Managed, MemoryReason, Push, Runtime};
 
 const PAGE: usize = 4096;
 /// Elements per page.
@@ -30,22 +30,6 @@ fn each_path(mut f: impl FnMut(&Runtime, vkhmm::TransferPath)) {
         assert_eq!(rt.fault_backend(), FaultBackend::Signal);
         f(rt, path)
     });
-}
-
-struct Kernels {
-    fill: Kernel,
-    add: Kernel,
-    copy: Kernel,
-    sum: Kernel,
-}
-
-fn kernels(rt: &Runtime) -> Kernels {
-    Kernels {
-        fill: rt.kernel_wgsl(shaders::FILL_INDEX_WGSL, "main").unwrap(),
-        add: rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap(),
-        copy: rt.kernel_wgsl(shaders::COPY_U32_WGSL, "main").unwrap(),
-        sum: rt.kernel_wgsl(shaders::CHECKSUM_WGSL, "main").unwrap(),
-    }
 }
 
 fn fill(rt: &Runtime, k: &Kernels, out: &mut Managed<u32>, mul: u32, add: u32) {

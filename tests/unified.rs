@@ -7,26 +7,10 @@ mod common;
 
 use common::push::{AddK, Fill, N};
 
-use common::{each_path, each_path_foreign, groups, pattern};
-use vkhmm::{shaders, Kernel, Location, Push, Residency, Runtime};
+use common::{each_path, each_path_foreign, groups, kernels, pattern, Kernels};
+use vkhmm::{Location, Push, Residency, Runtime};
 
 const PAGE: usize = 4096;
-
-struct Kernels {
-    fill: Kernel,
-    add: Kernel,
-    copy: Kernel,
-    sum: Kernel,
-}
-
-fn kernels(rt: &Runtime) -> Kernels {
-    Kernels {
-        fill: rt.kernel_wgsl(shaders::FILL_INDEX_WGSL, "main").unwrap(),
-        add: rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap(),
-        copy: rt.kernel_wgsl(shaders::COPY_U32_WGSL, "main").unwrap(),
-        sum: rt.kernel_wgsl(shaders::CHECKSUM_WGSL, "main").unwrap(),
-    }
-}
 
 fn fill(rt: &Runtime, k: &Kernels, out: &mut [u32], mul: u32, add: u32) {
     let n = out.len() as u32;

@@ -48,10 +48,19 @@ pub fn map_anon(len: usize) -> *mut libc::c_void {
 }
 
 /// Runs `f` on a runtime for each transfer path, under a [`Watchdog`].
-pub fn each_path(mut f: impl FnMut(&Runtime, TransferPath)) {
+pub fn each_path(f: impl FnMut(&Runtime, TransferPath)) {
+    each_runtime(&PATHS, |path| Runtime::builder().transfer(path), f)
+}
+
+/// Runs `f` on the runtime `builder(path)` builds for each of `paths`, under a [`Watchdog`].
+pub fn each_runtime(
+    paths: &[TransferPath],
+    builder: impl Fn(TransferPath) -> vkhmm::RuntimeBuilder,
+    mut f: impl FnMut(&Runtime, TransferPath),
+) {
     let _watchdog = Watchdog::arm_for_this_test(std::time::Duration::from_secs(300));
-    for path in PATHS {
-        if let Some(rt) = runtime(path) {
+    for &path in paths {
+        if let Some(rt) = runtime_with(builder(path)) {
             f(&rt, path);
         }
     }
@@ -61,8 +70,16 @@ pub fn each_path(mut f: impl FnMut(&Runtime, TransferPath)) {
 /// (`Vec`, `mmap`). The `signal` fault backend (`VKHMM_FAULT=signal`) refuses such memory by
 /// design: there it checks instead that a launch and a prefetch on a `Vec` give the typed
 /// error and change nothing, and says so.
-pub fn each_path_foreign(mut f: impl FnMut(&Runtime, TransferPath)) {
-    each_path(|rt, path| {
+pub fn each_path_foreign(f: impl FnMut(&Runtime, TransferPath)) {
+    each_path_foreign_with(|path| Runtime::builder().transfer(path), f)
+}
+
+/// [`each_path_foreign`] on the runtimes `builder(path)` builds.
+pub fn each_path_foreign_with(
+    builder: impl Fn(TransferPath) -> vkhmm::RuntimeBuilder,
+    mut f: impl FnMut(&Runtime, TransferPath),
+) {
+    each_runtime(&PATHS, builder, |rt, path| {
         if rt.fault_backend() == vkhmm::FaultBackend::Signal {
             assert_foreign_refused(rt, path);
             eprintln!("{path:?}: needs foreign memory; the signal backend refuses it (checked)");
@@ -102,6 +119,25 @@ pub fn assert_foreign_refused(rt: &Runtime, path: TransferPath) {
         "{path:?}: the Vec changed"
     );
     assert_eq!(rt.residency(&v).device, 0, "{path:?}");
+}
+
+/// The bundled kernels most tests launch: fill (index × mul + add), add k, copy, checksum.
+pub struct Kernels {
+    pub fill: vkhmm::Kernel,
+    pub add: vkhmm::Kernel,
+    pub copy: vkhmm::Kernel,
+    pub sum: vkhmm::Kernel,
+}
+
+/// [`Kernels`] on `rt`.
+pub fn kernels(rt: &Runtime) -> Kernels {
+    use vkhmm::shaders;
+    Kernels {
+        fill: rt.kernel_wgsl(shaders::FILL_INDEX_WGSL, "main").unwrap(),
+        add: rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap(),
+        copy: rt.kernel_wgsl(shaders::COPY_U32_WGSL, "main").unwrap(),
+        sum: rt.kernel_wgsl(shaders::CHECKSUM_WGSL, "main").unwrap(),
+    }
 }
 
 /// Whether this test process runs the `signal` fault backend (`VKHMM_FAULT=signal`).
