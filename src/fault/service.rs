@@ -440,6 +440,24 @@ impl FaultService {
         drop(w);
     }
 
+    /// Warms the mirror reader's per-thread state of the thread that resolves faults (call
+    /// it once, before anything is mirrored: the first read allocates).
+    pub(super) fn warm_reader(&self) {
+        self.mirror.handler_busy();
+        self.mirror.lookup(0, |_, _| ());
+        self.mirror.handler_idle();
+    }
+
+    /// Starts a round of the thread that resolves faults, after its wait: it enters its busy
+    /// epoch, drains the wake eventfd and takes the gate (held until the round's end; leave
+    /// the epoch with `mirror.handler_idle()` after dropping it).
+    pub(super) fn begin_round(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.mirror.handler_busy();
+        let mut tick = [0u8; 8];
+        let _ = rustix::io::read(&self.wake, &mut tick);
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Waits until every event the handler has already read is processed.
     pub fn sync_events(&self) {
         drop(self.gate.lock().unwrap_or_else(PoisonError::into_inner));
@@ -523,18 +541,12 @@ impl Handler {
     }
 
     fn run(mut self) {
-        // Warm the snapshot reader's per-thread state now, while nothing is mirrored.
-        self.svc.mirror.handler_busy();
-        self.svc.mirror.lookup(0, |_, _| ());
-        self.svc.mirror.handler_idle();
+        self.svc.warm_reader();
         let mut msgs = [UffdMsg::ZEROED; BATCH];
         let mut faults: [Option<Fault>; BATCH] = [None; BATCH];
         loop {
             self.wait();
-            self.svc.mirror.handler_busy();
-            let mut tick = [0u8; 8];
-            let _ = rustix::io::read(&self.svc.wake, &mut tick);
-            let gate = self.svc.gate.lock().unwrap_or_else(PoisonError::into_inner);
+            let gate = self.svc.begin_round();
             loop {
                 let n = match self.uffd.read_events(&mut msgs) {
                     Ok(n) => n,

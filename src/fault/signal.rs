@@ -77,7 +77,6 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::PoisonError;
 
 use rustix::io::Errno;
 use rustix::thread::futex;
@@ -539,16 +538,10 @@ impl Helper {
 
     pub fn run(mut self) {
         HELPER_TID.store(sys::gettid(), Ordering::Release);
-        // Warm the snapshot reader's per-thread state now, while nothing is mirrored.
-        self.svc.mirror.handler_busy();
-        self.svc.mirror.lookup(0, |_, _| ());
-        self.svc.mirror.handler_idle();
+        self.svc.warm_reader();
         loop {
             self.wait();
-            self.svc.mirror.handler_busy();
-            let mut tick = [0u8; 8];
-            let _ = rustix::io::read(&self.svc.wake, &mut tick);
-            let gate = self.svc.gate.lock().unwrap_or_else(PoisonError::into_inner);
+            let gate = self.svc.begin_round();
             for (i, slot) in SLOT.iter().enumerate() {
                 let taken = slot
                     .state
