@@ -175,3 +175,74 @@ fn large_windows_are_installed_in_two_halves_exactly() {
         }
     }
 }
+
+#[test]
+fn a_discard_racing_split_windows_reads_old_or_zero() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A sequential reader pulls 2 MiB windows back (installed in halves by the handler and
+    // its assistant) while another thread `MADV_DONTNEED`s the middle of the buffer at a
+    // different point of the stream each round: every load sees the data or zero, never
+    // anything else, and once the discard returned its range reads zero.
+    common::each_path_foreign(|rt, path| {
+        let len = 8 << 20;
+        let words = len / 4;
+        let page = 1024; // u32s per page
+        let (lo, hi) = (words / 4, 3 * words / 4);
+        let before = rt.stats();
+        for round in 0..16usize {
+            let p = common::map_anon(len);
+            // SAFETY: `len` mapped, readable and writable bytes, page-aligned, ours alone
+            // until the munmap below.
+            let v = unsafe { std::slice::from_raw_parts_mut(p.cast::<u32>(), words) };
+            let want = |i: usize| pattern(i, 4) | 1; // never zero
+            for (i, x) in v.iter_mut().enumerate() {
+                *x = want(i);
+            }
+            rt.prefetch(v, Location::Device).unwrap();
+            let progress = AtomicUsize::new(0);
+            let at = round * (words / page) / 16; // the page the discard waits for
+            let v = &*v;
+            std::thread::scope(|s| {
+                let reader = s.spawn(|| {
+                    let mut bad = None;
+                    for (n, i) in (0..words).step_by(page).enumerate() {
+                        let x = v[i];
+                        if x != want(i) && x != 0 && bad.is_none() {
+                            bad = Some((i, x));
+                        }
+                        progress.store(n, Ordering::Relaxed);
+                    }
+                    bad
+                });
+                while progress.load(Ordering::Relaxed) < at && !reader.is_finished() {
+                    std::hint::spin_loop();
+                }
+                // SAFETY: the middle half of our own mapping; the reader only loads, and a
+                // discarded page reads zero, a valid u32.
+                let r = unsafe {
+                    libc::madvise(
+                        p.cast::<u8>().add(lo * 4).cast(),
+                        (hi - lo) * 4,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+                assert_eq!(r, 0);
+                let bad = reader.join().unwrap();
+                assert_eq!(
+                    bad, None,
+                    "{path:?} round {round}: a load saw neither data nor zero"
+                );
+            });
+            let wrong =
+                (0..words).find(|&i| v[i] != if (lo..hi).contains(&i) { 0 } else { want(i) });
+            assert_eq!(wrong, None, "{path:?} round {round}");
+            // SAFETY: `v` is not used after this.
+            assert_eq!(unsafe { libc::munmap(p, len) }, 0);
+        }
+        let s = rt.stats() - before;
+        eprintln!("{path:?}: {s}, {} windows in halves", s.parallel_installs);
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+            assert!(s.parallel_installs > 0, "{path:?}: no window was split");
+        }
+    });
+}
