@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::device::{Device, DeviceBlock, Dispatcher, Transfer};
+use crate::fault::assist::Kind;
 use crate::fault::service::{Backend, FaultService};
 use crate::fault::uffd::CopyError;
 use crate::mirror::advice::{Advice, AdviceMap};
@@ -396,7 +397,7 @@ fn copy_piece(
 /// `Shared` if `keep_device`, else `Host`), `Shared` pages become `Host` unless
 /// `keep_device`. Returns bytes copied.
 pub(crate) fn to_host(
-    trap: &Backend,
+    svc: &FaultService,
     transfer: &mut Transfer,
     ext: &Ext,
     pages: Range<usize>,
@@ -407,7 +408,7 @@ pub(crate) fn to_host(
     let result = loop {
         let first = pages.start;
         let mut states = claim_all(ext, pages.clone(), false);
-        let r = to_host_claimed(trap, transfer, ext, first, &mut states, keep_device);
+        let r = to_host_claimed(svc, transfer, ext, first, &mut states, keep_device);
         release_all(ext, first, &states);
         match r {
             Ok((b, None)) => break Ok(bytes + b),
@@ -428,41 +429,70 @@ pub(crate) fn to_host(
 
 /// [`to_host`] on pages the caller claimed; updates `states` to what is true afterwards.
 fn to_host_claimed(
-    trap: &Backend,
+    svc: &FaultService,
     transfer: &mut Transfer,
     ext: &Ext,
     first: usize,
     states: &mut [Residence],
     keep_device: bool,
 ) -> Result<(u64, Option<InstallStop>)> {
+    let trap = &svc.backend;
     let mut bytes = 0;
+    let settled = if keep_device {
+        Residence::Shared
+    } else {
+        Residence::Host
+    };
     for run in runs(states, |r| r == Residence::Device) {
         let (a, b) = (first + run.start, first + run.end);
-        let got = install(
+        // A large run is installed in two halves at once, the upper one by the fault
+        // handler's assistant when it is free (`fault::assist`).
+        let mid = svc.try_assist(
+            ext,
+            a..b,
+            Kind::Bulk {
+                protect: keep_device,
+            },
+        );
+        let low_end = mid.unwrap_or(b);
+        let low = install(
             trap,
             transfer,
             ext,
-            a..b,
+            a..low_end,
             ext.page_addr(a),
             |_| keep_device,
             true,
-        )?;
-        bytes += got.bytes;
-        let done_pages = (got.bytes as usize).div_ceil(PAGE).min(run.len());
-        let settled = if keep_device {
-            Residence::Shared
-        } else {
-            Residence::Host
-        };
-        let done = if got.stop.is_some() {
-            done_pages
-        } else {
-            run.len()
-        };
-        for s in &mut states[run.start..run.start + done] {
-            *s = settled;
+        );
+        let high = mid.map(|_| svc.assisted_result());
+        // Each half by its own outcome; an error is returned only once both are recorded,
+        // so no installed page is released as `Device`.
+        let mut stop = None;
+        let mut error = None;
+        for (half, got) in std::iter::once((a..low_end, low)).chain(high.map(|h| (low_end..b, h))) {
+            let got = match got {
+                Ok(g) => g,
+                Err(e) => {
+                    error.get_or_insert(e);
+                    continue;
+                }
+            };
+            bytes += got.bytes;
+            let done = if got.stop.is_some() {
+                (got.bytes as usize).div_ceil(PAGE).min(half.len())
+            } else {
+                half.len()
+            };
+            let start = half.start - first;
+            for s in &mut states[start..start + done] {
+                *s = settled;
+            }
+            stop = stop.or(got.stop);
         }
-        if let Some(stop) = got.stop {
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if let Some(stop) = stop {
             return Ok((bytes, Some(stop)));
         }
     }
@@ -602,7 +632,7 @@ fn retire(
     victims: Vec<Arc<Ext>>,
 ) -> Result<()> {
     for v in &victims {
-        to_host(&svc.backend, transfer, v, 0..v.pages(), false)?;
+        to_host(svc, transfer, v, 0..v.pages(), false)?;
     }
     w.replace(&victims, []);
     for v in &victims {
@@ -728,7 +758,7 @@ pub(crate) fn bring_home(
         } else {
             e.page_span(&span)
         };
-        bytes += to_host(&svc.backend, &mut worker.transfer, e, pages, keep_device)?;
+        bytes += to_host(svc, &mut worker.transfer, e, pages, keep_device)?;
     }
     drop(w);
     Ok(bytes)
@@ -1174,7 +1204,7 @@ fn move_pages<'e>(
         let st = loop {
             let mut st = claim_all(ext, i..i + 1, true);
             let moved = if write {
-                to_host_claimed(&svc.backend, &mut worker.transfer, ext, i, &mut st, false)
+                to_host_claimed(svc, &mut worker.transfer, ext, i, &mut st, false)
             } else {
                 Ok((0, None))
             };
@@ -1434,7 +1464,7 @@ impl Launch {
             out
         };
         for (ext, pages) in advised {
-            to_host(&svc.backend, transfer, &ext, pages, true)?; // counts its bytes
+            to_host(svc, transfer, &ext, pages, true)?; // counts its bytes
         }
         Ok(())
     }

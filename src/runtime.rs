@@ -739,13 +739,9 @@ impl Drop for Runtime {
             .cloned()
             .collect();
         for ext in &mine {
-            if let Err(e) = migrate::to_host(
-                &self.svc.backend,
-                &mut worker.transfer,
-                ext,
-                0..ext.pages(),
-                false,
-            ) {
+            if let Err(e) =
+                migrate::to_host(self.svc, &mut worker.transfer, ext, 0..ext.pages(), false)
+            {
                 tracing::error!(error = %e, "copying device-resident data home at Runtime drop failed");
             }
         }

@@ -1,5 +1,6 @@
 //! The fault handler's assistant: a second thread that installs the upper half of a large
-//! fault-back window while the handler installs the lower half.
+//! range moved home — a fault-back window, or a run of `prefetch(Host)`, eviction or drop —
+//! while the thread that claimed it installs the lower half.
 //!
 //! Bringing a window home is one `UFFDIO_COPY` per run of pages, and that ioctl is bound by
 //! the kernel's work per 4 KiB page (allocating it, charging it to the memory cgroup,
@@ -10,18 +11,22 @@
 //!
 //! ## Protocol
 //!
-//! One job at a time, and only the thread that resolves faults (the userfaultfd handler, or
-//! the `signal` backend's helper) posts one:
+//! One job at a time. The thread that resolves faults (the userfaultfd handler, or the
+//! `signal` backend's helper) posts one per large window; a launcher moving a large range home
+//! (`migrate::to_host`) posts one per large run. Whoever finds the assistant taken installs
+//! its whole range itself ([`Assist::try_post`]), so the handler never waits for a launcher's
+//! job:
 //!
 //! ```text
-//! handler:   claim the window → post(upper half) → install lower half → wait() → release
+//! poster:    claim the range → try_post(upper half) → install lower half → wait() → release
 //! assistant: wait for a job → install it with its own transfer context → hand back the result
 //! ```
 //!
-//! The handler releases no page of the window and leaves its busy epoch of the mirror only
-//! after [`Assist::wait`] returns, so the extent a job names outlives the job, and each half
-//! is released by its own outcome ([`install_window`](super::service)): a half that stopped
-//! early never makes the other half's installed pages look absent.
+//! The poster releases no page of the range (and the handler does not leave its busy epoch
+//! of the mirror) until [`Assist::wait`] returns, so the extent a job names outlives the job,
+//! and each half is released by its own outcome (`service::install_window`,
+//! `migrate::to_host_claimed`): a half that stopped early never makes the other half's
+//! installed pages look absent.
 //!
 //! The assistant follows the handler's rules (docs/architecture.md, "deadlock-free"): it
 //! allocates nothing after start-up, takes no lock a launcher holds, and reads device memory
@@ -37,12 +42,22 @@ use std::time::{Duration, Instant};
 use crate::migrate::{Ext, Installed};
 use crate::Result;
 
-/// Half a window for the assistant: pages `pages` of `*ext`, claimed by the poster, to be
-/// installed write-protected except page `writable`.
+/// Half a window for the assistant: pages `pages` of `*ext`, claimed by the poster.
 pub(crate) struct Job {
     ext: *const Ext,
     pub pages: Range<usize>,
-    pub writable: Option<usize>,
+    pub kind: Kind,
+}
+
+/// What a job is for, which says how its pages are installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Serving a CPU fault: write-protected except page `writable`; waiters stay asleep until
+    /// the handler has done its bookkeeping and wakes them.
+    Fault { writable: Option<usize> },
+    /// A bulk move home (`prefetch(Host)`, eviction, drop): write-protected iff `protect`;
+    /// waiters wake as their pages land.
+    Bulk { protect: bool },
 }
 
 // SAFETY: a `Job` is only a claim ticket: the extent it points to is shared by every thread
@@ -58,12 +73,8 @@ const _: fn() = || {
 
 impl Job {
     /// A job over `pages` of `ext` (claimed by the caller).
-    pub fn new(ext: &Ext, pages: Range<usize>, writable: Option<usize>) -> Job {
-        Job {
-            ext,
-            pages,
-            writable,
-        }
+    pub fn new(ext: &Ext, pages: Range<usize>, kind: Kind) -> Job {
+        Job { ext, pages, kind }
     }
 
     /// The extent the job's pages belong to.
@@ -109,18 +120,23 @@ impl Assist {
         }
     }
 
-    /// Hands `job` to the assistant. Call [`wait`](Self::wait) before posting again and
-    /// before releasing any page of the job.
-    pub fn post(&self, job: Job) {
+    /// Hands `job` to the assistant if it is free; false if another thread's job holds it
+    /// (the caller then installs everything itself: nobody waits for another poster). After
+    /// true, call [`wait`](Self::wait) before releasing any page of the job.
+    pub fn try_post(&self, job: Job) -> bool {
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        debug_assert!(matches!(*slot, Slot::Empty), "one job at a time");
+        if !matches!(*slot, Slot::Empty) {
+            return false;
+        }
         *slot = Slot::Posted(job);
         self.version.fetch_add(1, Ordering::Release);
         drop(slot);
         self.changed.notify_all();
+        true
     }
 
-    /// Waits for the posted job's result.
+    /// Waits for the result of the job this thread posted (the slot stays taken until then,
+    /// so the result is its own).
     pub fn wait(&self) -> Result<Installed> {
         let mut slot = self.await_change(|s| matches!(s, Slot::Finished(_)));
         match std::mem::replace(&mut *slot, Slot::Empty) {
@@ -189,9 +205,12 @@ mod tests {
         static A: Assist = Assist::new();
         std::thread::spawn(|| {
             A.run(|job| {
+                let Kind::Fault { writable } = job.kind else {
+                    panic!("posted a fault job")
+                };
                 Ok(Installed {
                     bytes: (job.pages.len() * crate::mirror::PAGE) as u64,
-                    already_present: job.writable.map_or(0, |w| w as u64),
+                    already_present: writable.map_or(0, |w| w as u64),
                     stop: None,
                 })
             })
@@ -201,9 +220,16 @@ mod tests {
             let job = Job {
                 ext: std::ptr::null(),
                 pages: 0..n,
-                writable: Some(n),
+                kind: Kind::Fault { writable: Some(n) },
             };
-            A.post(job);
+            assert!(A.try_post(job));
+            // Taken until its result is collected.
+            let second = Job {
+                ext: std::ptr::null(),
+                pages: 0..1,
+                kind: Kind::Bulk { protect: false },
+            };
+            assert!(!A.try_post(second));
             let got = A.wait().unwrap();
             assert_eq!(got.bytes, (n * crate::mirror::PAGE) as u64);
             assert_eq!(got.already_present, n as u64);

@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use super::assist::{Assist, Job};
+use super::assist::{Assist, Job, Kind};
 use super::signal::{self, Trap};
 use super::uffd::{CopyError, CopyResult, Event, Uffd, UffdMsg};
 use super::watch::Watches;
@@ -458,6 +458,28 @@ impl FaultService {
         self.gate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Hands the upper half of the claimed `pages` of `ext` to the assistant when the range
+    /// is large enough for `ext`'s policy to split and the assistant is free; returns where
+    /// the upper half starts. The caller installs `pages.start..mid` itself, then collects
+    /// the upper half's result with [`assisted_result`](Self::assisted_result) before
+    /// releasing any page.
+    pub(crate) fn try_assist(&self, ext: &Ext, pages: Range<usize>, kind: Kind) -> Option<usize> {
+        if !self.assisted.load(Ordering::Acquire) {
+            return None;
+        }
+        let mid = split_point(&ext.device().ctx.policy, pages.clone())?;
+        let posted = self.assist.try_post(Job::new(ext, mid..pages.end, kind));
+        if posted {
+            Counters::add(&ext.device().ctx.counters.parallel_installs, 1);
+        }
+        posted.then_some(mid)
+    }
+
+    /// The result of the job [`try_assist`](Self::try_assist) posted.
+    pub(crate) fn assisted_result(&self) -> Result<Installed> {
+        self.assist.wait()
+    }
+
     /// Waits until every event the handler has already read is processed.
     pub fn sync_events(&self) {
         drop(self.gate.lock().unwrap_or_else(PoisonError::into_inner));
@@ -722,7 +744,14 @@ impl Handler {
             return Outcome::Wait; // owned, or no longer Shared: resolved again later
         }
         let ctx = &ext.device().ctx;
-        let got = install_claimed(self.svc, ext, idx..idx + 1, &ctx.fault_transfer, |_| true);
+        let got = install_claimed(
+            self.svc,
+            ext,
+            idx..idx + 1,
+            &ctx.fault_transfer,
+            |_| true,
+            true,
+        );
         ext.cell(idx).release(Residence::Shared);
         match got {
             Ok(g) if g.stop == Some(InstallStop::Again) => Outcome::Retry,
@@ -896,14 +925,16 @@ pub(super) fn release_shared(svc: &FaultService, ext: &Ext, idx: usize) -> Outco
 
 /// Installs the device copy of the claimed, absent pages `pages` of `ext` at their own
 /// addresses, page `i` write-protected iff `wp(i)`, through `transfer` (the handler's own
-/// transfer context, or the assistant's); waiters stay asleep until the caller has done its
-/// bookkeeping and wakes them.
+/// transfer context, or the assistant's). When `serving_fault`, waiters stay asleep until the
+/// caller has done its bookkeeping and wakes them (and the `FaultHandler` injection site is
+/// armed); otherwise they wake as their pages land.
 fn install_claimed(
     svc: &FaultService,
     ext: &Ext,
     pages: Range<usize>,
     transfer: &Mutex<Transfer>,
     wp: impl Fn(usize) -> bool,
+    serving_fault: bool,
 ) -> Result<Installed> {
     let mut transfer = transfer.lock().unwrap_or_else(PoisonError::into_inner);
     let dst = ext.page_addr(pages.start);
@@ -913,10 +944,18 @@ fn install_claimed(
     // and retry". (Unwinding allocates; a panic is the one exception to the handler's
     // no-allocation rule.)
     let run = std::panic::AssertUnwindSafe(|| {
-        if crate::inject::hit(crate::inject::Site::FaultHandler) {
+        if serving_fault && crate::inject::hit(crate::inject::Site::FaultHandler) {
             panic!("vkhmm: injected fault-handler panic");
         }
-        install(&svc.backend, &mut transfer, ext, pages, dst, wp, false)
+        install(
+            &svc.backend,
+            &mut transfer,
+            ext,
+            pages,
+            dst,
+            wp,
+            !serving_fault,
+        )
     });
     match std::panic::catch_unwind(run) {
         Ok(result) => result,
@@ -1006,16 +1045,12 @@ fn install_window(
 ) -> (usize, Outcome) {
     let ctx = &ext.device().ctx;
     let wp = |i| Some(i) != writable;
-    let split =
-        split_point(&ctx.policy, pages.clone()).filter(|_| svc.assisted.load(Ordering::Acquire));
-    let Some(mid) = split else {
-        let r = install_claimed(svc, ext, pages.clone(), &ctx.fault_transfer, wp);
+    let Some(mid) = svc.try_assist(ext, pages.clone(), Kind::Fault { writable }) else {
+        let r = install_claimed(svc, ext, pages.clone(), &ctx.fault_transfer, wp, true);
         return settle(ext, pages, r, wp);
     };
-    svc.assist.post(Job::new(ext, mid..pages.end, writable));
-    let low = install_claimed(svc, ext, pages.start..mid, &ctx.fault_transfer, wp);
-    let high = svc.assist.wait();
-    Counters::add(&ctx.counters.parallel_installs, 1);
+    let low = install_claimed(svc, ext, pages.start..mid, &ctx.fault_transfer, wp, true);
+    let high = svc.assisted_result();
     let (low_done, low_outcome) = settle(ext, pages.start..mid, low, wp);
     let (high_done, high_outcome) = settle(ext, mid..pages.end, high, wp);
     let outcome = if low_outcome == Outcome::Retry {
@@ -1072,19 +1107,19 @@ fn settle(
     (done, outcome)
 }
 
-/// The assistant's half of a window: installed like the handler's, through the assistant's
-/// own transfer context.
+/// The assistant's half of a range: installed as its poster installs the other half, through
+/// the assistant's own transfer context.
 fn assist_install(svc: &FaultService, job: &Job) -> Result<Installed> {
-    // SAFETY: called while the job is served; the handler waits for its result.
+    // SAFETY: called while the job is served; its poster waits for the result.
     let ext = unsafe { job.ext() };
-    let writable = job.writable;
-    install_claimed(
-        svc,
-        ext,
-        job.pages.clone(),
-        &ext.device().ctx.assist_transfer,
-        |i| Some(i) != writable,
-    )
+    let transfer = &ext.device().ctx.assist_transfer;
+    let pages = job.pages.clone();
+    match job.kind {
+        Kind::Fault { writable } => {
+            install_claimed(svc, ext, pages, transfer, |i| Some(i) != writable, true)
+        }
+        Kind::Bulk { protect } => install_claimed(svc, ext, pages, transfer, |_| protect, false),
+    }
 }
 
 /// Claims page `idx` and the contiguous pages around it that `want` accepts, within the

@@ -306,6 +306,7 @@ fn sweep(
         }
         if size == TARGET_SIZE {
             limits(r, budget, size, memcpy)?;
+            prefetch_host_threads(r, budget, size, direct)?;
         }
         let mut s = raw_ash::StagedCopy::new(vk, size)?;
         let up = median_of(&measure::sample(budget, || s.upload(vk))?);
@@ -326,6 +327,36 @@ fn sweep(
             gbps(size, down),
         ));
     }
+    Ok(())
+}
+
+/// `prefetch(Host)` with parallel installs (the default) against one thread, run by run.
+fn prefetch_host_threads(
+    r: &mut Report,
+    budget: Budget,
+    size: usize,
+    direct: &Runtime,
+) -> anyhow::Result<()> {
+    let one = measure::chunked(TransferPath::Direct, 64 * KIB, false)
+        .parallel_fault_back(false)
+        .build()?;
+    let mut two = measure::PrefetchHost::new(direct, size)?;
+    let mut single = measure::PrefetchHost::new(&one, size)?;
+    let (t2, t1) = measure::sample_pair(budget, || two.run(), || single.run())?;
+    anyhow::ensure!(
+        two.verify() && single.verify(),
+        "prefetch to host lost data"
+    );
+    r.rows.push(Row {
+        key: format!("prefetch_host_direct_{}mib_vs_one_thread", size / MIB),
+        figure: format!("prefetch to host, {}, Direct", size_name(size)),
+        unit: Unit::GBps,
+        vkhmm: gbps(size, median_of(&t2)),
+        baseline: "1 thread".into(),
+        base: Some(gbps(size, median_of(&t1))),
+        target: None,
+        note: "parallel installs on and off".into(),
+    });
     Ok(())
 }
 
