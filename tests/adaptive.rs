@@ -296,3 +296,73 @@ fn prefetch_home_in_two_halves_is_exact() {
         );
     }
 }
+
+#[test]
+fn threads_faulting_across_both_halves_of_windows_lose_nothing() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Four threads fault on the same 2 MiB windows at once — some on pages the handler
+    // installs, some on pages its assistant installs, some while both halves are in flight —
+    // each writing its own words; between rounds a kernel adds 1 to every word and the buffer
+    // goes back to the device. Every word must end exactly as counted.
+    const THREADS: usize = 4;
+    const ROUNDS: u32 = 12;
+    common::each_runtime(
+        &common::PATHS,
+        |path| {
+            vkhmm::Runtime::builder()
+                .transfer(path)
+                .chunk_size(2 << 20)
+                .fixed_chunks(true)
+                .thrash_detection(false)
+        },
+        |rt, path| {
+            let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
+            let words = (16 << 20) / 4;
+            let page = 1024;
+            let mut m = rt.alloc::<u32>(words).unwrap();
+            m.iter_mut().for_each(|x| *x = 0);
+            let before = rt.stats();
+            let mut writes = vec![0u32; words];
+            for round in 0..ROUNDS {
+                rt.prefetch(&m, Location::Device).unwrap();
+                {
+                    // SAFETY: the threads below only touch the buffer through these atomics
+                    // (same size and alignment as u32) while no kernel runs on it.
+                    let cells = unsafe {
+                        std::slice::from_raw_parts(m.as_ptr().cast::<AtomicU32>(), words)
+                    };
+                    std::thread::scope(|s| {
+                        for t in 0..THREADS {
+                            s.spawn(move || {
+                                // Pages in a scattered order, the same set for every thread,
+                                // so threads meet in the same windows; word `t` of each page
+                                // is this thread's.
+                                let pages = words / page;
+                                for k in 0..pages {
+                                    let p = (k * 97 + round as usize * 31 + t * 7) % pages;
+                                    cells[p * page + t].fetch_add(1, Ordering::Relaxed);
+                                    let _ = cells[p * page + 512].load(Ordering::Relaxed);
+                                }
+                            });
+                        }
+                    });
+                }
+                for p in 0..words / page {
+                    for t in 0..THREADS {
+                        writes[p * page + t] += 1;
+                    }
+                }
+                let n = m.len() as u32;
+                rt.launch(&add, groups(words, 64), (&mut *m, Push(&[n, 1u32])))
+                    .unwrap();
+            }
+            let wrong = (0..words).find(|&i| m[i] != writes[i] + ROUNDS);
+            assert_eq!(wrong, None, "{path:?}");
+            let s = rt.stats() - before;
+            eprintln!("{path:?}: {s}, {} windows in halves", s.parallel_installs);
+            if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+                assert!(s.parallel_installs > 0, "{path:?}: no window was split");
+            }
+        },
+    );
+}
