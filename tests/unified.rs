@@ -434,7 +434,13 @@ fn freed_and_unmapped_device_memory_is_dropped_and_reused_correctly() {
             // SAFETY: the mapping is ours, readable and writable, `len` bytes, page-aligned.
             let v = unsafe { std::slice::from_raw_parts_mut(p.cast::<u32>(), len / 4) };
             fill(rt, &k, v, 1, round);
-            assert!(rt.stats().device_bytes_in_use > idle);
+            // (Not `device_bytes_in_use > idle`: a retired extent the graveyard could not
+            // free yet while other tests kept the handler busy may be freed by this launch.)
+            assert_eq!(
+                rt.residency(v).device,
+                len / PAGE,
+                "{path:?}: on the device"
+            );
             assert_eq!(v[7], 7 + round);
             // SAFETY: `v` is not used after this.
             assert_eq!(unsafe { libc::munmap(p, len) }, 0);
@@ -449,10 +455,10 @@ fn freed_and_unmapped_device_memory_is_dropped_and_reused_correctly() {
             assert_eq!(w[3], 3);
             // SAFETY: `w` is not used after this.
             assert_eq!(unsafe { libc::munmap(q, len) }, 0);
-            assert_eq!(
-                rt.stats().device_bytes_in_use,
-                idle,
-                "{path:?}: device memory released"
+            let in_use = rt.stats().device_bytes_in_use;
+            assert!(
+                in_use <= idle,
+                "{path:?}: device memory released ({in_use} > {idle})"
             );
         }
 
