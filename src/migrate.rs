@@ -447,29 +447,26 @@ fn to_host_claimed(
         let (a, b) = (first + run.start, first + run.end);
         // A large run is installed in two halves at once, the upper one by the fault
         // handler's assistant when it is free (`fault::assist`).
-        let mid = svc.try_assist(
-            ext,
-            a..b,
-            Kind::Bulk {
-                protect: keep_device,
-            },
-        );
-        let low_end = mid.unwrap_or(b);
-        let low = install(
-            trap,
-            transfer,
-            ext,
-            a..low_end,
-            ext.page_addr(a),
-            |_| keep_device,
-            true,
-        );
-        let high = mid.map(|_| svc.assisted_result());
+        let kind = Kind::Bulk {
+            protect: keep_device,
+        };
+        let halves = svc.install_halves(ext, a..b, kind, |part| {
+            let at = ext.page_addr(part.start);
+            install(
+                trap,
+                transfer,
+                ext,
+                part,
+                at,
+                |i| kind.write_protects(i),
+                true,
+            )
+        });
         // Each half by its own outcome; an error is returned only once both are recorded,
         // so no installed page is released as `Device`.
         let mut stop = None;
         let mut error = None;
-        for (half, got) in std::iter::once((a..low_end, low)).chain(high.map(|h| (low_end..b, h))) {
+        for (half, got) in halves.parts() {
             let got = match got {
                 Ok(g) => g,
                 Err(e) => {

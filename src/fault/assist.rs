@@ -60,6 +60,35 @@ pub(crate) enum Kind {
     Bulk { protect: bool },
 }
 
+impl Kind {
+    /// Whether page `i` is installed write-protected.
+    pub fn write_protects(self, i: usize) -> bool {
+        match self {
+            Kind::Fault { writable } => Some(i) != writable,
+            Kind::Bulk { protect } => protect,
+        }
+    }
+
+    /// Whether waiters wake as their pages land (a fault's poster wakes them itself).
+    pub fn wakes_waiters(self) -> bool {
+        matches!(self, Kind::Bulk { .. })
+    }
+}
+
+/// A range installed in one piece or in two halves at once, each with its outcome, lower
+/// first; every part is done (`FaultService::install_halves`).
+pub(crate) struct Halves {
+    pub low: (Range<usize>, Result<Installed>),
+    pub high: Option<(Range<usize>, Result<Installed>)>,
+}
+
+impl Halves {
+    /// The parts, lower first.
+    pub fn parts(self) -> impl Iterator<Item = (Range<usize>, Result<Installed>)> {
+        std::iter::once(self.low).chain(self.high)
+    }
+}
+
 // SAFETY: a `Job` is only a claim ticket: the extent it points to is shared by every thread
 // already (the mirror holds it in an `Arc`, and `Ext` is `Sync`), and the poster keeps it
 // alive until the job's result is back (module docs, "Protocol").

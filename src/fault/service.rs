@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use super::assist::{Assist, Job, Kind};
+use super::assist::{Assist, Halves, Job, Kind};
 use super::signal::{self, Trap};
 use super::uffd::{CopyError, CopyResult, Event, Uffd, UffdMsg};
 use super::watch::Watches;
@@ -458,26 +458,33 @@ impl FaultService {
         self.gate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Hands the upper half of the claimed `pages` of `ext` to the assistant when the range
-    /// is large enough for `ext`'s policy to split and the assistant is free; returns where
-    /// the upper half starts. The caller installs `pages.start..mid` itself, then collects
-    /// the upper half's result with [`assisted_result`](Self::assisted_result) before
-    /// releasing any page.
-    pub(crate) fn try_assist(&self, ext: &Ext, pages: Range<usize>, kind: Kind) -> Option<usize> {
-        if !self.assisted.load(Ordering::Acquire) {
-            return None;
+    /// Installs the claimed `pages` of `ext` as `kind` says: in two halves at once when the
+    /// range is large enough for `ext`'s policy to split and the assistant is free (the
+    /// upper half by the assistant, with its own transfer context), else in one piece; the
+    /// calling thread's part by `install`. Returns once every part is done; the caller
+    /// releases each part by its own outcome.
+    pub(crate) fn install_halves(
+        &self,
+        ext: &Ext,
+        pages: Range<usize>,
+        kind: Kind,
+        install: impl FnOnce(Range<usize>) -> Result<Installed>,
+    ) -> Halves {
+        let mid = split_point(&ext.device().ctx.policy, pages.clone())
+            .filter(|_| self.assisted.load(Ordering::Acquire))
+            .filter(|&mid| self.assist.try_post(Job::new(ext, mid..pages.end, kind)));
+        let Some(mid) = mid else {
+            return Halves {
+                low: (pages.clone(), install(pages)),
+                high: None,
+            };
+        };
+        Counters::add(&ext.device().ctx.counters.parallel_installs, 1);
+        let low = install(pages.start..mid);
+        Halves {
+            low: (pages.start..mid, low),
+            high: Some((mid..pages.end, self.assist.wait())),
         }
-        let mid = split_point(&ext.device().ctx.policy, pages.clone())?;
-        let posted = self.assist.try_post(Job::new(ext, mid..pages.end, kind));
-        if posted {
-            Counters::add(&ext.device().ctx.counters.parallel_installs, 1);
-        }
-        posted.then_some(mid)
-    }
-
-    /// The result of the job [`try_assist`](Self::try_assist) posted.
-    pub(crate) fn assisted_result(&self) -> Result<Installed> {
-        self.assist.wait()
     }
 
     /// Waits until every event the handler has already read is processed.
@@ -749,8 +756,7 @@ impl Handler {
             ext,
             idx..idx + 1,
             &ctx.fault_transfer,
-            |_| true,
-            true,
+            Kind::Fault { writable: None },
         );
         ext.cell(idx).release(Residence::Shared);
         match got {
@@ -924,17 +930,15 @@ pub(super) fn release_shared(svc: &FaultService, ext: &Ext, idx: usize) -> Outco
 }
 
 /// Installs the device copy of the claimed, absent pages `pages` of `ext` at their own
-/// addresses, page `i` write-protected iff `wp(i)`, through `transfer` (the handler's own
-/// transfer context, or the assistant's). When `serving_fault`, waiters stay asleep until the
-/// caller has done its bookkeeping and wakes them (and the `FaultHandler` injection site is
-/// armed); otherwise they wake as their pages land.
+/// addresses as `kind` says (write protection, who wakes waiters), through `transfer` (the
+/// handler's own transfer context, or the assistant's). A `Kind::Fault` install is where the
+/// `FaultHandler` injection site fires.
 fn install_claimed(
     svc: &FaultService,
     ext: &Ext,
     pages: Range<usize>,
     transfer: &Mutex<Transfer>,
-    wp: impl Fn(usize) -> bool,
-    serving_fault: bool,
+    kind: Kind,
 ) -> Result<Installed> {
     let mut transfer = transfer.lock().unwrap_or_else(PoisonError::into_inner);
     let dst = ext.page_addr(pages.start);
@@ -944,7 +948,7 @@ fn install_claimed(
     // and retry". (Unwinding allocates; a panic is the one exception to the handler's
     // no-allocation rule.)
     let run = std::panic::AssertUnwindSafe(|| {
-        if serving_fault && crate::inject::hit(crate::inject::Site::FaultHandler) {
+        if !kind.wakes_waiters() && crate::inject::hit(crate::inject::Site::FaultHandler) {
             panic!("vkhmm: injected fault-handler panic");
         }
         install(
@@ -953,8 +957,8 @@ fn install_claimed(
             ext,
             pages,
             dst,
-            wp,
-            !serving_fault,
+            |i| kind.write_protects(i),
+            kind.wakes_waiters(),
         )
     });
     match std::panic::catch_unwind(run) {
@@ -1043,39 +1047,42 @@ fn install_window(
     pages: Range<usize>,
     writable: Option<usize>,
 ) -> (usize, Outcome) {
-    let ctx = &ext.device().ctx;
-    let wp = |i| Some(i) != writable;
-    let Some(mid) = svc.try_assist(ext, pages.clone(), Kind::Fault { writable }) else {
-        let r = install_claimed(svc, ext, pages.clone(), &ctx.fault_transfer, wp, true);
-        return settle(ext, pages, r, wp);
+    let kind = Kind::Fault { writable };
+    let transfer = &ext.device().ctx.fault_transfer;
+    let halves = svc.install_halves(ext, pages, kind, |part| {
+        install_claimed(svc, ext, part, transfer, kind)
+    });
+    let (low, got) = halves.low;
+    let (low_done, low_outcome) = settle(ext, low.clone(), got, kind);
+    let Some((high, got)) = halves.high else {
+        return (low_done, low_outcome);
     };
-    let low = install_claimed(svc, ext, pages.start..mid, &ctx.fault_transfer, wp, true);
-    let high = svc.assisted_result();
-    let (low_done, low_outcome) = settle(ext, pages.start..mid, low, wp);
-    let (high_done, high_outcome) = settle(ext, mid..pages.end, high, wp);
+    let (high_done, high_outcome) = settle(ext, high.clone(), got, kind);
     let outcome = if low_outcome == Outcome::Retry {
         low_outcome
     } else {
         high_outcome
     };
-    if low_done == mid - pages.start {
+    if low_done == low.len() {
         (low_done + high_done, outcome)
     } else {
         if high_done > 0 {
-            let _ = svc.backend.wake(ext.page_addr(mid), high_done * PAGE);
+            let _ = svc
+                .backend
+                .wake(ext.page_addr(high.start), high_done * PAGE);
         }
         (low_done, outcome)
     }
 }
 
 /// Counts the bytes of an install of the claimed pages `pages` and releases them: the
-/// installed prefix to `Shared` (write-protected, `wp(i)`) or `Host`, the rest to `Device`.
+/// installed prefix to `Shared` (write-protected by `kind`) or `Host`, the rest to `Device`.
 /// Returns the installed prefix's length and what becomes of the fault.
 fn settle(
     ext: &Ext,
     pages: Range<usize>,
     installed: Result<Installed>,
-    wp: impl Fn(usize) -> bool,
+    kind: Kind,
 ) -> (usize, Outcome) {
     let ctx = &ext.device().ctx;
     let (a, b) = (pages.start, pages.end);
@@ -1097,7 +1104,7 @@ fn settle(
     for i in a..b {
         let settled = if i - a >= done {
             Residence::Device
-        } else if wp(i) {
+        } else if kind.write_protects(i) {
             Residence::Shared
         } else {
             Residence::Host
@@ -1113,13 +1120,7 @@ fn assist_install(svc: &FaultService, job: &Job) -> Result<Installed> {
     // SAFETY: called while the job is served; its poster waits for the result.
     let ext = unsafe { job.ext() };
     let transfer = &ext.device().ctx.assist_transfer;
-    let pages = job.pages.clone();
-    match job.kind {
-        Kind::Fault { writable } => {
-            install_claimed(svc, ext, pages, transfer, |i| Some(i) != writable, true)
-        }
-        Kind::Bulk { protect } => install_claimed(svc, ext, pages, transfer, |_| protect, false),
-    }
+    install_claimed(svc, ext, job.pages.clone(), transfer, job.kind)
 }
 
 /// Claims page `idx` and the contiguous pages around it that `want` accepts, within the
