@@ -1,0 +1,77 @@
+//! A fault-back window installed in two halves at once, counted exactly.
+//!
+//! Alone in its binary on purpose: one userfaultfd serves the whole process, and while an
+//! event of any other thread's `munmap`/`madvise` of registered memory is unread the kernel
+//! refuses `UFFDIO_COPY` with `EAGAIN`. A refused half is left on the device (the fault is
+//! retried; the faulting thread may already be awake), so a test beside others that free
+//! buffers could not assert which pages one fault brought back. tests/adaptive.rs races
+//! the split against discards and threads instead, asserting only what holds under that.
+
+mod common;
+
+use common::{groups, pattern};
+use vkhmm::{shaders, Location, Push};
+
+#[test]
+fn large_windows_are_installed_in_two_halves_exactly() {
+    let two_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    for parallel in [true, false] {
+        for path in common::PATHS {
+            let Some(rt) = common::runtime_with(
+                vkhmm::Runtime::builder()
+                    .transfer(path)
+                    .chunk_size(2 << 20)
+                    .fixed_chunks(true)
+                    .parallel_fault_back(parallel),
+            ) else {
+                return;
+            };
+            let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
+            let len = 8 << 20;
+            let src: Vec<u32> = (0..len / 4).map(|i| pattern(i, 3)).collect();
+            let mut v = rt.alloc_from(&src).unwrap();
+            rt.prefetch(&v, Location::Device).unwrap();
+            // The first 2 MiB-aligned window inside the buffer: one fault brings it back, the
+            // lower 256 pages by the handler, the upper 256 by its assistant.
+            let base = v.as_ptr() as usize;
+            let window = (base.next_multiple_of(2 << 20) - base) / 4; // in u32s
+            let page = 1024; // u32s per page
+            let before = rt.stats();
+            // A write fault on a page of the upper half: that page is installed writable by
+            // the assistant, the rest write-protected.
+            let upper = window + 300 * page + 5;
+            v[upper] = 7;
+            let s = rt.stats() - before;
+            let expect_split = u64::from(parallel && two_cpus);
+            assert_eq!(s.parallel_installs, expect_split, "{path:?} {parallel}");
+            assert_eq!(s.bytes_to_host, 2 << 20, "{path:?} {parallel}: one window");
+            let r = rt.residency(&v[window..window + 512 * page]);
+            assert_eq!(
+                (r.host, r.shared, r.device),
+                (1, 511, 0),
+                "{path:?} {parallel}"
+            );
+            // Writes to write-protected pages of both halves: the first makes the chunk's
+            // pages `Host` (the chunk is the whole window here).
+            let (lower, upper2) = (window + 10 * page, window + 400 * page + 9);
+            v[lower] = 11;
+            v[upper2] = 13;
+            let r = rt.residency(&v[window..window + 512 * page]);
+            assert_eq!((r.host, r.shared), (512, 0), "{path:?} {parallel}");
+            // The device sees every write; the other windows come back whole.
+            let n = v.len() as u32;
+            rt.launch(&add, groups(v.len(), 64), (&mut *v, Push(&[n, 1u32])))
+                .unwrap();
+            let wrong = (0..v.len()).find(|&i| {
+                let before = match i {
+                    _ if i == upper => 7,
+                    _ if i == lower => 11,
+                    _ if i == upper2 => 13,
+                    _ => src[i],
+                };
+                v[i] != before.wrapping_add(1)
+            });
+            assert_eq!(wrong, None, "{path:?} {parallel}");
+        }
+    }
+}
