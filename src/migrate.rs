@@ -64,8 +64,8 @@ pub(crate) struct DeviceContext {
     /// The fault handler's own transfer context (nobody else locks it).
     pub fault_transfer: Mutex<Transfer>,
     /// The fault handler's assistant's transfer context (`fault::assist`; nobody else locks
-    /// it).
-    pub assist_transfer: Mutex<Transfer>,
+    /// it); `None` where windows are never split (one CPU, or parallel fault-back off).
+    pub assist_transfer: Option<Mutex<Transfer>>,
     /// Advice given to this runtime (never locked by the fault handler).
     pub advice: Mutex<AdviceMap>,
     /// When bindings count as thrashing (`None`: never settle them in place).

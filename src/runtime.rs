@@ -178,7 +178,11 @@ impl RuntimeBuilder {
                 Dispatcher::new(&device)?,
             )),
             fault_transfer: Mutex::new(fault_transfer(&device, config.staging_bytes)?),
-            assist_transfer: Mutex::new(fault_transfer(&device, config.staging_bytes)?),
+            assist_transfer: if svc.assisted() && policy.split > 0 {
+                Some(Mutex::new(fault_transfer(&device, config.staging_bytes)?))
+            } else {
+                None // no second staging ring where no window is ever split
+            },
             counters: Counters::default(),
             advice: Mutex::default(),
             thrash_policy: self.thrash,

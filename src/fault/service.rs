@@ -471,7 +471,7 @@ impl FaultService {
         install: impl FnOnce(Range<usize>) -> Result<Installed>,
     ) -> Halves {
         let mid = split_point(&ext.device().ctx.policy, pages.clone())
-            .filter(|_| self.assisted.load(Ordering::Acquire))
+            .filter(|_| ext.device().ctx.assist_transfer.is_some())
             .filter(|&mid| self.assist.try_post(Job::new(ext, mid..pages.end, kind)));
         let Some(mid) = mid else {
             return Halves {
@@ -485,6 +485,12 @@ impl FaultService {
             low: (pages.start..mid, low),
             high: Some((mid..pages.end, self.assist.wait())),
         }
+    }
+
+    /// Whether the assistant runs, so that runtimes can give it a transfer context (settled
+    /// before the service is handed out).
+    pub(crate) fn assisted(&self) -> bool {
+        self.assisted.load(Ordering::Acquire)
     }
 
     /// Waits until every event the handler has already read is processed.
@@ -1119,8 +1125,13 @@ fn settle(
 fn assist_install(svc: &FaultService, job: &Job) -> Result<Installed> {
     // SAFETY: called while the job is served; its poster waits for the result.
     let ext = unsafe { job.ext() };
-    let transfer = &ext.device().ctx.assist_transfer;
-    install_claimed(svc, ext, job.pages.clone(), transfer, job.kind)
+    match &ext.device().ctx.assist_transfer {
+        Some(transfer) => install_claimed(svc, ext, job.pages.clone(), transfer, job.kind),
+        // Not posted without one (`install_halves`); should it happen, the half is retried.
+        None => Err(Error::InvalidConfig(
+            "vkhmm: a split window without an assistant transfer context".into(),
+        )),
+    }
 }
 
 /// Claims page `idx` and the contiguous pages around it that `want` accepts, within the
