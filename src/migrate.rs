@@ -508,6 +508,12 @@ fn to_host_claimed(
 /// `UFFDIO_WRITEPROTECT` on the launch path. The kernel refuses it with `EAGAIN` while a
 /// non-cooperative event (another thread's `munmap`, `madvise`, `mremap`) waits to be read;
 /// the handler reads events promptly, so a short wait and a retry succeed.
+///
+/// Clearing protection on a range that another thread unmapped meanwhile (`ENOENT`: no
+/// registered mapping left there; its `UNMAP` marks the pages gone) is done: nothing is
+/// left to clear. Bringing home or merging a neighbour's extent races its `free` that way.
+/// Should a registered mapping lie behind an unregistered one, the kernel stops there; a
+/// page it left protected is unprotected by the handler on its first write fault.
 fn write_protect(trap: &Backend, addr: usize, len: usize, protect: bool) -> Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut spins = 0;
@@ -518,6 +524,9 @@ fn write_protect(trap: &Backend, addr: usize, len: usize, protect: bool) -> Resu
                     && std::time::Instant::now() < deadline =>
             {
                 backoff(&mut spins)
+            }
+            Err(e) if !protect && e.raw_os_error() == Some(linux_raw_sys::errno::ENOENT as i32) => {
+                return Ok(())
             }
             Err(e) => return Err(Error::os("UFFDIO_WRITEPROTECT", e)),
             Ok(()) => return Ok(()),

@@ -1720,10 +1720,16 @@ mod tests {
             }
         );
         done.recv_timeout(TIMEOUT).unwrap().unwrap();
-        // The range is gone: resolution ioctls say so.
+        // The range is gone: resolution ioctls say so, and so does clearing write
+        // protection there (`migrate::write_protect` takes that as done).
         assert_eq!(
             uffd.zeropage(addr, page_size(), true),
             Err(CopyError::Gone(Errno::NOENT))
+        );
+        let unprotect = uffd.write_protect(addr, len, false, false);
+        assert_eq!(
+            unprotect.map_err(|e| e.raw_os_error()),
+            Err(Some(linux_raw_sys::errno::ENOENT as i32))
         );
     }
 
