@@ -41,7 +41,7 @@
 
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -287,6 +287,9 @@ pub(crate) struct FaultService {
     assist: Assist,
     /// Whether the assistant runs (the machine has more than one CPU and it started).
     assisted: AtomicBool,
+    /// Whether the thread that resolves faults holds deferred faults, waiting for claimed
+    /// pages: only then does [`poke`](Self::poke) wake it.
+    deferring: AtomicBool,
     pub(super) wake: OwnedFd,
     pub(super) gate: Mutex<()>,
 }
@@ -372,6 +375,7 @@ impl FaultService {
             pid: rustix::process::getpid().as_raw_nonzero().get() as u32,
             assist: Assist::new(),
             assisted: AtomicBool::new(false),
+            deferring: AtomicBool::new(false),
             wake,
             gate: Mutex::new(()),
         }));
@@ -498,9 +502,30 @@ impl FaultService {
         drop(self.gate.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    /// Tells the handler that claimed pages were released: deferred faults can go on.
+    /// Tells the handler that claimed pages were released: deferred faults can go on. A
+    /// no-op (no syscall, no wake-up of the handler) while it defers nothing, as on every
+    /// launch whose pages no CPU thread touched.
     pub fn poke(&self) {
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        // Pairs with the fence in `retry_deferred`: the caller's releases come before the
+        // load, the handler's store of the flag before its last retry; so either that retry
+        // sees the pages released or this load sees the flag set.
+        fence(Ordering::SeqCst);
+        if self.deferring.load(Ordering::Relaxed) {
+            let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// Ends a round of the thread that resolves faults: `retry` retries its deferred faults
+    /// and says whether some are still deferred. If so, it says so to [`poke`](Self::poke)
+    /// and retries once more, which catches pages released before the flag was set.
+    pub(super) fn retry_deferred(&self, mut retry: impl FnMut() -> bool) {
+        let mut left = retry();
+        if left {
+            self.deferring.store(true, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            left = retry();
+        }
+        self.deferring.store(left, Ordering::Relaxed);
     }
 }
 
@@ -622,7 +647,7 @@ impl Handler {
                 }
             }
             self.finish_remaps();
-            self.retry_deferred();
+            self.svc.retry_deferred(|| self.retry_deferred());
             drop(gate);
             self.svc.mirror.handler_idle();
         }
@@ -676,7 +701,8 @@ impl Handler {
         });
     }
 
-    fn retry_deferred(&mut self) {
+    /// Retries the deferred faults; returns whether some are still deferred.
+    fn retry_deferred(&mut self) -> bool {
         let mut i = 0;
         while i < self.deferred.len() {
             let f = self.deferred[i].0;
@@ -690,6 +716,7 @@ impl Handler {
                 }
             }
         }
+        !self.deferred.is_empty()
     }
 
     /// Resolves one fault; once it is done, the faulting page is woken once more — a wake

@@ -558,7 +558,7 @@ impl Helper {
                     }
                 }
             }
-            self.retry_deferred();
+            self.svc.retry_deferred(|| self.retry_deferred());
             drop(gate);
             self.svc.mirror.handler_idle();
         }
@@ -581,7 +581,8 @@ impl Helper {
         let _ = rustix::event::poll(&mut fds, timeout.as_ref());
     }
 
-    fn retry_deferred(&mut self) {
+    /// Retries the deferred faults; returns whether some are still deferred.
+    fn retry_deferred(&mut self) -> bool {
         let mut k = 0;
         while k < self.deferred.len() {
             let i = self.deferred[k].0;
@@ -596,6 +597,7 @@ impl Helper {
                 }
             }
         }
+        !self.deferred.is_empty()
     }
 
     fn count_deferred(&self, i: usize) {
