@@ -528,7 +528,8 @@ fn write_protect(trap: &Backend, addr: usize, len: usize, protect: bool) -> Resu
             Err(e) if !protect && e.raw_os_error() == Some(linux_raw_sys::errno::ENOENT as i32) => {
                 return Ok(())
             }
-            Err(e) => return Err(Error::os("UFFDIO_WRITEPROTECT", e)),
+            Err(e) if protect => return Err(Error::os("UFFDIO_WRITEPROTECT (set)", e)),
+            Err(e) => return Err(Error::os("UFFDIO_WRITEPROTECT (clear)", e)),
             Ok(()) => return Ok(()),
         }
     }
