@@ -273,6 +273,28 @@ pub(crate) struct Installed {
     pub stop: Option<InstallStop>,
 }
 
+/// [`install`] of the claimed, absent pages `pages` of `ext` at their own addresses, as
+/// `kind` says (write protection, whether waiters wake as their pages land): the fault
+/// handler's windows, its assistant's halves and bulk moves home all install this way.
+pub(crate) fn install_in_place(
+    trap: &Backend,
+    transfer: &mut Transfer,
+    ext: &Ext,
+    pages: Range<usize>,
+    kind: Kind,
+) -> Result<Installed> {
+    let dst = ext.page_addr(pages.start);
+    install(
+        trap,
+        transfer,
+        ext,
+        pages,
+        dst,
+        |i| kind.write_protects(i),
+        kind.wakes_waiters(),
+    )
+}
+
 /// Copies the device copy of the claimed, absent pages `pages` of `ext` into host memory at
 /// `dst` (the address of the first page; normally `ext.page_addr(pages.start)`), page `i`
 /// write-protected iff `wp(i)`. With `wake` false, threads waiting on the pages stay asleep
@@ -451,16 +473,7 @@ fn to_host_claimed(
             protect: keep_device,
         };
         let halves = svc.install_halves(ext, a..b, kind, |part| {
-            let at = ext.page_addr(part.start);
-            install(
-                trap,
-                transfer,
-                ext,
-                part,
-                at,
-                |i| kind.write_protects(i),
-                true,
-            )
+            install_in_place(trap, transfer, ext, part, kind)
         });
         // Each half by its own outcome; an error is returned only once both are recorded,
         // so no installed page is released as `Device`.

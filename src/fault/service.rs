@@ -50,7 +50,9 @@ use super::signal::{self, Trap};
 use super::uffd::{CopyError, CopyResult, Event, Uffd, UffdMsg};
 use super::watch::Watches;
 use crate::device::Transfer;
-use crate::migrate::{install, Counters, DeviceCopy, Ext, InstallStop, Installed};
+use crate::migrate::{
+    install, install_in_place, Counters, DeviceCopy, Ext, InstallStop, Installed,
+};
 use crate::mirror::map::MirrorMap;
 use crate::mirror::page::Residence;
 use crate::mirror::plan::page_floor;
@@ -506,7 +508,7 @@ impl FaultService {
     /// no-op (no syscall, no wake-up of the handler) while it defers nothing, as on every
     /// launch whose pages no CPU thread touched.
     pub fn poke(&self) {
-        // Pairs with the fence in `retry_deferred`: the caller's releases come before the
+        // Pairs with the fence in `finish_round`: the caller's releases come before the
         // load, the handler's store of the flag before its last retry; so either that retry
         // sees the pages released or this load sees the flag set.
         fence(Ordering::SeqCst);
@@ -518,7 +520,7 @@ impl FaultService {
     /// Ends a round of the thread that resolves faults: `retry` retries its deferred faults
     /// and says whether some are still deferred. If so, it says so to [`poke`](Self::poke)
     /// and retries once more, which catches pages released before the flag was set.
-    pub(super) fn retry_deferred(&self, mut retry: impl FnMut() -> bool) {
+    pub(super) fn finish_round(&self, mut retry: impl FnMut() -> bool) {
         let mut left = retry();
         if left {
             self.deferring.store(true, Ordering::Relaxed);
@@ -647,7 +649,7 @@ impl Handler {
                 }
             }
             self.finish_remaps();
-            self.svc.retry_deferred(|| self.retry_deferred());
+            self.svc.finish_round(|| self.retry_deferred());
             drop(gate);
             self.svc.mirror.handler_idle();
         }
@@ -974,25 +976,17 @@ fn install_claimed(
     kind: Kind,
 ) -> Result<Installed> {
     let mut transfer = transfer.lock().unwrap_or_else(PoisonError::into_inner);
-    let dst = ext.page_addr(pages.start);
     // A panic in here (an assertion in the transfer code, or an injected one) must not end
     // the handler thread: every thread waiting on a fault would sleep for ever. It becomes an
     // error, which each caller already turns into "release the claimed pages as they were
     // and retry". (Unwinding allocates; a panic is the one exception to the handler's
     // no-allocation rule.)
     let run = std::panic::AssertUnwindSafe(|| {
-        if !kind.wakes_waiters() && crate::inject::hit(crate::inject::Site::FaultHandler) {
+        let fault = matches!(kind, Kind::Fault { .. });
+        if fault && crate::inject::hit(crate::inject::Site::FaultHandler) {
             panic!("vkhmm: injected fault-handler panic");
         }
-        install(
-            &svc.backend,
-            &mut transfer,
-            ext,
-            pages,
-            dst,
-            |i| kind.write_protects(i),
-            kind.wakes_waiters(),
-        )
+        install_in_place(&svc.backend, &mut transfer, ext, pages, kind)
     });
     match std::panic::catch_unwind(run) {
         Ok(result) => result,
@@ -1155,9 +1149,11 @@ fn assist_install(svc: &FaultService, job: &Job) -> Result<Installed> {
     match &ext.device().ctx.assist_transfer {
         Some(transfer) => install_claimed(svc, ext, job.pages.clone(), transfer, job.kind),
         // Not posted without one (`install_halves`); should it happen, the half is retried.
-        None => Err(Error::InvalidConfig(
-            "vkhmm: a split window without an assistant transfer context".into(),
-        )),
+        // (No allocation: the assistant keeps the handler's rules.)
+        None => Err(Error::Os {
+            op: "the fault handler's assistant (it has no transfer context)",
+            source: std::io::ErrorKind::Unsupported.into(),
+        }),
     }
 }
 

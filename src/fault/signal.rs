@@ -558,7 +558,7 @@ impl Helper {
                     }
                 }
             }
-            self.svc.retry_deferred(|| self.retry_deferred());
+            self.svc.finish_round(|| self.retry_deferred());
             drop(gate);
             self.svc.mirror.handler_idle();
         }
