@@ -1569,6 +1569,76 @@ mod tests {
         assert_eq!(peek(region.addr()), src[0]);
     }
 
+    /// `UFFDIO_MOVE` (test-only: the runtime does not move pages; see the test below).
+    fn move_page(uffd: &Uffd, dst: usize, src: usize) -> io::Result<()> {
+        const OP_MOVE: Opcode =
+            opcode::read_write::<uapi::uffdio_move>(UFFDIO, uapi::_UFFDIO_MOVE as u8);
+        let mut mv = uapi::uffdio_move {
+            dst: dst as u64,
+            src: src as u64,
+            len: page_size() as u64,
+            mode: 1, // UFFDIO_MOVE_MODE_DONTWAKE (linux-raw-sys lacks the move modes)
+            move_: 0,
+        };
+        // SAFETY: UFFDIO_MOVE reads and writes one `uffdio_move`, which `mv` is; both pages
+        // are the test's own.
+        unsafe { ioctl(&uffd.fd, Updater::<OP_MOVE, _>::new(&mut mv)) }.map_err(Into::into)
+    }
+
+    /// Why the runtime installs `Shared` pages with `UFFDIO_COPY_MODE_WP` and does not recycle
+    /// pages with `UFFDIO_MOVE` (docs/performance.md, "Sequential fault-back against its
+    /// ceiling"): a moved page arrives writable, whatever protection its source had, and a
+    /// write-protect marker placed first makes the move fail. Protecting it after the move
+    /// leaves a window in which another thread's write lands unseen, and the page would be
+    /// called `Shared` with a stale device copy.
+    #[test]
+    fn a_moved_page_arrives_writable_and_a_wp_marker_refuses_the_move() {
+        const MOVE: u64 = uapi::UFFD_FEATURE_MOVE as u64;
+        // The regions outlive the fd (declared first, dropped last): an unmap of a registered
+        // range waits until its event is read.
+        let (region, parked) = (Region::new(2), Region::new(2));
+        let uffd = Uffd::open(SERVICE_FEATURES | WP_UNPOPULATED | MOVE).unwrap();
+        if !uffd.has_feature(MOVE | WP_UNPOPULATED) {
+            eprintln!("skipped: kernel lacks UFFD_FEATURE_MOVE or WP_UNPOPULATED");
+            return;
+        }
+        let src = pattern(6);
+        for (i, b) in src.iter().enumerate() {
+            poke(parked.page(0) + i, *b);
+            poke(parked.page(1) + i, *b);
+        }
+        uffd.register(region.addr(), region.len(), true, true)
+            .unwrap();
+        // The source may itself be write-protected: the protection does not travel.
+        uffd.register(parked.addr(), parked.len(), true, true)
+            .unwrap();
+        let pagemap = Pagemap::open().unwrap();
+        uffd.write_protect(parked.page(0), page_size(), true, false)
+            .unwrap();
+        assert!(entry(&pagemap, parked.page(0)).uffd_wp());
+        move_page(&uffd, region.page(0), parked.page(0)).unwrap();
+        let e = entry(&pagemap, region.page(0));
+        assert!(e.present() && !e.uffd_wp(), "{e:?}");
+        // A write now raises no fault at all.
+        let (_, rx) = spawn_write(region.page(0) + 1, 0x77);
+        assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), 0x77);
+        assert_no_event(&uffd);
+        assert_eq!(peek(region.page(0)), src[0]);
+
+        // Protecting the destination first leaves a marker, and the move refuses it.
+        uffd.write_protect(region.page(1), page_size(), true, false)
+            .unwrap();
+        let err = move_page(&uffd, region.page(1), parked.page(1)).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(linux_raw_sys::errno::EEXIST as i32)
+        );
+        assert!(
+            entry(&pagemap, parked.page(1)).present(),
+            "the source stays"
+        );
+    }
+
     #[test]
     fn write_protecting_an_absent_page_without_wp_unpopulated_does_nothing() {
         let region = Region::new(1);
