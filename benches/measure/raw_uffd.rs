@@ -184,20 +184,29 @@ pub fn restore_affinity(old: &rustix::thread::CpuSet) {
 
 /// `UFFDIO_COPY` throughput: fill a registered, empty mapping of `size` bytes from a
 /// populated source in `piece`-byte ioctls (the primitive a fault-back or a prefetch to the
-/// host is built on). No fault is involved: the ioctls run on the measuring thread.
+/// host is built on). No fault is involved: the ioctls run on the measuring thread, or on
+/// `threads` threads each filling its own contiguous part (as the fault handler and its
+/// assistant fill the two halves of a window).
 pub struct CopyBandwidth {
     dst: *mut u8,
     size: usize,
     piece: usize,
+    threads: usize,
     src: Vec<u8>,
     fd: OwnedFd,
     wp: bool,
 }
 
 impl CopyBandwidth {
-    /// A registered mapping and a source of `size` bytes. With `wp` the pages are installed
-    /// write-protected (`UFFDIO_COPY_MODE_WP`), as vkhmm installs `Shared` pages.
-    pub fn new(size: usize, piece: usize, wp: bool) -> anyhow::Result<CopyBandwidth> {
+    /// A registered mapping and a source of `size` bytes, filled by `threads` threads. With
+    /// `wp` the pages are installed write-protected (`UFFDIO_COPY_MODE_WP`), as vkhmm installs
+    /// `Shared` pages.
+    pub fn new(
+        size: usize,
+        piece: usize,
+        threads: usize,
+        wp: bool,
+    ) -> anyhow::Result<CopyBandwidth> {
         use rustix::mm::{userfaultfd, UserfaultfdFlags};
         let flags = UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK;
         // SAFETY: as in `RawUffd::new`: only our own mapping is registered.
@@ -254,6 +263,7 @@ impl CopyBandwidth {
             dst,
             size,
             piece: piece.min(size),
+            threads: threads.max(1),
             src: (0..size).map(|i| i as u8).collect(),
             fd,
             wp,
@@ -271,9 +281,29 @@ impl CopyBandwidth {
             )
         }
         .map_err(|e| anyhow::anyhow!("madvise: {e}"))?;
+        let part = (self.size / self.threads).next_multiple_of(PAGE);
+        let this = &*self;
         let t = Instant::now();
-        for off in (0..self.size).step_by(self.piece) {
-            let len = self.piece.min(self.size - off);
+        if self.threads == 1 {
+            this.fill(0..self.size)?;
+        } else {
+            std::thread::scope(|s| {
+                let parts: Vec<_> = (0..self.size)
+                    .step_by(part)
+                    .map(|a| s.spawn(move || this.fill(a..(a + part).min(this.size))))
+                    .collect();
+                parts
+                    .into_iter()
+                    .try_for_each(|h| h.join().expect("a copier thread panicked"))
+            })?;
+        }
+        Ok(t.elapsed())
+    }
+
+    /// Fills bytes `range` of the mapping in `piece`-byte ioctls.
+    fn fill(&self, range: std::ops::Range<usize>) -> anyhow::Result<()> {
+        for off in range.clone().step_by(self.piece) {
+            let len = self.piece.min(range.end - off);
             let mut copy = uapi::uffdio_copy {
                 dst: self.dst as u64 + off as u64,
                 src: self.src.as_ptr() as u64 + off as u64,
@@ -287,13 +317,19 @@ impl CopyBandwidth {
                 copy: 0,
             };
             // SAFETY: UFFDIO_COPY reads and writes one `uffdio_copy`; the source is our
-            // populated Vec, the destination missing pages of our own registered mapping.
+            // populated Vec, the destination missing pages of our own registered mapping
+            // (each thread its own part of them).
             unsafe { ioctl(&self.fd, Updater::<OP_COPY, _>::new(&mut copy)) }
                 .map_err(|e| anyhow::anyhow!("UFFDIO_COPY: {e}"))?;
         }
-        Ok(t.elapsed())
+        Ok(())
     }
 }
+
+// SAFETY: the mapping behind `dst` is owned by the value and only read through `&self`
+// methods that write disjoint parts of it via the kernel (`fill`); the raw pointer is the
+// only thing that keeps the type from being `Sync` automatically.
+unsafe impl Sync for CopyBandwidth {}
 
 impl Drop for CopyBandwidth {
     fn drop(&mut self) {
