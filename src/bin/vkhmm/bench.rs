@@ -390,7 +390,7 @@ fn limits(r: &mut Report, budget: Budget, size: usize, memcpy: f64) -> anyhow::R
         (2 * MIB, 1, true),
         (2 * MIB, 2, true),
     ];
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+    if !two_cpus() {
         primitives.pop();
     }
     for (piece, threads, wp) in primitives {
@@ -549,7 +549,7 @@ fn chunks(r: &mut Report, p: &Progress, budget: Budget, quick: bool) -> anyhow::
 /// each filling its own half (the handler and its assistant), no fault involved. What issue
 /// 6's figure can reach on a host is this ceiling's ratio to memcpy.
 fn fault_back_ceiling(r: &mut Report, budget: Budget, size: usize) -> anyhow::Result<()> {
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+    if !two_cpus() {
         return Ok(()); // one CPU: vkhmm splits no window, the one-thread rows say it all
     }
     let rt = measure::chunked(TransferPath::Direct, 64 * KIB, false).build()?;
@@ -568,6 +568,12 @@ fn fault_back_ceiling(r: &mut Report, budget: Budget, size: usize) -> anyhow::Re
         note: "the design's ceiling (limit)".into(),
     });
     Ok(())
+}
+
+/// Whether this process may run on two CPUs at once (vkhmm splits fault-back windows only
+/// then).
+fn two_cpus() -> bool {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
 }
 
 /// Isolated single-page touch latency: vkhmm (4 KiB fixed chunks, both paths, and the
