@@ -188,7 +188,9 @@ pub fn restore_affinity(old: &rustix::thread::CpuSet) {
 /// `threads` threads each filling its own contiguous part (as the fault handler and its
 /// assistant fill the two halves of a window).
 pub struct CopyBandwidth {
-    dst: *mut u8,
+    /// Address of the registered mapping (a number, so that the copier threads can share
+    /// `&self`).
+    dst: usize,
     size: usize,
     piece: usize,
     threads: usize,
@@ -241,8 +243,7 @@ impl CopyBandwidth {
                 rustix::mm::MapFlags::PRIVATE,
             )
         }
-        .map_err(|e| anyhow::anyhow!("mmap: {e}"))?
-        .cast::<u8>();
+        .map_err(|e| anyhow::anyhow!("mmap: {e}"))? as usize;
         let mut reg = uapi::uffdio_register {
             range: uapi::uffdio_range {
                 start: dst as u64,
@@ -275,7 +276,7 @@ impl CopyBandwidth {
         // SAFETY: the mapping is ours and holds plain bytes; nothing touches it meanwhile.
         unsafe {
             rustix::mm::madvise(
-                self.dst.cast(),
+                self.dst as *mut std::ffi::c_void,
                 self.size,
                 rustix::mm::Advice::LinuxDontNeed,
             )
@@ -326,15 +327,10 @@ impl CopyBandwidth {
     }
 }
 
-// SAFETY: the mapping behind `dst` is owned by the value and only read through `&self`
-// methods that write disjoint parts of it via the kernel (`fill`); the raw pointer is the
-// only thing that keeps the type from being `Sync` automatically.
-unsafe impl Sync for CopyBandwidth {}
-
 impl Drop for CopyBandwidth {
     fn drop(&mut self) {
         // SAFETY: the mapping is ours and nothing refers to it any more.
-        let _ = unsafe { rustix::mm::munmap(self.dst.cast(), self.size) };
+        let _ = unsafe { rustix::mm::munmap(self.dst as *mut std::ffi::c_void, self.size) };
     }
 }
 

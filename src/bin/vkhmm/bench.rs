@@ -552,14 +552,14 @@ fn fault_back_ceiling(r: &mut Report, budget: Budget, size: usize) -> anyhow::Re
     if !two_cpus() {
         return Ok(()); // one CPU: vkhmm splits no window, the one-thread rows say it all
     }
-    let rt = measure::chunked(TransferPath::Direct, 64 * KIB, false).build()?;
+    let rt = measure::runtime(TransferPath::Direct)?;
     let mut f = measure::FaultBack::new(&rt, size, Order::Sequential)?;
     let mut u = measure::raw_uffd::CopyBandwidth::new(size, 2 * MIB, 2, true)?;
     let (fs, us) = measure::sample_pair(budget, || f.run(), || u.run())?;
     anyhow::ensure!(f.verify(), "fault-back (ceiling pair) lost data");
     r.rows.push(Row {
-        key: "faultback_seq_direct_default_vs_ceiling_64mib".into(),
-        figure: "fault-back seq, 64 MiB, Direct, chunk default".into(),
+        key: format!("faultback_seq_direct_default_{}mib_vs_ceiling", size / MIB),
+        figure: format!("fault-back seq, {}, Direct, chunk default", size_name(size)),
         unit: Unit::GBps,
         vkhmm: gbps(size, median_of(&fs)),
         baseline: "2-thread WP UFFDIO_COPY".into(),
