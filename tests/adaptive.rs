@@ -184,56 +184,6 @@ fn a_discard_racing_split_windows_reads_old_or_zero() {
 }
 
 #[test]
-fn prefetch_home_in_two_halves_is_exact() {
-    let two_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
-    for parallel in [true, false] {
-        common::each_runtime(
-            &common::PATHS,
-            |path| {
-                vkhmm::Runtime::builder()
-                    .transfer(path)
-                    .parallel_fault_back(parallel)
-            },
-            |rt, path| {
-                let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
-                let words = (8 << 20) / 4;
-                let src: Vec<u32> = (0..words).map(|i| pattern(i, 5)).collect();
-                let mut v = rt.alloc_from(&src).unwrap();
-                rt.prefetch(&v, Location::Device).unwrap();
-                let before = rt.stats();
-                // One run of 2048 device pages: the launcher installs the lower half, the
-                // fault handler's assistant the upper one.
-                rt.prefetch(&v, Location::Host).unwrap();
-                let s = rt.stats() - before;
-                assert_eq!(s.bytes_to_host, 8 << 20, "{path:?} {parallel}");
-                assert_eq!(s.cpu_faults, 0, "{path:?} {parallel}");
-                if parallel && two_cpus {
-                    assert!(s.parallel_installs >= 1, "{path:?}: not split");
-                } else {
-                    assert_eq!(s.parallel_installs, 0, "{path:?}");
-                }
-                let r = rt.residency(&v[..]);
-                assert_eq!((r.shared, r.device), (2048, 0), "{path:?} {parallel}");
-                // Reads fault nothing; a write to the upper half is caught (write-protected)
-                // and reaches the device.
-                assert!(
-                    v.iter().zip(&src).all(|(a, b)| a == b),
-                    "{path:?} {parallel}"
-                );
-                let at = 3 * words / 4 + 3;
-                v[at] = 17;
-                let n = v.len() as u32;
-                rt.launch(&add, groups(v.len(), 64), (&mut *v, Push(&[n, 1u32])))
-                    .unwrap();
-                let wrong =
-                    (0..words).find(|&i| v[i] != if i == at { 17 } else { src[i] }.wrapping_add(1));
-                assert_eq!(wrong, None, "{path:?} {parallel}");
-            },
-        );
-    }
-}
-
-#[test]
 fn threads_faulting_across_both_halves_of_windows_lose_nothing() {
     use std::sync::atomic::{AtomicU32, Ordering};
     // Four threads fault on the same 2 MiB windows at once — some on pages the handler
