@@ -12,6 +12,10 @@
 //! it starts working (odd) and when it goes idle (even); an extent retired at epoch `e` may be
 //! dropped once the counter has reached `e` rounded up to even. The handler therefore never
 //! drops the last reference to an extent (which would free device memory from the handler).
+//! Replaced snapshots wait there too: publishing may turn the handler's borrow of the old
+//! list into a reference of its own (arc-swap pays its readers' debts on store), and the
+//! handler must not be the one to free that list — a `free` takes malloc's lock, which a
+//! thread blocked in a fault inside `malloc` may hold.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +36,8 @@ pub struct MirrorMap<D> {
 
 struct Graveyard<D> {
     retired: Vec<(u64, Arc<Extent<D>>)>,
+    /// Replaced snapshots, with the epoch they were replaced at.
+    snapshots: Vec<(u64, Arc<Snapshot<D>>)>,
 }
 
 impl<D> Default for MirrorMap<D> {
@@ -47,6 +53,7 @@ impl<D> MirrorMap<D> {
             snapshot: ArcSwap::from_pointee(Vec::new()),
             writer: Mutex::new(Graveyard {
                 retired: Vec::new(),
+                snapshots: Vec::new(),
             }),
             handler_epoch: AtomicU64::new(0),
         }
@@ -141,22 +148,25 @@ impl<D> Writer<'_, D> {
         self.graveyard
             .retired
             .extend(retire.iter().map(|e| (epoch, Arc::clone(e))));
+        self.graveyard.snapshots.push((epoch, cur));
     }
 
     /// Removes from the graveyard the extents the handler can no longer be using and returns
     /// them; dropping them frees their device copies.
     pub fn collect_garbage(&mut self) -> Vec<Arc<Extent<D>>> {
         let now = self.map.handler_epoch.load(Ordering::SeqCst);
+        let passed = |e: &u64| now >= e + (e & 1);
+        self.graveyard.snapshots.retain(|(e, _)| !passed(e));
         let (dead, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.graveyard.retired)
             .into_iter()
-            .partition(|(e, _)| now >= e + (e & 1));
+            .partition(|(e, _)| passed(e));
         self.graveyard.retired = keep;
         dead.into_iter().map(|(_, ext)| ext).collect()
     }
 
-    /// Number of extents waiting in the graveyard.
+    /// Number of extents (and replaced snapshots) waiting in the graveyard.
     pub fn graveyard_len(&self) -> usize {
-        self.graveyard.retired.len()
+        self.graveyard.retired.len() + self.graveyard.snapshots.len()
     }
 }
 
@@ -230,5 +240,20 @@ mod tests {
         m.handler_idle();
         assert_eq!(m.write().collect_garbage().len(), 1);
         assert_eq!(m.write().graveyard_len(), 0);
+    }
+
+    #[test]
+    fn the_handler_never_drops_the_last_reference_to_a_replaced_list() {
+        let m = MirrorMap::new();
+        m.write().replace(&[], [ext(0, 1)]);
+        m.handler_busy();
+        let seen = m.snapshot.load(); // what a lookup holds while it works
+        let list = Arc::downgrade(&*seen);
+        m.write().replace(&[], [ext(5, 1)]);
+        drop(seen);
+        assert!(list.upgrade().is_some(), "the graveyard keeps it");
+        m.handler_idle();
+        drop(m.write().collect_garbage());
+        assert!(list.upgrade().is_none(), "the writer freed it");
     }
 }
