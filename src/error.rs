@@ -53,6 +53,10 @@ pub enum MemoryReason {
     /// `AccessInPlace`: the process already accesses the most ranges in place that vkhmm
     /// watches at once (64).
     TooManyInPlace,
+    /// The range was unmapped or moved (`munmap`, `mremap`) while a launch or prefetch used
+    /// it: the launch did not (or not entirely) happen, and nothing of it reached memory
+    /// mapped there since.
+    UnmappedWhileInUse,
 }
 
 impl fmt::Display for MemoryReason {
@@ -80,6 +84,9 @@ impl fmt::Display for MemoryReason {
             }
             MemoryReason::TooManyInPlace => {
                 f.write_str("64 ranges are accessed in place already (the most vkhmm watches)")
+            }
+            MemoryReason::UnmappedWhileInUse => {
+                f.write_str("it was unmapped or moved while the launch or prefetch used it")
             }
         }
     }

@@ -126,7 +126,7 @@ fn memory_it_cannot_take_gives_typed_errors_and_stays_intact() {
     common::each_path_foreign(|rt, path| {
         // A heap `Vec`: not page-aligned.
         let mut v: Vec<u32> = (0..WORDS + 3).map(|i| pattern(i, 5)).collect();
-        let start = if (v.as_ptr() as usize) % 4096 == 0 {
+        let start = if (v.as_ptr() as usize).is_multiple_of(4096) {
             1
         } else {
             0

@@ -59,7 +59,7 @@ impl Vk {
                 .iter()
                 .position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE));
             if let Some(q) = family {
-                if name.map_or(true, |n| pname.contains(n)) {
+                if name.is_none_or(|n| pname.contains(n)) {
                     chosen = Some((pd, q as u32, pname));
                     break;
                 }

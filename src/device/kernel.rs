@@ -140,7 +140,7 @@ fn check_interface(info: &KernelInfo, limits: &DeviceLimits) -> Result<()> {
             limits.max_push_constants_size
         ));
     }
-    if push % 4 != 0 {
+    if !push.is_multiple_of(4) {
         return unsupported(format!(
             "{push} bytes of push constants is not a multiple of 4"
         ));
@@ -542,7 +542,7 @@ pub(crate) fn check_binding(
     if len > max {
         return Err(Error::BindingTooLarge { binding, len, max });
     }
-    if offset % align.max(1) != 0 {
+    if !offset.is_multiple_of(align.max(1)) {
         return Err(Error::MisalignedBinding {
             binding,
             addr: offset as usize,

@@ -42,6 +42,7 @@ use super::map::map_host_oom;
 use super::pool::{RawBuffer, PAGE};
 use super::{Device, DeviceBlock, TransferPath};
 use crate::error::{Error, Result};
+use crate::sys::guarded;
 
 /// Slots in a staging ring: enough to keep the copy engine busy while the CPU fills or
 /// drains the others.
@@ -160,10 +161,10 @@ impl Transfer {
                 let base = mapping(dst);
                 for &(at, bytes) in regions {
                     // SAFETY: in bounds (checked); the caller rules out other access; `bytes` is
-                    // host memory outside the mapping.
-                    unsafe {
-                        ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(at as usize), bytes.len())
-                    };
+                    // host memory outside the mapping (a guarded copy: should a buggy program
+                    // unmap it meanwhile, the copy fails instead of the process).
+                    unsafe { guarded::copy(base.add(at as usize), bytes.as_ptr(), bytes.len()) }
+                        .map_err(|f| vanished(bytes, f))?;
                 }
                 Ok(())
             }
@@ -570,14 +571,16 @@ impl Staging {
             let n = (bytes.len() - done).min(self.room(dev, sink, true)? as usize);
             let stage = self.stage_at();
             // SAFETY: `[stage, stage + n)` is free space of the current slot, inside the
-            // mapping, and no command in flight uses the slot; `bytes` is outside the ring.
+            // mapping, and no command in flight uses the slot; `bytes` is outside the ring
+            // (a guarded copy, as for the Direct path).
             unsafe {
-                ptr::copy_nonoverlapping(
-                    bytes[done..].as_ptr(),
+                guarded::copy(
                     self.base.as_ptr().add(stage as usize),
+                    bytes[done..].as_ptr(),
                     n,
                 )
-            };
+            }
+            .map_err(|f| vanished(&bytes[done..], f))?;
             let copy = vk::BufferCopy {
                 src_offset: stage,
                 dst_offset: at + done as u64,
@@ -681,6 +684,16 @@ impl Drop for Staging {
         // SAFETY: the slots were created on this device and are not used again; every
         // operation waits before returning, so nothing is in flight (destroy waits anyway).
         unsafe { self.cmds.destroy(&device.raw) };
+    }
+}
+
+/// The error of an upload whose source `bytes` vanished from under a guarded copy after
+/// `f.copied` bytes: a buggy program unmapped memory a launch was using.
+fn vanished(bytes: &[u8], f: guarded::Faulted) -> Error {
+    Error::UnsupportedMemory {
+        addr: bytes.as_ptr() as usize + f.copied,
+        len: bytes.len() - f.copied,
+        reason: crate::MemoryReason::UnmappedWhileInUse,
     }
 }
 

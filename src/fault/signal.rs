@@ -18,7 +18,7 @@
 //! slot's futex until the helper has copied the data back and changed the protection, and
 //! returns: the kernel re-executes the access, which now succeeds (or faults again and is
 //! handed over again). Every other fault is chained to the handler that was installed
-//! before ([`chain`]).
+//! before (`sys::guarded::Chained`).
 //!
 //! The helper ([`Helper`]) resolves faults with the same code as the userfaultfd handler
 //! (`service::copy_back`, `service::release_shared`) through the service's [`Backend`]; this
@@ -71,12 +71,10 @@
 //! 6. **Slots are reused only after the waiter left.** The waiter frees its slot after the
 //!    helper marked it done; the helper never touches a slot it has marked done.
 
-use std::cell::UnsafeCell;
 use std::ffi::c_void;
-use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use rustix::io::Errno;
 use rustix::thread::futex;
@@ -87,6 +85,7 @@ use crate::migrate::{Counters, Ext};
 use crate::mirror::page::Residence;
 use crate::mirror::plan::page_floor;
 use crate::mirror::PAGE;
+use crate::sys::guarded::Chained;
 use crate::sys::{self, Prot};
 
 // ------------------------------------------------------------------------------------------
@@ -105,8 +104,8 @@ static MANAGED_HIGH: AtomicUsize = AtomicUsize::new(0);
 
 fn pack(start: usize, len: usize) -> Option<u64> {
     let (page, pages) = (start / PAGE, len / PAGE);
-    let fits = start % PAGE == 0
-        && len % PAGE == 0
+    let fits = start.is_multiple_of(PAGE)
+        && len.is_multiple_of(PAGE)
         && pages > 0
         && (pages as u64) < (1 << LEN_BITS)
         && (page as u64) < (1 << (64 - LEN_BITS));
@@ -271,14 +270,9 @@ fn complete(i: usize) {
 // ------------------------------------------------------------------------------------------
 // The SIGSEGV handler
 
-/// The action that was installed before ours, for [`chain`].
-struct PrevAction(UnsafeCell<MaybeUninit<libc::sigaction>>);
-// SAFETY: written once by `install_handler` before our handler is installed (and before
-// `PREV_SET` is published), only read afterwards.
-unsafe impl Sync for PrevAction {}
-static PREV: PrevAction = PrevAction(UnsafeCell::new(MaybeUninit::uninit()));
-static PREV_SET: AtomicBool = AtomicBool::new(false);
-static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// The `SIGSEGV` action: ours over whatever was installed before (to which
+/// [`on_sigsegv`] passes every fault that is not ours).
+static SEGV: Chained = Chained::new();
 
 /// Whether the faulting access was a write.
 #[cfg(target_arch = "x86_64")]
@@ -318,80 +312,10 @@ extern "C" fn on_sigsegv(sig: libc::c_int, info: *mut libc::siginfo_t, uctx: *mu
         && pid() == OWNER_PID.load(Ordering::Acquire);
     if !ours {
         // SAFETY: `sig`, `info` and `uctx` are what the kernel gave this handler.
-        unsafe { chain(sig, info, uctx) };
+        unsafe { SEGV.chain(sig, info, uctx) };
         return;
     }
     submit(page_floor(addr), access_of(uctx));
-}
-
-/// Passes a fault that is not ours to the previous action: its SA_SIGINFO or plain
-/// handler, or — for `SIG_DFL` and `SIG_IGN` — the default action: it is restored and the
-/// handler returns, so the access faults again and the process dies as it would have
-/// without vkhmm (the kernel also kills for an ignored or blocked forced `SIGSEGV`).
-///
-/// # Safety
-///
-/// Call only from the signal handler, with its arguments.
-unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uctx: *mut c_void) {
-    let prev = if PREV_SET.load(Ordering::Acquire) {
-        // SAFETY: PREV was written before PREV_SET was published and is never written again.
-        Some(unsafe { (*PREV.0.get()).assume_init_ref() })
-    } else {
-        None
-    };
-    match prev {
-        Some(p) if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {
-            if p.sa_flags & libc::SA_SIGINFO != 0 {
-                // SAFETY: with SA_SIGINFO, `sa_sigaction` is a three-argument handler.
-                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut c_void) =
-                    unsafe { std::mem::transmute(p.sa_sigaction) };
-                f(sig, info, uctx);
-            } else {
-                // SAFETY: without SA_SIGINFO, `sa_handler` is a one-argument handler.
-                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(p.sa_sigaction) };
-                f(sig);
-            }
-        }
-        _ => {
-            // SAFETY: a zeroed `sigaction` with `SIG_DFL` is a valid action; sigaction(2) is
-            // async-signal-safe.
-            unsafe {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
-            }
-        }
-    }
-}
-
-/// Installs [`on_sigsegv`], keeping the previous action for [`chain`]. Once per process.
-fn install_handler() -> std::io::Result<()> {
-    if INSTALLED.swap(true, Ordering::AcqRel) {
-        return Ok(());
-    }
-    // SAFETY: querying the current action writes one `sigaction` we own; PREV is written
-    // before PREV_SET is published and before our handler (its only reader) exists.
-    unsafe {
-        let mut old = MaybeUninit::<libc::sigaction>::zeroed();
-        if libc::sigaction(libc::SIGSEGV, std::ptr::null(), old.as_mut_ptr()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        (*PREV.0.get()).write(old.assume_init());
-    }
-    PREV_SET.store(true, Ordering::Release);
-    // SAFETY: a zeroed `sigaction` is valid; we fill handler, flags and an empty mask. The
-    // handler is `extern "C"`, never unwinds and lives for the whole program. SA_ONSTACK
-    // keeps Rust's stack-overflow report working (it runs on the alternate stack).
-    unsafe {
-        let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = on_sigsegv as *const () as usize;
-        act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-        libc::sigemptyset(&mut act.sa_mask);
-        if libc::sigaction(libc::SIGSEGV, &act, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 // ------------------------------------------------------------------------------------------
@@ -516,7 +440,7 @@ pub(crate) fn probe() -> Result<(), String> {
 pub(super) fn start(wake_fd: &OwnedFd) -> std::io::Result<()> {
     WAKE_FD.store(wake_fd.as_raw_fd(), Ordering::Release);
     OWNER_PID.store(pid(), Ordering::Release);
-    install_handler()
+    SEGV.install(libc::SIGSEGV, on_sigsegv)
 }
 
 // ------------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@
 // Several helpers are for the fault service and migration path, which land after this room.
 #![allow(dead_code)]
 
+pub mod guarded;
+
 use std::io;
 use std::ops::Range;
 use std::os::fd::OwnedFd;
@@ -129,6 +131,29 @@ pub unsafe fn madvise_dontneed(addr: usize, len: usize) -> io::Result<()> {
         )
     }?;
     Ok(())
+}
+
+/// Whether every page of `[addr, addr + len)` (page-aligned) is mapped right now: `mincore`,
+/// which fails with `ENOMEM` on a hole and faults nothing in. Allocates a byte per page (in
+/// pieces of at most 64 MiB).
+pub fn is_mapped(addr: usize, len: usize) -> io::Result<bool> {
+    const PIECE: usize = 64 << 20;
+    let mut vec = vec![0u8; len.min(PIECE).div_ceil(page_size())];
+    let mut at = addr;
+    while at < addr + len {
+        let n = (addr + len - at).min(PIECE);
+        // SAFETY: `vec` has a byte for each page of `[at, at + n)`; mincore only writes them.
+        let r = unsafe { libc::mincore(at as *mut libc::c_void, n, vec.as_mut_ptr()) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOMEM) => Ok(false),
+                _ => Err(e),
+            };
+        }
+        at += n;
+    }
+    Ok(true)
 }
 
 // ---------------------------------------------------------------------------- /proc/self/maps
