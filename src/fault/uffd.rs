@@ -137,6 +137,10 @@ pub const IOCTL_MOVE: u64 = 1 << uapi::_UFFDIO_MOVE;
 const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 /// `UFFDIO_WRITEPROTECT_MODE_DONTWAKE`.
 const WRITEPROTECT_MODE_DONTWAKE: u64 = 1 << 1;
+/// `UFFDIO_MOVE_MODE_DONTWAKE` (`linux-raw-sys` lacks the move modes).
+const MOVE_MODE_DONTWAKE: u64 = 1 << 0;
+/// `UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES`.
+const MOVE_MODE_ALLOW_SRC_HOLES: u64 = 1 << 1;
 
 /// The path of the userfaultfd device node (Linux 6.1+).
 pub const DEV_NODE: &str = "/dev/userfaultfd";
@@ -196,6 +200,7 @@ const OP_ZEROPAGE: Opcode =
     opcode::read_write::<uapi::uffdio_zeropage>(UFFDIO, uapi::_UFFDIO_ZEROPAGE as u8);
 const OP_WRITEPROTECT: Opcode =
     opcode::read_write::<uapi::uffdio_writeprotect>(UFFDIO, uapi::_UFFDIO_WRITEPROTECT as u8);
+const OP_MOVE: Opcode = opcode::read_write::<uapi::uffdio_move>(UFFDIO, uapi::_UFFDIO_MOVE as u8);
 /// `USERFAULTFD_IOC_NEW = _IO(USERFAULTFD_IOC, 0x00)` on `/dev/userfaultfd`.
 const OP_IOC_NEW: Opcode = opcode::none(uapi::USERFAULTFD_IOC as u8, 0);
 
@@ -719,6 +724,40 @@ impl Uffd {
         // number is _IOWR, so it is passed as mutable).
         unsafe { ioctl(&self.fd, Updater::<OP_WRITEPROTECT, _>::new(&mut arg)) }?;
         Ok(())
+    }
+
+    /// `UFFDIO_MOVE` (needs [`uapi::UFFD_FEATURE_MOVE`]): moves the pages of
+    /// `[src, src + len)` into the absent pages at `dst` (a range registered with this fd),
+    /// leaving the source absent. Holes in the source are skipped (and counted as moved).
+    /// Wakes nobody.
+    ///
+    /// Unlike `madvise(MADV_DONTNEED)` it raises no event and never drops the address
+    /// space's lock between finding the mappings and moving their pages, and like every
+    /// resolution ioctl it refuses with `EAGAIN` while a non-cooperative event of this fd is
+    /// unread (hazard 4): a move that succeeds took its pages from the mapping that was
+    /// there when no `munmap`/`mremap`/`madvise` of a registered range was under way.
+    /// `EBUSY` for a page shared with another process (after `fork`) or pinned; `EINVAL`
+    /// when the two mappings differ in protection, `mlock` or kind.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns the pages of both ranges: the source's contents leave it (its next
+    /// access reads what a fault there resolves to) and appear at `dst`, where they must
+    /// form valid values for whatever lives there.
+    pub unsafe fn move_pages(&self, dst: usize, src: usize, len: usize) -> CopyResult {
+        let mut arg = uapi::uffdio_move {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: MOVE_MODE_DONTWAKE | MOVE_MODE_ALLOW_SRC_HOLES,
+            move_: 0,
+        };
+        // SAFETY: UFFDIO_MOVE reads and writes one `uffdio_move`, which `arg` is; the caller
+        // owns the pages of both ranges.
+        match unsafe { ioctl(&self.fd, Updater::<OP_MOVE, _>::new(&mut arg)) } {
+            Ok(()) => Ok(len),
+            Err(errno) => Err(CopyError::from_errno(errno, arg.move_)),
+        }
     }
 
     /// `UFFDIO_WAKE`: wakes the threads blocked in faults on `[addr, addr + len)`; they
@@ -1569,20 +1608,10 @@ mod tests {
         assert_eq!(peek(region.addr()), src[0]);
     }
 
-    /// `UFFDIO_MOVE` (test-only: the runtime does not move pages; see the test below).
-    fn move_page(uffd: &Uffd, dst: usize, src: usize) -> io::Result<()> {
-        const OP_MOVE: Opcode =
-            opcode::read_write::<uapi::uffdio_move>(UFFDIO, uapi::_UFFDIO_MOVE as u8);
-        let mut mv = uapi::uffdio_move {
-            dst: dst as u64,
-            src: src as u64,
-            len: page_size() as u64,
-            mode: 1, // UFFDIO_MOVE_MODE_DONTWAKE (linux-raw-sys lacks the move modes)
-            move_: 0,
-        };
-        // SAFETY: UFFDIO_MOVE reads and writes one `uffdio_move`, which `mv` is; both pages
-        // are the test's own.
-        unsafe { ioctl(&uffd.fd, Updater::<OP_MOVE, _>::new(&mut mv)) }.map_err(Into::into)
+    /// `UFFDIO_MOVE` of one page.
+    fn move_page(uffd: &Uffd, dst: usize, src: usize) -> CopyResult {
+        // SAFETY: both pages are the test's own.
+        unsafe { uffd.move_pages(dst, src, page_size()) }
     }
 
     /// Why the runtime installs `Shared` pages with `UFFDIO_COPY_MODE_WP` and does not recycle
@@ -1616,7 +1645,10 @@ mod tests {
         uffd.write_protect(parked.page(0), page_size(), true, false)
             .unwrap();
         assert!(entry(&pagemap, parked.page(0)).uffd_wp());
-        move_page(&uffd, region.page(0), parked.page(0)).unwrap();
+        assert_eq!(
+            move_page(&uffd, region.page(0), parked.page(0)),
+            Ok(page_size())
+        );
         let e = entry(&pagemap, region.page(0));
         assert!(e.present() && !e.uffd_wp(), "{e:?}");
         // A write now raises no fault at all.
@@ -1628,15 +1660,87 @@ mod tests {
         // Protecting the destination first leaves a marker, and the move refuses it.
         uffd.write_protect(region.page(1), page_size(), true, false)
             .unwrap();
-        let err = move_page(&uffd, region.page(1), parked.page(1)).unwrap_err();
         assert_eq!(
-            err.raw_os_error(),
-            Some(linux_raw_sys::errno::EEXIST as i32)
+            move_page(&uffd, region.page(1), parked.page(1)),
+            Err(CopyError::Exists { copied: 0 })
         );
         assert!(
             entry(&pagemap, parked.page(1)).present(),
             "the source stays"
         );
+    }
+
+    /// How the runtime drops the host copy of a migrated run without touching a mapping
+    /// that may have replaced it: it moves the pages out with `UFFDIO_MOVE` while no thread
+    /// reads this fd's events. The move refuses with `EAGAIN` while an `UNMAP` of another
+    /// registered range is unread (so it cannot act on an address space whose `munmap` has
+    /// begun), and once the event is read it moves present pages and the zero page, skips
+    /// holes, and leaves the source absent: its next access is a MISSING fault.
+    #[test]
+    fn a_move_refuses_while_an_unmap_is_unread_and_leaves_its_source_absent() {
+        const MOVE: u64 = uapi::UFFD_FEATURE_MOVE as u64;
+        // The regions outlive the fd (declared first, dropped last).
+        let (gone, region, parked) = (Region::new(1), Region::new(4), Region::new(4));
+        let uffd = Uffd::open(SERVICE_FEATURES | MOVE).unwrap();
+        if !uffd.has_feature(MOVE) {
+            eprintln!("skipped: kernel lacks UFFD_FEATURE_MOVE");
+            return;
+        }
+        let src = [pattern(1), pattern(2)];
+        for (k, page) in src.iter().enumerate() {
+            for (i, b) in page.iter().enumerate() {
+                poke(region.page(k) + i, *b);
+            }
+        }
+        assert_eq!(peek(region.page(2)), 0); // page 2 maps the zero page; page 3 is a hole
+        for r in [&gone, &region, &parked] {
+            uffd.register(r.addr(), r.len(), true, true).unwrap();
+        }
+        let (addr, len) = (gone.addr(), gone.len());
+        gone.forget();
+        let done = spawn_call(move || {
+            // SAFETY: the test owns this mapping and forgot it; nothing refers to it.
+            unsafe { sys::munmap(NonNull::new(addr as *mut u8).unwrap(), len) }
+        });
+        assert!(uffd.wait_readable(Some(TIMEOUT)).unwrap());
+        still_blocked(&done);
+        // SAFETY: both ranges are the test's own.
+        let refused = unsafe { uffd.move_pages(parked.addr(), region.addr(), region.len()) };
+        assert_eq!(refused, Err(CopyError::Again { copied: 0 }));
+        assert_eq!(
+            next_event(&uffd),
+            Event::Unmap {
+                start: addr,
+                end: addr + len
+            }
+        );
+        done.recv_timeout(TIMEOUT).unwrap().unwrap();
+
+        // SAFETY: as above.
+        let moved = unsafe { uffd.move_pages(parked.addr(), region.addr(), region.len()) };
+        assert_eq!(moved, Ok(region.len()));
+        let pagemap = Pagemap::open().unwrap();
+        for k in 0..4 {
+            assert!(entry(&pagemap, region.page(k)).absent(), "source page {k}");
+        }
+        for (k, page) in src.iter().enumerate() {
+            assert!(entry(&pagemap, parked.page(k)).present());
+            assert_eq!(peek(parked.page(k) + 5), page[5]);
+        }
+        assert!(
+            entry(&pagemap, parked.page(3)).absent(),
+            "a hole moves nothing"
+        );
+        let (tid, rx) = spawn_read(region.page(0) + 5);
+        assert_eq!(
+            next_event(&uffd),
+            page_fault(region.page(0), false, false, tid)
+        );
+        assert_eq!(
+            uffd.zeropage(region.page(0), page_size(), true),
+            Ok(page_size())
+        );
+        assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), 0);
     }
 
     #[test]
