@@ -16,6 +16,7 @@
 
 pub(crate) mod assist;
 pub(crate) mod fork;
+pub(crate) mod parking;
 pub mod probe;
 pub(crate) mod service;
 pub(crate) mod signal;

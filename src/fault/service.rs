@@ -46,9 +46,10 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use super::assist::{Assist, Halves, Job, Kind};
+use super::parking::{Dropped, Parking};
 use super::signal::{self, Trap};
 use super::uffd::{CopyError, CopyResult, Event, Uffd, UffdMsg};
-use super::watch::Watches;
+use super::watch::{Change, LaunchWatch, Watches};
 use crate::device::Transfer;
 use crate::migrate::{
     install, install_in_place, Counters, DeviceCopy, Ext, InstallStop, Installed,
@@ -66,8 +67,11 @@ pub(crate) const REQUIRED: u64 = (linux_raw_sys::general::UFFD_FEATURE_PAGEFAULT
     | linux_raw_sys::general::UFFD_FEATURE_EVENT_REMOVE
     | linux_raw_sys::general::UFFD_FEATURE_EVENT_UNMAP
     | linux_raw_sys::general::UFFD_FEATURE_EVENT_REMAP) as u64;
-/// Features it uses when present.
-const WANTED: u64 = REQUIRED | linux_raw_sys::general::UFFD_FEATURE_THREAD_ID as u64;
+/// Features it uses when present (`MOVE`: dropping host pages through the parking,
+/// `fault::parking`).
+const WANTED: u64 = REQUIRED
+    | linux_raw_sys::general::UFFD_FEATURE_THREAD_ID as u64
+    | linux_raw_sys::general::UFFD_FEATURE_MOVE as u64;
 
 /// Messages read per `read(2)`.
 const BATCH: usize = 64;
@@ -250,22 +254,6 @@ impl Backend {
         }
     }
 
-    /// Drops the host copy of claimed pages that are now valid on the device; the next
-    /// touch faults. (userfaultfd: `MADV_DONTNEED`, which raises a `REMOVE` event the
-    /// caller must let the handler read; signal: `PROT_NONE`, then `MADV_DONTNEED`.)
-    ///
-    /// # Safety
-    ///
-    /// As [`sys::madvise_dontneed`].
-    pub unsafe fn discard(&self, addr: usize, len: usize) -> std::io::Result<()> {
-        match self {
-            // SAFETY: forwarded from the caller.
-            Backend::Uffd(_) => unsafe { sys::madvise_dontneed(addr, len) },
-            // SAFETY: forwarded from the caller.
-            Backend::Signal(t) => unsafe { t.discard(addr, len) },
-        }
-    }
-
     /// Claimed pages that are absent on the host became `Device`: make a touch fault.
     /// (userfaultfd: an absent registered page faults already; signal: `PROT_NONE`.)
     pub fn trap_absent(&self, addr: usize, len: usize) -> std::io::Result<()> {
@@ -281,8 +269,14 @@ pub(crate) struct FaultService {
     pub backend: Backend,
     pub mirror: MirrorMap<DeviceCopy>,
     pub pagemap: sys::Pagemap,
-    /// Ranges accessed in place, watched for unmaps (`fault::watch`).
+    /// Ranges watched for unmaps: in-place ranges and the bindings of launches in flight
+    /// (`fault::watch`).
     pub watches: Watches,
+    /// Where host pages are moved to be dropped (userfaultfd with `UFFDIO_MOVE` only).
+    parking: Option<Parking>,
+    /// A page registered for write protection that nothing uses: an ioctl on it tells
+    /// whether an event is unread ([`quiesce`](Self::quiesce); userfaultfd only).
+    sentinel: Option<usize>,
     /// The process that started the service (a forked child must not use it).
     pub pid: u32,
     /// The second thread that installs half of each large fault-back window (`fault::assist`).
@@ -336,6 +330,11 @@ impl FaultService {
                 source: None,
             });
         }
+        // Before any other handler of this crate, so that they chain to it: copies of
+        // bindings that a buggy program unmaps under a launch fail instead of killing it.
+        if !sys::guarded::enable() {
+            tracing::warn!("copies of program memory are not guarded against unmapping here");
+        }
         let signal = || {
             Trap::open()
                 .map(Backend::Signal)
@@ -369,11 +368,32 @@ impl FaultService {
         )
         .map_err(|e| Error::os("eventfd", e))?;
         let pagemap = sys::Pagemap::open().map_err(|e| Error::os("open /proc/self/pagemap", e))?;
+        let parking = match &backend {
+            Backend::Uffd(u) if u.has_feature(linux_raw_sys::general::UFFD_FEATURE_MOVE as u64) => {
+                Parking::open(u)
+                    .map_err(|e| tracing::warn!(error = %e, "no parking; host pages are dropped with MADV_DONTNEED"))
+                    .ok()
+            }
+            _ => None,
+        };
+        let sentinel = match &backend {
+            Backend::Uffd(u) => {
+                let page = sys::mmap_anon(PAGE)
+                    .map_err(|e| Error::os("mmap", e))?
+                    .as_ptr() as usize;
+                u.register(page, PAGE, true, true)
+                    .map_err(|e| Error::os("UFFDIO_REGISTER", e))?;
+                Some(page)
+            }
+            Backend::Signal(_) => None,
+        };
         let svc: &'static FaultService = Box::leak(Box::new(FaultService {
             backend,
             mirror: MirrorMap::new(),
             pagemap,
             watches: Watches::new(),
+            parking,
+            sentinel,
             pid: rustix::process::getpid().as_raw_nonzero().get() as u32,
             assist: Assist::new(),
             assisted: AtomicBool::new(false),
@@ -429,7 +449,7 @@ impl FaultService {
         let Some(svc) = Self::running() else { return };
         // In-place imports of the range are stale now (under userfaultfd the UNMAP event
         // says so too).
-        svc.watches.mark_dead(range.clone());
+        svc.watches.changed(range.clone(), Change::Unmapped);
         if svc.backend.signal().is_none()
             || rustix::process::getpid().as_raw_nonzero().get() as u32 != svc.pid
         {
@@ -501,7 +521,97 @@ impl FaultService {
 
     /// Waits until every event the handler has already read is processed.
     pub fn sync_events(&self) {
-        drop(self.gate.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(self.hold_events());
+    }
+
+    /// Holds the gate: until the guard drops, the thread that resolves faults reads and
+    /// processes no event, so no `munmap`, `mremap` or `madvise` of a registered range that
+    /// has begun can return, and nothing the launch path checked about the mirror changes.
+    ///
+    /// While holding it, never wait for a claimed page, and never touch memory that may
+    /// fault into the handler: no allocation or deallocation (a `malloc` may carve a freed
+    /// chunk whose pages are on the device), no first write to a buffer allocated before.
+    pub(crate) fn hold_events(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// [`hold_events`](Self::hold_events) once no event is unread either: every `munmap`,
+    /// `mremap` or `madvise` of a registered range that began before has been read and
+    /// processed, and one that begins later is processed after the guard drops. (An event is
+    /// only read after the address space changed: without this, the event of an unmap that
+    /// happened before a new mapping was made at the same address could be processed after a
+    /// launch on the new mapping began, and taken for an unmap of it.)
+    pub(crate) fn quiesce(&self) -> std::sync::MutexGuard<'_, ()> {
+        let mut spins = 0u32;
+        loop {
+            let held = self.hold_events();
+            // While an event is unread, every resolution ioctl of the fd refuses with
+            // `EAGAIN`; clearing write protection on the sentinel page changes nothing else.
+            let settled = match (&self.backend, self.sentinel) {
+                (Backend::Uffd(u), Some(page)) => {
+                    u.write_protect(page, PAGE, false, false)
+                        .map_err(|e| e.raw_os_error())
+                        != Err(Some(linux_raw_sys::errno::EAGAIN as i32))
+                }
+                _ => true,
+            };
+            if settled {
+                return held;
+            }
+            drop(held);
+            spins += 1;
+            if spins < 64 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+
+    /// Starts watching the page spans a launch or prefetch is about to use
+    /// (`fault::watch`): every unmap of them that begins from now on is recorded.
+    pub(crate) fn watch_launch(&'static self, spans: &[Range<usize>]) -> Result<LaunchWatch> {
+        LaunchWatch::new(&self.watches, &self.gate, || self.quiesce(), spans)
+    }
+
+    /// Drops the host copy of `[addr, addr + len)`, claimed pages of a launch watched by
+    /// `watch` whose bytes are valid on the device; the next touch faults them back. Returns
+    /// [`Dropped::Lost`] (and drops nothing more) once the watch says part of the launch's
+    /// memory was unmapped: what is mapped there now may be somebody else's.
+    ///
+    /// Under userfaultfd with `UFFDIO_MOVE` the pages are moved out through the parking
+    /// (`fault::parking`), which cannot touch a mapping that replaced them; without it,
+    /// `MADV_DONTNEED` after a check of the watch. Under the `signal` backend (runtime-owned
+    /// memory, unmapped only under the mirror's writer lock that the launcher holds),
+    /// `PROT_NONE` and `MADV_DONTNEED`.
+    ///
+    /// # Safety
+    ///
+    /// As [`sys::madvise_dontneed`]: the caller owns the pages and their device copy is valid.
+    pub(crate) unsafe fn drop_host(
+        &self,
+        watch: &LaunchWatch,
+        addr: usize,
+        len: usize,
+    ) -> std::io::Result<Dropped> {
+        let uffd = match &self.backend {
+            // SAFETY: forwarded from the caller.
+            Backend::Signal(t) => return unsafe { t.discard(addr, len) }.map(|()| Dropped::All),
+            Backend::Uffd(u) => u,
+        };
+        let done = match &self.parking {
+            Some(p) => match p.drop_pages(uffd, &self.gate, watch, addr..addr + len)? {
+                Dropped::Refused { done } => done,
+                other => return Ok(other),
+            },
+            None => 0,
+        };
+        if !watch.lost().is_empty() {
+            return Ok(Dropped::Lost { done });
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { sys::madvise_dontneed(addr + done, len - done) }?;
+        Ok(Dropped::All)
     }
 
     /// Tells the handler that claimed pages were released: deferred faults can go on. A
@@ -629,16 +739,21 @@ impl Handler {
                             faults[nf] = Some(Fault { addr, write, wp });
                             nf += 1;
                         }
+                        // Watches first, then the mirror: a launcher that re-reads a page from
+                        // its binding after this event marked it gone finds the loss in its
+                        // watch (`fault::watch`).
                         Event::Remove { start, end } => {
-                            self.svc.watches.mark_dead(start..end);
-                            self.removed(start..end)
+                            if !self.svc.parking.as_ref().is_some_and(|p| p.contains(start)) {
+                                self.svc.watches.changed(start..end, Change::Discarded);
+                                self.removed(start..end)
+                            }
                         }
                         Event::Unmap { start, end } => {
-                            self.svc.watches.mark_dead(start..end);
+                            self.svc.watches.changed(start..end, Change::Unmapped);
                             self.unmapped(start..end)
                         }
                         Event::Remap { from, to, len } => {
-                            self.svc.watches.mark_dead(from..from + len);
+                            self.svc.watches.changed(from..from + len, Change::Unmapped);
                             self.queue_remap(Remap { from, to, len })
                         }
                         other => tracing::warn!(event = ?other, "unexpected userfaultfd event"),
@@ -905,7 +1020,16 @@ impl Handler {
                             .fault_transfer
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner);
-                        match install(&self.svc.backend, &mut t, ext, i..i + 1, dst, |_| false, true) {
+                        match install(
+                            &self.svc.backend,
+                            &mut t,
+                            ext,
+                            i..i + 1,
+                            dst,
+                            |_| false,
+                            true,
+                            None,
+                        ) {
                             Ok(g) => {
                                 Counters::add(&ctx.counters.bytes_to_host, g.bytes);
                                 g.stop != Some(InstallStop::Again)
@@ -986,7 +1110,7 @@ fn install_claimed(
         if fault && crate::inject::hit(crate::inject::Site::FaultHandler) {
             panic!("vkhmm: injected fault-handler panic");
         }
-        install_in_place(&svc.backend, &mut transfer, ext, pages, kind)
+        install_in_place(svc, &mut transfer, ext, pages, kind)
     });
     match std::panic::catch_unwind(run) {
         Ok(result) => result,
