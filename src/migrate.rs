@@ -34,15 +34,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::device::{Device, DeviceBlock, Dispatcher, Transfer};
 use crate::fault::assist::Kind;
+use crate::fault::parking::Dropped;
 use crate::fault::service::{Backend, FaultService};
 use crate::fault::uffd::CopyError;
+use crate::fault::watch::{self, LaunchWatch};
 use crate::mirror::advice::{Advice, AdviceMap};
 use crate::mirror::extent::Extent;
 use crate::mirror::page::Residence;
 use crate::mirror::plan::{binding_pages, page_roles, plan_groups, PageRoles};
 use crate::mirror::policy::{lru_victims, Candidate, ChunkPolicy};
 use crate::mirror::PAGE;
-use crate::sys;
+use crate::sys::{self, guarded};
 use crate::{Error, MemoryReason, Result};
 
 /// The device copy of an extent: a pool block and the runtime context it belongs to.
@@ -199,12 +201,14 @@ impl Placement {
     }
 }
 
-/// A prepared launch: bindings resident, written interior pages claimed.
+/// A prepared launch: bindings resident, written interior pages claimed, the bindings'
+/// pages watched for unmaps until it is settled.
 pub(crate) struct Launch {
     pub placements: Vec<Placement>,
     bindings: Vec<Binding>,
     held: Vec<(Arc<Ext>, Range<usize>)>,
     edge_out: Vec<(usize, Range<usize>)>,
+    watch: Option<LaunchWatch>,
 }
 
 // ------------------------------------------------------------------------------------------
@@ -276,30 +280,40 @@ pub(crate) struct Installed {
 /// [`install`] of the claimed, absent pages `pages` of `ext` at their own addresses, as
 /// `kind` says (write protection, whether waiters wake as their pages land): the fault
 /// handler's windows, its assistant's halves and bulk moves home all install this way.
+///
+/// A bulk move home runs outside the handler's rounds, so events are processed meanwhile:
+/// each piece is copied holding the gate, skipping pages that went `GONE` since they were
+/// claimed, so that nothing lands in memory mapped there since (a fault's window is installed
+/// within the handler's round, which holds the gate already).
 pub(crate) fn install_in_place(
-    trap: &Backend,
+    svc: &FaultService,
     transfer: &mut Transfer,
     ext: &Ext,
     pages: Range<usize>,
     kind: Kind,
 ) -> Result<Installed> {
     let dst = ext.page_addr(pages.start);
+    let guarded = matches!(kind, Kind::Bulk { .. }) && svc.backend.signal().is_none();
     install(
-        trap,
+        &svc.backend,
         transfer,
         ext,
         pages,
         dst,
         |i| kind.write_protects(i),
         kind.wakes_waiters(),
+        guarded.then_some(svc),
     )
 }
 
 /// Copies the device copy of the claimed, absent pages `pages` of `ext` into host memory at
 /// `dst` (the address of the first page; normally `ext.page_addr(pages.start)`), page `i`
 /// write-protected iff `wp(i)`. With `wake` false, threads waiting on the pages stay asleep
-/// until the caller wakes them (`Backend::wake`) after its bookkeeping. Allocates nothing: the
-/// fault handler calls it.
+/// until the caller wakes them (`Backend::wake`) after its bookkeeping. With `events`, each
+/// piece is copied holding that service's gate, pages gone since they were claimed skipped
+/// (counted as already present; `dst` must then be the pages' own address). Allocates
+/// nothing: the fault handler calls it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn install(
     trap: &Backend,
     transfer: &mut Transfer,
@@ -308,6 +322,7 @@ pub(crate) fn install(
     dst: usize,
     wp: impl Fn(usize) -> bool,
     wake: bool,
+    events: Option<&FaultService>,
 ) -> Result<Installed> {
     let mut out = Installed {
         bytes: 0,
@@ -331,14 +346,13 @@ pub(crate) fn install(
             transfer.download(
                 &ext.device().block,
                 &[(offset, len)],
-                &mut |_, at, bytes| match copy_piece(
-                    trap,
-                    run_dst + at,
-                    bytes,
-                    flag,
-                    wake,
-                    &mut out,
-                ) {
+                &mut |_, at, bytes| match match events {
+                    None => copy_piece(trap, run_dst + at, bytes, flag, wake, &mut out),
+                    Some(svc) => {
+                        let _held = svc.hold_events();
+                        copy_live(trap, ext, run_dst + at, bytes, flag, wake, &mut out)
+                    }
+                } {
                     Ok(()) => Ok(()),
                     Err(s) => {
                         stop = Some(s);
@@ -358,6 +372,35 @@ pub(crate) fn install(
         i = j;
     }
     Ok(out)
+}
+
+/// [`copy_piece`] of the pages of `ext` at `dst` that are not `GONE`; gone ones are counted
+/// as already present. Call holding the gate.
+fn copy_live(
+    trap: &Backend,
+    ext: &Ext,
+    dst: usize,
+    bytes: &[u8],
+    wp: bool,
+    wake: bool,
+    out: &mut Installed,
+) -> Result<(), InstallStop> {
+    let gone = |at: usize| ext.cell(ext.page_index(dst + at)).load().gone();
+    let mut at = 0;
+    while at < bytes.len() {
+        if gone(at) {
+            out.already_present += 1;
+            at += PAGE;
+            continue;
+        }
+        let mut end = at + PAGE;
+        while end < bytes.len() && !gone(end) {
+            end += PAGE;
+        }
+        copy_piece(trap, dst + at, &bytes[at..end], wp, wake, out)?;
+        at = end;
+    }
+    Ok(())
 }
 
 /// `UFFDIO_COPY` of one piece, skipping pages that are already present.
@@ -465,6 +508,14 @@ fn to_host_claimed(
     } else {
         Residence::Host
     };
+    // The pages go home where the mirror says they live; pages whose mapping went away
+    // since they were claimed are skipped, here and again piece by piece under the gate as
+    // they are copied (`install_in_place`): nothing lands in memory mapped there since.
+    for (k, s) in states.iter_mut().enumerate() {
+        if ext.cell(first + k).load().gone() {
+            *s = Residence::Host;
+        }
+    }
     for run in runs(states, |r| r == Residence::Device) {
         let (a, b) = (first + run.start, first + run.end);
         // A large run is installed in two halves at once, the upper one by the fault
@@ -473,7 +524,7 @@ fn to_host_claimed(
             protect: keep_device,
         };
         let halves = svc.install_halves(ext, a..b, kind, |part| {
-            install_in_place(trap, transfer, ext, part, kind)
+            install_in_place(svc, transfer, ext, part, kind)
         });
         // Each half by its own outcome; an error is returned only once both are recorded,
         // so no installed page is released as `Device`.
@@ -548,20 +599,29 @@ fn write_protect(trap: &Backend, addr: usize, len: usize, protect: bool) -> Resu
     }
 }
 
+/// The next maximal run of indices from `*at` whose element satisfies `pred`, moving `*at`
+/// past it; allocates nothing.
+fn next_run<T: Copy>(
+    items: &[T],
+    at: &mut usize,
+    pred: impl Fn(T) -> bool,
+) -> Option<Range<usize>> {
+    while *at < items.len() && !pred(items[*at]) {
+        *at += 1;
+    }
+    let start = *at;
+    while *at < items.len() && pred(items[*at]) {
+        *at += 1;
+    }
+    (start < *at).then_some(start..*at)
+}
+
 /// Maximal runs of indices whose element satisfies `pred`.
 fn runs<T: Copy>(items: &[T], pred: impl Fn(T) -> bool) -> Vec<Range<usize>> {
     let mut out = Vec::new();
-    let mut i = 0;
-    while i < items.len() {
-        if pred(items[i]) {
-            let s = i;
-            while i < items.len() && pred(items[i]) {
-                i += 1;
-            }
-            out.push(s..i);
-        } else {
-            i += 1;
-        }
+    let mut at = 0;
+    while let Some(r) = next_run(items, &mut at, &pred) {
+        out.push(r);
     }
     out
 }
@@ -655,11 +715,28 @@ fn retire(
         to_host(svc, transfer, v, 0..v.pages(), false)?;
     }
     w.replace(&victims, []);
+    // Nothing of them is mirrored any more: stop trapping faults there — only where the
+    // mapping is still the one the mirror knew. A `GONE` page's addresses may hold memory
+    // mapped since, which another launch may have registered; the gate keeps an unmap from
+    // being processed while this looks.
+    let held = svc.hold_events();
     for v in &victims {
-        // Nothing of it is mirrored any more: stop trapping faults there. The range may be
-        // partly unmapped already; that is fine.
-        let _ = svc.backend.unregister(v.start(), v.bytes());
+        let mut i = 0;
+        while i < v.pages() {
+            if v.cell(i).load().gone() {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < v.pages() && !v.cell(i).load().gone() {
+                i += 1;
+            }
+            let _ = svc
+                .backend
+                .unregister(v.page_addr(start), (i - start) * PAGE);
+        }
     }
+    drop(held);
     // The graveyard holds the last references once ours are gone.
     drop(victims);
     drain_graveyard(w);
@@ -803,14 +880,41 @@ pub(crate) enum Purpose {
 
 /// Makes `bindings` resident on `ctx`'s device. The caller holds `worker` (the context's
 /// worker lock) and has called [`evacuate_foreign`] for the bindings' spans.
+///
+/// The caller watches the bindings' pages (`fault::watch`) from the moment the launch
+/// begins, before anything is decided about them, until it is settled (it hands the watch
+/// to the launch with [`Launch::watched`]). A launch whose memory another thread unmaps or moves
+/// meanwhile fails with [`MemoryReason::UnmappedWhileInUse`]: the pages of the lost range
+/// end `GONE` (no device copy of them is ever taken for memory mapped there later), and the
+/// host pages of whatever is mapped there now are never dropped or written.
 pub(crate) fn prepare(
     svc: &FaultService,
     ctx: &Arc<DeviceContext>,
     worker: &mut Worker,
     bindings: &[Binding],
     purpose: Purpose,
+    watch: &LaunchWatch,
 ) -> Result<Launch> {
-    svc.sync_events();
+    let lost = |e: Error| match watch.lost().first() {
+        Some(r) => watch::unmapped(r),
+        None => e,
+    };
+    let launch = prepare_watched(svc, ctx, worker, bindings, purpose, watch).map_err(lost)?;
+    // An unmap read while the pages moved: the launch must not run (dropping it releases
+    // its pages; those of the lost range end `GONE`).
+    watch.check()?;
+    Ok(launch)
+}
+
+/// [`prepare`], short of the last check of the watch.
+fn prepare_watched(
+    svc: &FaultService,
+    ctx: &Arc<DeviceContext>,
+    worker: &mut Worker,
+    bindings: &[Binding],
+    purpose: Purpose,
+    watch: &LaunchWatch,
+) -> Result<Launch> {
     reap(svc);
     worker.stamp += 1;
     let stamp = worker.stamp;
@@ -893,6 +997,22 @@ pub(crate) fn prepare(
         })
     };
     if !known {
+        // A range unmapped before it was registered raised no event, and registering skips
+        // holes: check that every page is mapped now, and register again, so that whatever
+        // is mapped there (if another thread mapped something in between) is registered too.
+        // From here on every change of the spans is an event the watch records.
+        register()?;
+        for (span, &i) in spans.iter().zip(&mirrored) {
+            let mapped =
+                sys::is_mapped(span.start, span.len()).map_err(|e| Error::os("mincore", e))?;
+            if !mapped {
+                return Err(Error::UnsupportedMemory {
+                    addr: bindings[i].addr,
+                    len: bindings[i].len,
+                    reason: MemoryReason::UnmappedWhileInUse,
+                });
+            }
+        }
         register()?;
     }
 
@@ -1006,9 +1126,15 @@ pub(crate) fn prepare(
         }
     }
     // Extents merged so far replace the ones they absorbed even when a later group failed:
-    // the absorbed ones keep their pages claimed for good.
+    // the absorbed ones keep their pages claimed for good. The new extents take over what
+    // the old ones lost since they were claimed, and what the watch says the bindings lost
+    // before any extent covered them: from here on the handler marks the new extents.
     if !retired.is_empty() || !added.is_empty() {
-        w.replace(&retired, added);
+        w.replace(&retired, added.iter().cloned());
+        // A round of the handler that began before the new extents were published may
+        // still mark the old ones: let it end, then carry what it marked over.
+        svc.sync_events();
+        carry_losses(&retired, &added, &watch.lost());
     }
     if let Some(e) = failure {
         return Err(e);
@@ -1023,6 +1149,7 @@ pub(crate) fn prepare(
         bindings: bindings.to_vec(),
         held: Vec::new(),
         edge_out: Vec::new(),
+        watch: None,
     };
     let roles = page_roles(
         &mirrored
@@ -1045,6 +1172,7 @@ pub(crate) fn prepare(
         &mut launch,
         bindings,
         &mirrored,
+        watch,
     ) {
         launch.release_held();
         return Err(e);
@@ -1111,7 +1239,11 @@ fn merge(
     let mut claimed: Vec<(&Arc<Ext>, Vec<Residence>)> = Vec::with_capacity(absorbed.len());
     let mut result = Ok(());
     for old in absorbed {
-        let states = claim_all(old, 0..old.pages(), true);
+        // Not re-read from a binding: a page whose memory vanished stays `GONE` (its
+        // addresses may hold memory that nobody registered since), and the new extent
+        // takes that over (`carry_losses`). The launch re-reads its own pages when it claims
+        // them.
+        let states = claim_all(old, 0..old.pages(), false);
         let base = (old.start() - range.start) / PAGE;
         if result.is_ok() {
             result = take_over(trap, ctx, transfer, old, &states, &block, base);
@@ -1137,6 +1269,33 @@ fn merge(
         |i| init[i],
     );
     Ok(Arc::new(ext))
+}
+
+/// Marks `GONE` in the new extents `added` every page whose host memory vanished while an
+/// absorbed extent of `retired` held it (set by the handler after the merge claimed it), and
+/// every page in `lost`. Call with the gate held, as the new extents are published.
+fn carry_losses(retired: &[Arc<Ext>], added: &[Arc<Ext>], lost: &[Range<usize>]) {
+    for new in added {
+        for old in retired.iter().filter(|o| new.contains(o.start())) {
+            let base = new.page_index(old.start());
+            for i in 0..old.pages() {
+                if old.cell(i).load().gone() {
+                    new.cell(base + i).mark_gone();
+                }
+            }
+        }
+        mark_lost(new, new.page_span(&new.range()), lost);
+    }
+}
+
+/// Marks `GONE` the pages of `ext` in `pages` that lie in a range of `lost`.
+fn mark_lost(ext: &Ext, pages: Range<usize>, lost: &[Range<usize>]) {
+    for r in lost {
+        let span = ext.page_span(r);
+        for i in span.start.max(pages.start)..span.end.min(pages.end) {
+            ext.cell(i).mark_gone();
+        }
+    }
 }
 
 /// Moves what `old` (claimed, in `states`) holds into `block` at page `base`.
@@ -1189,21 +1348,26 @@ fn move_pages<'e>(
     launch: &mut Launch,
     bindings: &[Binding],
     mirrored: &[usize],
+    watch: &LaunchWatch,
 ) -> Result<()> {
     for (run, write) in &roles.interior {
         let ext = ext_of(run.start);
         let idx = ext.page_span(run);
         let mut states = claim_all(ext, idx.clone(), true);
         let drop_host = *write || purpose == Purpose::Prefetch;
-        if let Err(e) = migrate_run(
-            svc,
-            ctx,
-            &mut worker.transfer,
-            ext,
-            idx.start,
-            &mut states,
-            drop_host,
-        ) {
+        let moved = replay(svc, watch, ext, idx.clone()).and_then(|()| {
+            migrate_run(
+                svc,
+                ctx,
+                &mut worker.transfer,
+                ext,
+                idx.start,
+                &mut states,
+                drop_host,
+                watch,
+            )
+        });
+        if let Err(e) = moved {
             release_all(ext, idx.start, &states);
             return Err(e);
         }
@@ -1223,11 +1387,13 @@ fn move_pages<'e>(
         let mut spins = 0;
         let st = loop {
             let mut st = claim_all(ext, i..i + 1, true);
-            let moved = if write {
-                to_host_claimed(svc, &mut worker.transfer, ext, i, &mut st, false)
-            } else {
-                Ok((0, None))
-            };
+            let moved = replay(svc, watch, ext, i..i + 1).and_then(|()| {
+                if write {
+                    to_host_claimed(svc, &mut worker.transfer, ext, i, &mut st, false)
+                } else {
+                    Ok((0, None))
+                }
+            });
             release_all(ext, i, &st);
             match moved {
                 Ok((b, None)) => {
@@ -1277,9 +1443,26 @@ fn move_pages<'e>(
     Ok(())
 }
 
+/// Pages `pages` of `ext` were just claimed (and re-read from the binding, so they lost
+/// any earlier `GONE`): marks `GONE` again those that the launch's memory lost since it began
+/// (`fault::watch`), and fails if it lost anything — the launch is not to act on memory that
+/// may now be somebody else's.
+fn replay(svc: &FaultService, watch: &LaunchWatch, ext: &Ext, pages: Range<usize>) -> Result<()> {
+    let mut lost = watch.buffer();
+    let held = svc.hold_events();
+    watch.lost_into(&held, &mut lost);
+    mark_lost(ext, pages, &lost);
+    drop(held);
+    match lost.first() {
+        Some(r) => Err(watch::unmapped(r)),
+        None => Ok(()),
+    }
+}
+
 /// Moves one claimed interior run (pages `first..first + states.len()` of `ext`) to the
 /// device: `Shared` (read) or `Device` (`drop_host`). Updates `states` as it goes, so that on
 /// error they describe reality.
+#[allow(clippy::too_many_arguments)]
 fn migrate_run(
     svc: &FaultService,
     ctx: &DeviceContext,
@@ -1288,6 +1471,7 @@ fn migrate_run(
     first: usize,
     states: &mut [Residence],
     drop_host: bool,
+    watch: &LaunchWatch,
 ) -> Result<()> {
     let n = states.len();
     let mut present = vec![sys::PageEntry::default(); n];
@@ -1349,9 +1533,16 @@ fn migrate_run(
         zeros.iter().map(|z| z.1).sum(),
     );
 
-    // Both copies are valid now.
+    // Both copies are valid now: read runs are `Shared` (write-protected above); written
+    // runs stay `Host` until their host copy is dropped, so that a failure before leaves
+    // them as they are (not write-protected, so not `Shared`).
+    let mut droppable: Vec<bool> = states.iter().map(|&s| s == Residence::Shared).collect();
     for r in &copy_runs {
-        states[r.clone()].fill(Residence::Shared);
+        if drop_host {
+            droppable[r.clone()].fill(true);
+        } else {
+            states[r.clone()].fill(Residence::Shared);
+        }
     }
     for r in &zero_runs {
         // Absent on the host, valid (zero) on the device: a touch must fault (userfaultfd
@@ -1362,15 +1553,23 @@ fn migrate_run(
         states[r.clone()].fill(Residence::Device);
     }
     if drop_host {
-        for r in runs(states, |s| s == Residence::Shared) {
-            // SAFETY: interior pages of a live borrow, valid on the device: discarding the
-            // host copy loses nothing; the next touch faults and copies it back.
-            unsafe {
-                svc.backend
-                    .discard(ext.page_addr(first + r.start), r.len() * PAGE)
+        for r in runs(&droppable, |d| d) {
+            let addr = ext.page_addr(first + r.start);
+            // SAFETY: interior pages of a live borrow, claimed, valid on the device:
+            // dropping the host copy loses nothing; the next touch faults and copies it back.
+            let dropped = unsafe { svc.drop_host(watch, addr, r.len() * PAGE) }
+                .map_err(|e| Error::os("drop host pages (UFFDIO_MOVE, MADV_DONTNEED)", e))?;
+            match dropped {
+                Dropped::All => states[r].fill(Residence::Device),
+                Dropped::Lost { done } | Dropped::Refused { done } => {
+                    states[r.start..r.start + done / PAGE].fill(Residence::Device);
+                    watch.check()?;
+                    return Err(Error::os(
+                        "drop host pages",
+                        std::io::Error::from(std::io::ErrorKind::Interrupted),
+                    ));
+                }
             }
-            .map_err(|e| Error::os("madvise(MADV_DONTNEED)", e))?;
-            states[r].fill(Residence::Device);
         }
         // Our own discards raised REMOVE events; make sure the handler has seen them while
         // the pages are still claimed (it ignores REMOVE on claimed pages). The signal
@@ -1396,7 +1595,15 @@ impl Launch {
             bindings: Vec::new(),
             held: Vec::new(),
             edge_out: Vec::new(),
+            watch: None,
         }
+    }
+
+    /// The launch, keeping `watch` until it is settled ([`finish`](Self::finish) reports
+    /// what its memory lost meanwhile).
+    pub fn watched(mut self, watch: LaunchWatch) -> Launch {
+        self.watch = Some(watch);
+        self
     }
 
     /// Releases written interior pages: they end `Device`, holding the kernel's results.
@@ -1420,43 +1627,48 @@ impl Launch {
         svc.poke();
         let mut copied = 0u64;
         let mut result = Ok(());
-        let mut back = |block: &DeviceBlock, offset: u64, dst: usize, len: usize| {
-            let mut write_back = |_: usize, at: usize, bytes: &[u8]| {
-                // SAFETY: dst..dst+len lies inside a `&mut` binding borrowed for the launch.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        bytes.as_ptr(),
-                        (dst + at) as *mut u8,
-                        bytes.len(),
-                    )
-                };
-                Ok(())
-            };
-            // SAFETY: the kernel has finished (the dispatcher waited); edge bytes and
-            // transient blocks belong to this launch alone.
-            let r = unsafe { transfer.download(block, &[(offset, len)], &mut write_back) };
-            copied += len as u64;
-            if result.is_ok() {
-                result = r;
-            }
-        };
         for (bi, r) in &self.edge_out {
             if let Placement::Mirrored { ext, .. } = &self.placements[*bi] {
-                back(
-                    &ext.device().block,
-                    ext.offset_of(r.start),
-                    r.start,
-                    r.len(),
-                );
+                let mut bytes = vec![0u8; r.len()];
+                let mut keep = |_: usize, at: usize, got: &[u8]| {
+                    bytes[at..at + got.len()].copy_from_slice(got);
+                    Ok(())
+                };
+                let region = [(ext.offset_of(r.start), r.len())];
+                // SAFETY: the kernel has finished (the dispatcher waited); edge bytes belong
+                // to this launch alone.
+                let got = unsafe { transfer.download(&ext.device().block, &region, &mut keep) }
+                    .and_then(|()| write_edge(svc, self.watch.as_ref(), r.start, &bytes));
+                copied += r.len() as u64;
+                result = result.and(got);
             }
         }
         for (b, p) in self.bindings.iter().zip(&self.placements) {
             if let (true, Placement::Transient { block }) = (b.write, p) {
-                back(block, 0, b.addr, b.len);
+                let mut write_back = |_: usize, at: usize, bytes: &[u8]| {
+                    // SAFETY: the range lies inside a `&mut` binding on the launching
+                    // thread's stack, borrowed for the launch.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            bytes.as_ptr(),
+                            (b.addr + at) as *mut u8,
+                            bytes.len(),
+                        )
+                    };
+                    Ok(())
+                };
+                // SAFETY: the kernel has finished; the transient block is this launch's.
+                let got = unsafe { transfer.download(block, &[(0, b.len)], &mut write_back) };
+                copied += b.len as u64;
+                result = result.and(got);
             }
         }
         Counters::add(&ctx.counters.bytes_to_host, copied);
-        result.and_then(|()| self.settle_preferred_host(svc, ctx, transfer))
+        // A launch whose memory was unmapped while it ran fails (its pages there are `GONE`).
+        let watched = self.watch.as_ref().map_or(Ok(()), LaunchWatch::check);
+        result
+            .and(watched)
+            .and_then(|()| self.settle_preferred_host(svc, ctx, transfer))
     }
 
     /// Written pages advised `PreferredLocation(Host)` come home now, staying valid on the
@@ -1487,6 +1699,74 @@ impl Launch {
             to_host(svc, transfer, &ext, pages, true)?; // counts its bytes
         }
         Ok(())
+    }
+}
+
+/// Writes a kernel's `bytes` into the part at `dst` of a written binding's edge page (the
+/// rest of the page belongs to other code), unless the launch's memory lost that page: then
+/// it may belong to a mapping made since, and is left alone.
+///
+/// With no event processed meanwhile (the gate), a page that is present, or swapped out, and
+/// not write-protected is written in place: the write cannot fault into the handler (a
+/// discard of a registered page waits for its event to be read first), and the copy is
+/// guarded against an unmap. An absent page is filled whole by `UFFDIO_COPY` (zeros around
+/// the bytes: what an absent page reads as), which refuses a mapping that is not registered
+/// or is changing. A write-protected page is written without the gate: its write fault is
+/// the handler's to serve. Under the `signal` backend (runtime-owned memory, unmapped only
+/// under the mirror's writer lock) the bytes are written at once.
+fn write_edge(
+    svc: &FaultService,
+    watch: Option<&LaunchWatch>,
+    dst: usize,
+    bytes: &[u8],
+) -> Result<()> {
+    let write = || {
+        // SAFETY: `dst..dst + bytes.len()` lies inside a `&mut` binding borrowed for the
+        // launch; a guarded copy survives a buggy program unmapping it.
+        unsafe { guarded::copy(dst as *mut u8, bytes.as_ptr(), bytes.len()) }
+            .map_err(|f| watch::unmapped(&(dst + f.copied..dst + bytes.len())))
+    };
+    let Some(watch) = watch.filter(|_| svc.backend.signal().is_none()) else {
+        return write();
+    };
+    let page = dst - dst % PAGE;
+    // Allocated before the gate is taken: nothing may be allocated while it is held.
+    let mut whole = vec![0u8; PAGE];
+    whole[dst - page..dst - page + bytes.len()].copy_from_slice(bytes);
+    let mut lost = watch.buffer();
+    let mut spins = 0;
+    loop {
+        let held = svc.hold_events();
+        watch.lost_into(&held, &mut lost);
+        if lost.iter().any(|r| r.start < page + PAGE && page < r.end) {
+            return Ok(()); // the launch reports the loss
+        }
+        let mut entry = [sys::PageEntry::default()];
+        svc.pagemap
+            .query(page, &mut entry)
+            .map_err(|e| Error::os("read /proc/self/pagemap", e))?;
+        let e = entry[0];
+        if e.uffd_wp() {
+            drop(held);
+            return write();
+        }
+        if e.present() || e.swapped() {
+            return write();
+        }
+        // SAFETY: `whole` is readable; the page is absent, in a registered range (or the
+        // copy refuses), and its absent contents read as zeros, which `whole` keeps around
+        // the binding's bytes.
+        match unsafe { svc.backend.copy(page, whole.as_ptr(), PAGE, false, true) } {
+            Ok(_) => return Ok(()),
+            Err(CopyError::Exists { .. }) => {} // filled meanwhile: present now
+            Err(CopyError::Again { .. }) => {
+                drop(held);
+                backoff(&mut spins);
+            }
+            Err(CopyError::Gone(_) | CopyError::Failed(_)) => {
+                return Err(watch::unmapped(&(page..page + PAGE)))
+            }
+        }
     }
 }
 

@@ -123,7 +123,7 @@ impl RuntimeBuilder {
     ///
     /// [`fixed_chunks`]: Self::fixed_chunks
     pub fn chunk_size(mut self, bytes: usize) -> Self {
-        self.chunk = if bytes >= PAGE && bytes % PAGE == 0 {
+        self.chunk = if bytes >= PAGE && bytes.is_multiple_of(PAGE) {
             self.chunk.map(|c| ChunkPolicy {
                 base: bytes / PAGE,
                 max: c.max.max(bytes / PAGE),
@@ -322,12 +322,15 @@ impl Runtime {
         let bindings = validate(&kernel.info, &list, self.ctx.device.info())?;
         device::check_groups(groups, &self.ctx.device.info().limits)?;
         let _fork = hold_off_fork();
-        self.settle_thrashing(&bindings);
         let spans: Vec<_> = bindings
             .iter()
             .map(|b| binding_pages(b.addr, b.len).span)
             .collect();
-        let (mut worker, launch, places) = self.prepare(&spans, &bindings, Purpose::Kernel)?;
+        // From here on, every unmap of the bindings' memory is one the launch hears of.
+        let watch = self.svc.watch_launch(&spans)?;
+        self.settle_thrashing(&bindings);
+        let (mut worker, launch, places) =
+            self.prepare(watch, &spans, &bindings, Purpose::Kernel)?;
         let w = &mut *worker;
         let mut mirrored = launch.placements.iter();
         let buffers: Vec<device::BufferArg<'_>> = bindings
@@ -395,6 +398,7 @@ impl Runtime {
     /// same memory is retried a few times.
     fn prepare(
         &self,
+        watch: crate::fault::watch::LaunchWatch,
         spans: &[std::ops::Range<usize>],
         bindings: &[Binding],
         purpose: Purpose,
@@ -415,11 +419,11 @@ impl Runtime {
                 .map(|(b, _)| *b)
                 .collect();
             if mirrored.is_empty() {
-                return Ok((worker, migrate::Launch::nothing(), places));
+                return Ok((worker, migrate::Launch::nothing().watched(watch), places));
             }
-            match migrate::prepare(self.svc, &self.ctx, &mut worker, &mirrored, purpose) {
+            match migrate::prepare(self.svc, &self.ctx, &mut worker, &mirrored, purpose, &watch) {
                 Err(Error::ContendedMemory) if attempts < 10 => attempts += 1,
-                Ok(launch) => return Ok((worker, launch, places)),
+                Ok(launch) => return Ok((worker, launch.watched(watch), places)),
                 Err(e) => return Err(e),
             }
         }
@@ -479,6 +483,20 @@ impl Runtime {
         };
         for b in thrashing {
             let span = binding_pages(b.addr, b.len).span;
+            // On a CPU device (lavapipe) an import is the program's memory itself, not its
+            // pinned pages: a kernel running while a buggy program unmaps the range would
+            // read or write whatever is mapped there then. There only runtime-owned memory,
+            // which no launch's borrow lets anybody unmap, is settled in place.
+            if self.ctx.device.info().device_type == device::DeviceType::Cpu
+                && !crate::fault::signal::is_managed(&span)
+            {
+                self.ctx
+                    .thrash
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .give_up(&span);
+                continue;
+            }
             let settled = self.access_in_place(b.addr, b.len);
             let mut t = self
                 .ctx
@@ -521,13 +539,13 @@ impl Runtime {
             if !crate::fault::signal::is_managed(&(addr..end)) {
                 return Err(unsupported(MemoryReason::Backend(migrate::SIGNAL_FOREIGN)));
             }
-            if addr % align as usize != 0 {
+            if !addr.is_multiple_of(align as usize) {
                 return Err(unsupported(MemoryReason::ImportAlignment { align }));
             }
         } else {
             let maps = sys::Maps::read().map_err(unsupported)?;
             maps.classify(addr, len).map_err(unsupported)?;
-            if addr % align as usize != 0 || maps.classify(addr, end - addr).is_err() {
+            if !addr.is_multiple_of(align as usize) || maps.classify(addr, end - addr).is_err() {
                 return Err(unsupported(MemoryReason::ImportAlignment { align }));
             }
         }
@@ -546,7 +564,7 @@ impl Runtime {
         let watch = self
             .svc
             .watches
-            .add(range.clone())
+            .add_in_place(range.clone())
             .ok_or_else(|| unsupported(MemoryReason::TooManyInPlace))?;
         // SAFETY: `range` is mapped private read-write memory of this process (classified
         // above), aligned as the device requires; the import is dropped under the worker lock
@@ -606,7 +624,9 @@ impl Runtime {
                     write: true,
                 };
                 let spans = [binding_pages(addr, len).span];
-                self.prepare(&spans, &[b], Purpose::Prefetch).map(drop)
+                let watch = self.svc.watch_launch(&spans)?;
+                self.prepare(watch, &spans, &[b], Purpose::Prefetch)
+                    .map(drop)
             }
             Location::Host => {
                 let span = binding_pages(addr, len).span;
