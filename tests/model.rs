@@ -2,12 +2,14 @@
 //! allocations and frees, run on the real runtime and on a plain `Vec<u32>` model.
 //!
 //! A program is a list of steps over three buffer slots, each empty, a `Vec<u32>` (malloc
-//! memory: edge pages, neighbours in the heap, sometimes fresh `calloc` pages) or a
-//! `Managed<u32>`. Steps: allocate, free, CPU write of a pattern over a range, CPU read of a
-//! range, write kernels (`ADD_K`, `FILL_INDEX`) and read kernels (`CHECKSUM`, `COPY_U32`
-//! from one slot into another) over random sub-ranges (binding starts 16-byte aligned),
-//! prefetches either way, and a launch on an empty range (an error that must change
-//! nothing). After every step: residency adds up (host + shared + device = pages spanned)
+//! memory: edge pages, neighbours in the heap, sometimes fresh `calloc` pages), a
+//! `Managed<u32>` or an `mmap` of the test's own. Steps: allocate, free, CPU write of a
+//! pattern over a range, CPU read of a range, write kernels (`ADD_K`, `FILL_INDEX`) and read
+//! kernels (`CHECKSUM`, `COPY_U32` from one slot into another) over random sub-ranges
+//! (binding starts 16-byte aligned), prefetches either way, a launch on an empty range (an
+//! error that must change nothing), and a launch during which another thread unmaps part of
+//! an `mmap` slot and maps fresh memory there (`Remap`: the launch may fail, the fresh
+//! memory must keep its own contents, and later steps use it as any memory). After every step: residency adds up (host + shared + device = pages spanned)
 //! for every live buffer, and a few words of each buffer are compared with the model (a
 //! full comparison would fault every page home and hide most page states from the next
 //! step); steps marked `full` compare everything, and so does the end of every case.
@@ -108,6 +110,9 @@ enum Kind {
     Vec,
     /// `rt.alloc(n)`, then written by `seed` unless `seed == 0`.
     Managed,
+    /// A private anonymous `mmap` of the program's own (so that a `Remap` step can unmap
+    /// part of it), then written by `seed` unless `seed == 0`.
+    Map,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +165,17 @@ enum Op {
     Empty {
         slot: usize,
     },
+    /// Misuse, on a `Map` slot: once a launch that copies a fresh source into the slot has
+    /// begun moving its buffers, another thread unmaps pages `pages` of the slot after
+    /// `delay` µs, maps fresh memory there at once and fills it with `seed`'s pattern. The
+    /// launch may fail or not; the fresh memory must hold exactly its fill, the rest of the
+    /// slot its old words or the source, and later steps use it all as ordinary memory.
+    Remap {
+        slot: usize,
+        pages: Span,
+        seed: u32,
+        delay: u8,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -180,7 +196,7 @@ fn op() -> impl Strategy<Value = Op> {
     let slot = 0..SLOTS;
     let len = prop_oneof![1usize..64, 64usize..4096, 4096usize..80_000];
     prop_oneof![
-        3 => (slot.clone(), prop_oneof![Just(Kind::Vec), Just(Kind::Managed)], len, 0u32..4)
+        3 => (slot.clone(), prop_oneof![Just(Kind::Vec), Just(Kind::Managed), Just(Kind::Map)], len, 0u32..4)
             .prop_map(|(slot, kind, len, seed)| Op::Alloc { slot, kind, len, seed }),
         1 => slot.clone().prop_map(|slot| Op::Free { slot }),
         3 => (slot.clone(), span(), 1u32..1000)
@@ -194,7 +210,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(src, dst, from, to)| Op::Copy { src, dst, from, to: Frac(to) }),
         3 => (slot.clone(), span(), any::<bool>())
             .prop_map(|(slot, span, device)| Op::Prefetch { slot, span, device }),
-        1 => slot.prop_map(|slot| Op::Empty { slot }),
+        1 => slot.clone().prop_map(|slot| Op::Empty { slot }),
+        2 => (slot, span(), 1u32..1000, 0u8..30)
+            .prop_map(|(slot, pages, seed, delay)| Op::Remap { slot, pages, seed, delay }),
     ]
 }
 
@@ -208,6 +226,47 @@ fn program() -> impl Strategy<Value = Vec<Step>> {
 enum Mem {
     Vec(Vec<u32>),
     Managed(Managed<u32>),
+    Map(Map),
+}
+
+/// A private anonymous mapping of `words` u32s (rounded up to pages), unmapped on drop.
+struct Map {
+    addr: usize,
+    words: usize,
+}
+
+impl Map {
+    fn new(words: usize) -> Map {
+        let addr = common::map_anon(Self::bytes_for(words)) as usize;
+        Map { addr, words }
+    }
+
+    fn bytes_for(words: usize) -> usize {
+        (words * 4).next_multiple_of(PAGE)
+    }
+
+    fn pages(&self) -> usize {
+        Self::bytes_for(self.words) / PAGE
+    }
+
+    fn data(&self) -> &[u32] {
+        // SAFETY: our mapping of at least `words` u32s, alive while `self` is.
+        unsafe { std::slice::from_raw_parts(self.addr as *const u32, self.words) }
+    }
+
+    fn data_mut(&mut self) -> &mut [u32] {
+        // SAFETY: as above; `&mut self` makes it the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u32, self.words) }
+    }
+}
+
+impl Drop for Map {
+    fn drop(&mut self) {
+        if self.words > 0 {
+            // SAFETY: our own mapping; nothing refers to it any more.
+            unsafe { libc::munmap(self.addr as *mut libc::c_void, Self::bytes_for(self.words)) };
+        }
+    }
 }
 
 struct Buf {
@@ -220,12 +279,14 @@ impl Buf {
         match &self.mem {
             Mem::Vec(v) => v,
             Mem::Managed(m) => m,
+            Mem::Map(m) => m.data(),
         }
     }
     fn data_mut(&mut self) -> &mut [u32] {
         match &mut self.mem {
             Mem::Vec(v) => v,
             Mem::Managed(m) => m,
+            Mem::Map(m) => m.data_mut(),
         }
     }
 }
@@ -277,23 +338,25 @@ fn run(r: &Rt, program: &[Step], at: &AtomicUsize) -> Result<(), String> {
                 seed,
             } => {
                 slots[*slot] = None; // free first, so the new buffer may reuse its memory
-                let mut mem = match kind {
+                let mem = match kind {
                     Kind::Vec if !r.managed_only => Mem::Vec(vec![0u32; *len]),
+                    Kind::Map if !r.managed_only => Mem::Map(Map::new(*len)),
                     _ => Mem::Managed(rt.alloc::<u32>(*len).map_err(launch_err)?),
                 };
-                let mut model = vec![0u32; *len];
+                let mut buf = Buf {
+                    mem,
+                    model: vec![0u32; *len],
+                };
                 if *seed != 0 {
-                    let d: &mut [u32] = match &mut mem {
-                        Mem::Vec(v) => v,
-                        Mem::Managed(m) => m,
-                    };
-                    for (i, (x, m)) in d.iter_mut().zip(&mut model).enumerate() {
+                    let d = buf.data_mut();
+                    for (i, x) in d.iter_mut().enumerate() {
                         *x = pattern(i, *seed);
-                        *m = *x;
+                    }
+                    for (i, m) in buf.model.iter_mut().enumerate() {
+                        *m = pattern(i, *seed);
                     }
                 }
                 // A fresh buffer must read as its initial contents everywhere.
-                let buf = Buf { mem, model };
                 compare(&buf, *slot, true, step_no, &what)?;
                 slots[*slot] = Some(buf);
             }
@@ -423,6 +486,18 @@ fn run(r: &Rt, program: &[Step], at: &AtomicUsize) -> Result<(), String> {
                     rt.prefetch(&b.data()[s..s + n], to).map_err(launch_err)?;
                 }
             }
+            Op::Remap {
+                slot,
+                pages,
+                seed,
+                delay,
+            } => {
+                if let Some(b) = &mut slots[*slot] {
+                    if !remap(r, b, pages, *seed, *delay, &what)? {
+                        slots[*slot] = None; // somebody else took the address: a hole
+                    }
+                }
+            }
             Op::Empty { slot } => {
                 if let Some(b) = &mut slots[*slot] {
                     let push = AddK { n: 0, k: 1 };
@@ -452,6 +527,100 @@ fn run(r: &Rt, program: &[Step], at: &AtomicUsize) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The `Remap` step on `b` (a no-op unless it is a `Map`). Returns false when the fresh
+/// memory could not be mapped at the unmapped address (`b` has a hole then).
+fn remap(r: &Rt, b: &mut Buf, pages: &Span, seed: u32, delay: u8, what: &str) -> Result<bool, String> {
+    let Mem::Map(m) = &mut b.mem else {
+        return Ok(true);
+    };
+    let (p0, np) = pages.resolve(m.pages(), false);
+    let (lo, hi) = (p0 * PAGE, (p0 + np) * PAGE);
+    let total = m.words;
+    let words = |bytes: usize| (bytes / 4).min(total);
+    let addr = m.addr;
+    let src: Vec<u32> = (0..4096).map(|i| pattern(i, seed ^ 0x5555)).collect();
+    let n = src.len().min(m.words);
+    let done = AtomicBool::new(false);
+    let fresh = std::thread::scope(|sc| {
+        let racer = sc.spawn(|| {
+            // The launch has begun moving its buffers once the source's pages are Shared.
+            while r.rt.residency(&src[..]).shared == 0 && !done.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            let t = std::time::Instant::now();
+            while t.elapsed() < Duration::from_micros(u64::from(delay)) {
+                std::hint::spin_loop();
+            }
+            // SAFETY: pages of the test's own mapping; the launch using them is the misuse
+            // under test.
+            unsafe { libc::munmap((addr + lo) as *mut libc::c_void, hi - lo) };
+            // SAFETY: a new private anonymous mapping where the old pages were;
+            // MAP_FIXED_NOREPLACE never replaces anything.
+            let p = unsafe {
+                libc::mmap(
+                    (addr + lo) as *mut libc::c_void,
+                    hi - lo,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            if p as usize != addr + lo {
+                return false;
+            }
+            for i in words(lo)..words(hi) {
+                // SAFETY: word `i` of the slot lies in the fresh mapping.
+                unsafe { *(addr as *mut u32).add(i) = pattern(i, seed) };
+            }
+            true
+        });
+        let push = N { n: n as u32 };
+        // Fails or copies: either is fine.
+        let _ = r.rt.launch(
+            &r.copy,
+            common::groups(n, 256),
+            (&src[..], &mut m.data_mut()[..n], Push(&push)),
+        );
+        done.store(true, Ordering::Release);
+        racer.join().unwrap()
+    });
+    if !fresh {
+        // The hole is somebody else's now: unmap only what is still ours.
+        let end = Map::bytes_for(m.words);
+        // SAFETY: the parts of our mapping around the hole; nothing refers to them.
+        unsafe {
+            libc::munmap(addr as *mut libc::c_void, lo);
+            libc::munmap((addr + hi) as *mut libc::c_void, end - hi);
+        }
+        m.words = 0; // nothing left to unmap on drop
+        return Ok(false);
+    }
+    let data = m.data();
+    if let Some(i) = (words(lo)..words(hi)).find(|&i| data[i] != pattern(i, seed)) {
+        return Err(format!(
+            "{what}: word {i} of the fresh memory is {:#x}, not its fill {:#x}",
+            data[i],
+            pattern(i, seed)
+        ));
+    }
+    let outside = |i: usize| i < words(lo) || i >= words(hi);
+    let copied = (0..n).filter(|&i| outside(i)).any(|i| data[i] == src[i] && src[i] != b.model[i]);
+    for i in (0..m.words).filter(|&i| outside(i)) {
+        let want = if copied && i < n { src[i] } else { b.model[i] };
+        if data[i] != want {
+            return Err(format!(
+                "{what}: word {i} is {:#x}, neither the old word nor the source ({:#x})",
+                data[i], want
+            ));
+        }
+    }
+    for i in 0..m.words {
+        b.model[i] = data[i];
+    }
+    Ok(true)
 }
 
 fn config() -> ProptestConfig {

@@ -19,7 +19,10 @@
 //! the runtime copies a launch's edge bytes back into a page the CPU threads are writing.
 //!
 //! Modes cycle per pass: random / racing access, chunk sizes (4 KiB, 64 KiB adaptive,
-//! 256 KiB, 2 MiB fixed), `Vec` / `Managed` memory, one or two movers, both transfer paths.
+//! 256 KiB, 2 MiB fixed), `Vec` / `Managed` / `mmap` memory, one or two movers, both
+//! transfer paths. On an `mmap` region a remapper thread also replaces pages of a slice with
+//! fresh memory while a launch on that slice runs (misuse: the fresh memory must keep what
+//! was written into it, everything else its shadow), beside the CPU threads and movers.
 //!
 //! Duration: `VKHMM_STRESS_SECS=N` runs passes for N seconds (a soak test); otherwise 35 s
 //! under `CI` and 8 s elsewhere. It stops by itself at the deadline. A watchdog aborts the
@@ -30,7 +33,7 @@
 
 mod common;
 
-use common::push::AddK;
+use common::push::{AddK, N};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -41,6 +44,7 @@ use vkhmm::{shaders, Kernel, Location, Managed, Push, Runtime, TransferPath};
 
 /// u32 words per 4 KiB page; word 0 of each page is its lock word.
 const PAGE_WORDS: usize = 1024;
+const PAGE: usize = PAGE_WORDS * 4;
 /// Pages in the region (4 MiB).
 const PAGES: usize = 1024;
 /// Pages per slice (the mover's unit): 128 KiB, 32 slices.
@@ -67,6 +71,8 @@ enum Access {
 enum Memory {
     Vec,
     Managed,
+    /// An `mmap` of the test's own, page-aligned: the remapper replaces parts of it.
+    Map,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +88,9 @@ struct Mode {
     /// so the pass mixes migrated and in-place slices. Off elsewhere, so that the other
     /// passes keep migrating every slice.
     thrash: bool,
+    /// A remapper thread (on a `Map` region): it replaces pages of a slice with fresh memory
+    /// while a launch on that slice runs, beside the CPU threads and movers.
+    remap: bool,
 }
 
 /// The cycle of modes; a run goes through it in order, as often as the time allows.
@@ -97,13 +106,22 @@ fn modes() -> Vec<Mode> {
         access,
         movers,
         thrash: false,
+        remap: false,
     };
     vec![
         m(Direct, 64 << 10, false, Managed, Random, 1),
+        Mode {
+            remap: true,
+            ..m(Staged, 256 << 10, true, Map, Racing, 1)
+        },
         m(Staged, 64 << 10, false, Vec, Random, 1),
         m(Direct, 4 << 10, true, Vec, Racing, 2),
         m(Staged, 4 << 10, true, Managed, Racing, 2),
         m(Direct, 2 << 20, true, Vec, Random, 2),
+        Mode {
+            remap: true,
+            ..m(Direct, 64 << 10, false, Map, Random, 1)
+        },
         m(Staged, 256 << 10, true, Managed, Random, 1),
         Mode {
             thrash: true,
@@ -112,13 +130,14 @@ fn modes() -> Vec<Mode> {
         m(Staged, 2 << 20, true, Vec, Racing, 2),
         m(Direct, 64 << 10, false, Vec, Racing, 1),
         m(Staged, 4 << 10, true, Vec, Random, 2),
-    ]
-}
+    ]}
 
 /// The region under test: its memory and a raw view that threads share.
 enum Region {
     Vec(Vec<u32>),
     Managed(Managed<u32>),
+    /// The address of a mapping of `PAGES` pages, unmapped on drop.
+    Map(usize),
 }
 
 impl Region {
@@ -126,21 +145,32 @@ impl Region {
         match memory {
             Memory::Vec => Region::Vec(vec![0u32; PAGES * PAGE_WORDS]),
             Memory::Managed => Region::Managed(rt.alloc::<u32>(PAGES * PAGE_WORDS).unwrap()),
+            Memory::Map => Region::Map(common::map_anon(PAGES * PAGE) as usize),
         }
     }
 
     fn view(&mut self) -> View {
-        let s: &mut [u32] = match self {
-            Region::Vec(v) => v,
-            Region::Managed(m) => m,
-        };
-        View(s.as_mut_ptr())
+        View(self.words().as_ptr().cast_mut())
     }
 
     fn words(&self) -> &[u32] {
         match self {
             Region::Vec(v) => v,
             Region::Managed(m) => m,
+            // SAFETY: the mapping lives as long as `self`; words of it are changed only
+            // through `View`, under the locking protocol of this file.
+            Region::Map(a) => unsafe {
+                std::slice::from_raw_parts(*a as *const u32, PAGES * PAGE_WORDS)
+            },
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if let Region::Map(a) = self {
+            // SAFETY: our own mapping, no longer used by any thread of the pass.
+            unsafe { libc::munmap(*a as *mut libc::c_void, PAGES * PAGE) };
         }
     }
 }
@@ -337,7 +367,7 @@ fn cpu_thread(p: &Pass, w: &Watch, seed: u64) {
         lock.store(held, Ordering::Release);
         local += INCS_PER_LOCK;
         ops += 1;
-        if ops % 256 == 0 {
+        if ops.is_multiple_of(256) {
             w.beat();
         }
     }
@@ -412,6 +442,105 @@ fn mover_thread(p: &Pass, w: &Watch, rt: &Runtime, add: &Kernel, seed: u64, id: 
     }
 }
 
+/// The remapper (on a `Map` region): takes a slice exclusively, as a mover does, and
+/// launches `COPY_U32` of a fresh source (the slice's words plus an even `k`) onto its first
+/// pages. Once the launch has begun moving its buffers (the source's pages turn `Shared`), a
+/// second thread replaces a few pages of the slice with fresh memory (`mmap(MAP_FIXED)` over
+/// them: an unmap of registered memory) and writes the shadow's words into it — misuse, while
+/// CPU threads fault and movers launch on the other slices. The launch may fail; afterwards the
+/// fresh pages must hold exactly what was written into them, and the rest of the slice its old
+/// words or the source, all alike.
+fn remapper_thread(p: &Pass, w: &Watch, rt: &Runtime, copy: &Kernel, seed: u64) {
+    const SRC_WORDS: usize = 4 * PAGE_WORDS;
+    let mut rng = Rng(seed | 1);
+    while !p.stop.load(Ordering::Relaxed) {
+        let slice = rng.below(SLICES);
+        let k = (rng.below(1 << 15) as u32 + 1) * 2;
+        let p0 = rng.below(SLICE_PAGES);
+        let np = 1 + rng.below((SLICE_PAGES - p0).min(4));
+        let delay = Duration::from_micros(rng.below(30) as u64);
+        let _excl = p.slice_locks[slice].write().unwrap();
+        let first = slice * SLICE_WORDS;
+        let shadow = |j: usize| p.shadow[first + j].load(Ordering::Relaxed);
+        let src: Vec<u32> = (0..SRC_WORDS).map(|j| shadow(j).wrapping_add(k)).collect();
+        // SAFETY: slice lock held exclusively until `_excl` drops, after `data`'s last use.
+        let data = unsafe { p.view.slice_mut(slice) };
+        let fresh_at = data.as_ptr() as usize + p0 * PAGE;
+        let fresh = p0 * PAGE_WORDS..(p0 + np) * PAGE_WORDS;
+        let done = AtomicBool::new(false);
+        let replaced = std::thread::scope(|sc| {
+            let racer = sc.spawn(|| {
+                while rt.residency(&src).shared == 0 && !done.load(Ordering::Acquire) {
+                    std::hint::spin_loop();
+                }
+                let t = Instant::now();
+                while t.elapsed() < delay {
+                    std::hint::spin_loop();
+                }
+                // SAFETY: pages of the pass's own mapping, in the slice this thread's owner
+                // holds; replacing them under the launch is the misuse under test.
+                let q = unsafe {
+                    libc::mmap(
+                        fresh_at as *mut libc::c_void,
+                        np * PAGE,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                        -1,
+                        0,
+                    )
+                };
+                if q as usize != fresh_at {
+                    return false;
+                }
+                for j in fresh.clone() {
+                    // SAFETY: word `j` of the slice lies in the fresh pages.
+                    unsafe { *((fresh_at as *mut u32).add(j - fresh.start)) = shadow(j) };
+                }
+                true
+            });
+            let push = N {
+                n: SRC_WORDS as u32,
+            };
+            // Fails or copies: either is fine.
+            let _ = rt.launch(copy, [16, 1, 1], (&src[..], &mut data[..SRC_WORDS], Push(&push)));
+            done.store(true, Ordering::Release);
+            racer.join().unwrap()
+        });
+        let what = format!("remapper slice {slice} pages {p0}+{np}");
+        if !replaced {
+            p.fail(format!("{what}: mmap(MAP_FIXED) failed"));
+            return;
+        }
+        if let Some(j) = fresh.clone().find(|&j| data[j] != shadow(j)) {
+            p.fail(format!(
+                "{what}: word {j} of the fresh pages is {}, not what was written there ({})",
+                data[j],
+                shadow(j)
+            ));
+            return;
+        }
+        let outside = |j: usize| !fresh.contains(&j);
+        let copied = (0..SRC_WORDS).any(|j| outside(j) && data[j] == src[j]);
+        for j in (0..SLICE_WORDS).filter(|&j| outside(j)) {
+            let want = if copied && j < SRC_WORDS { src[j] } else { shadow(j) };
+            if data[j] != want {
+                p.fail(format!(
+                    "{what}: word {j} is {}, neither its old value nor the source ({want})",
+                    data[j]
+                ));
+                return;
+            }
+        }
+        if copied {
+            for j in (0..SRC_WORDS).filter(|&j| outside(j)) {
+                p.shadow[first + j].store(src[j], Ordering::Relaxed);
+            }
+        }
+        p.launches.fetch_add(1, Ordering::Relaxed);
+        w.beat();
+    }
+}
+
 /// Totals over a run.
 #[derive(Default)]
 struct Totals {
@@ -422,9 +551,11 @@ struct Totals {
     words_checked: u64,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_pass(
     rt: &Runtime,
     add: &Kernel,
+    copy: &Kernel,
     mode: Mode,
     pass_no: u64,
     until: Instant,
@@ -455,6 +586,10 @@ fn run_pass(
         for m in 0..mode.movers {
             let (p, w) = (&pass, watch);
             s.spawn(move || mover_thread(p, w, rt, add, pass_no * 1000 + 100 + m as u64, m));
+        }
+        if mode.remap {
+            let (p, w) = (&pass, watch);
+            s.spawn(move || remapper_thread(p, w, rt, copy, pass_no * 1000 + 200));
         }
         while Instant::now() < until && !pass.stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(20));
@@ -515,7 +650,7 @@ fn run_pass(
     let inc = pass.increments.load(Ordering::Relaxed);
     let launches = pass.launches.load(Ordering::Relaxed);
     println!(
-        "pass {pass_no:3} {:?} chunk {:>4} KiB{} {:?} {:?} movers {}{}: {inc} increments, \
+        "pass {pass_no:3} {:?} chunk {:>4} KiB{} {:?} {:?} movers {}{}{}: {inc} increments, \
          {launches} launches ({} checked mid-pass), {} cpu faults, {} deferred: ok",
         mode.path,
         mode.chunk >> 10,
@@ -523,6 +658,7 @@ fn run_pass(
         mode.memory,
         mode.access,
         mode.movers,
+        if mode.remap { " + remapper" } else { "" },
         if mode.thrash {
             format!(
                 ", thrash detection ({} slices settled in place)",
@@ -575,8 +711,8 @@ fn uffd_stress() {
         // The signal fault backend serves only runtime-owned memory.
         modes.retain(|m| m.memory == Memory::Managed);
     }
-    // One runtime (and kernel) per (path, chunk, fixed), made on first use and kept.
-    let mut runtimes: Vec<((TransferPath, usize, bool), Runtime, Kernel)> = Vec::new();
+    // One runtime (and kernels) per (path, chunk, fixed), made on first use and kept.
+    let mut runtimes: Vec<((TransferPath, usize, bool), Runtime, Kernel, Kernel)> = Vec::new();
     // A pass lasts 1/10 of the run, at least 1.5 s and at most 10 s.
     let pass_len = Duration::from_secs(secs)
         .div_f64(10.0)
@@ -599,14 +735,15 @@ fn uffd_stress() {
                     return;
                 };
                 let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
-                runtimes.push((key, rt, add));
+                let copy = rt.kernel_wgsl(shaders::COPY_U32_WGSL, "main").unwrap();
+                runtimes.push((key, rt, add, copy));
                 runtimes.len() - 1
             }
         };
-        let (_, rt, add) = &runtimes[idx];
+        let (_, rt, add, copy) = &runtimes[idx];
         watch.beat();
         let until = (Instant::now() + pass_len).min(deadline);
-        if let Err(e) = run_pass(rt, add, mode, pass_no, until, &watch, &mut totals) {
+        if let Err(e) = run_pass(rt, add, copy, mode, pass_no, until, &watch, &mut totals) {
             watch.done.store(true, Ordering::Relaxed);
             panic!("{e}");
         }
