@@ -20,6 +20,10 @@
 //! Checks stop at what reflection needs: this is not `spirv-val`. A module that passes here
 //! may still be rejected by the driver.
 //!
+//! Opcode and enum numbers come from the `spirv` crate (the tables naga is built on). A number
+//! it does not know — an opcode, decoration, storage class or execution mode from a newer
+//! specification — is ignored, as is every known one that reflection does not read.
+//!
 //! # What counts as "used"
 //!
 //! A binding is reported only if the entry point statically uses it. From SPIR-V 1.4 the
@@ -47,125 +51,17 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
+use spirv::{BuiltIn, Decoration, Dim, ExecutionMode, ExecutionModel, Op, StorageClass};
+
 use super::{Access, BindingInfo, BindingKind, KernelInfo};
 use crate::{Error, Result};
 
 /// The SPIR-V magic number, in host order.
-const MAGIC: u32 = 0x0723_0203;
+const MAGIC: u32 = spirv::MAGIC_NUMBER;
 /// Header words: magic, version, generator, id bound, schema.
 const HEADER_WORDS: usize = 5;
 /// How deep types may nest (arrays of structs of arrays …) before the module is rejected.
 pub const MAX_TYPE_DEPTH: u32 = 64;
-
-/// Opcodes (SPIR-V specification, section 3.52).
-mod op {
-    pub const NAME: u32 = 5;
-    pub const EXT_INST_IMPORT: u32 = 11;
-    pub const EXT_INST: u32 = 12;
-    pub const ENTRY_POINT: u32 = 15;
-    pub const EXECUTION_MODE: u32 = 16;
-    pub const TYPE_BOOL: u32 = 20;
-    pub const TYPE_INT: u32 = 21;
-    pub const TYPE_FLOAT: u32 = 22;
-    pub const TYPE_VECTOR: u32 = 23;
-    pub const TYPE_MATRIX: u32 = 24;
-    pub const TYPE_IMAGE: u32 = 25;
-    pub const TYPE_SAMPLER: u32 = 26;
-    pub const TYPE_SAMPLED_IMAGE: u32 = 27;
-    pub const TYPE_ARRAY: u32 = 28;
-    pub const TYPE_RUNTIME_ARRAY: u32 = 29;
-    pub const TYPE_STRUCT: u32 = 30;
-    pub const TYPE_POINTER: u32 = 32;
-    pub const CONSTANT_TRUE: u32 = 41;
-    pub const CONSTANT_FALSE: u32 = 42;
-    pub const CONSTANT: u32 = 43;
-    pub const CONSTANT_COMPOSITE: u32 = 44;
-    pub const CONSTANT_NULL: u32 = 46;
-    pub const SPEC_CONSTANT_TRUE: u32 = 48;
-    pub const SPEC_CONSTANT_FALSE: u32 = 49;
-    pub const SPEC_CONSTANT: u32 = 50;
-    pub const SPEC_CONSTANT_COMPOSITE: u32 = 51;
-    pub const FUNCTION: u32 = 54;
-    pub const FUNCTION_END: u32 = 56;
-    pub const FUNCTION_CALL: u32 = 57;
-    pub const VARIABLE: u32 = 59;
-    pub const IMAGE_TEXEL_POINTER: u32 = 60;
-    pub const LOAD: u32 = 61;
-    pub const STORE: u32 = 62;
-    pub const COPY_MEMORY: u32 = 63;
-    pub const COPY_MEMORY_SIZED: u32 = 64;
-    pub const ACCESS_CHAIN: u32 = 65;
-    pub const IN_BOUNDS_ACCESS_CHAIN: u32 = 66;
-    pub const PTR_ACCESS_CHAIN: u32 = 67;
-    pub const ARRAY_LENGTH: u32 = 68;
-    pub const GENERIC_PTR_MEM_SEMANTICS: u32 = 69;
-    pub const IN_BOUNDS_PTR_ACCESS_CHAIN: u32 = 70;
-    pub const DECORATE: u32 = 71;
-    pub const MEMBER_DECORATE: u32 = 72;
-    pub const GROUP_DECORATE: u32 = 74;
-    pub const GROUP_MEMBER_DECORATE: u32 = 75;
-    pub const COPY_OBJECT: u32 = 83;
-    pub const CONVERT_PTR_TO_U: u32 = 117;
-    pub const PTR_CAST_TO_GENERIC: u32 = 121;
-    pub const GENERIC_CAST_TO_PTR: u32 = 122;
-    pub const GENERIC_CAST_TO_PTR_EXPLICIT: u32 = 123;
-    pub const BITCAST: u32 = 124;
-    pub const SELECT: u32 = 169;
-    pub const ATOMIC_LOAD: u32 = 227;
-    pub const ATOMIC_STORE: u32 = 228;
-    /// `OpAtomicExchange` … `OpAtomicXor` (229..=242) all take the pointer third.
-    pub const ATOMIC_EXCHANGE: u32 = 229;
-    pub const ATOMIC_XOR: u32 = 242;
-    pub const PHI: u32 = 245;
-    pub const RETURN_VALUE: u32 = 254;
-    pub const LIFETIME_START: u32 = 256;
-    pub const LIFETIME_STOP: u32 = 257;
-    pub const ATOMIC_FLAG_TEST_AND_SET: u32 = 318;
-    pub const ATOMIC_FLAG_CLEAR: u32 = 319;
-    pub const EXECUTION_MODE_ID: u32 = 331;
-    pub const PTR_EQUAL: u32 = 401;
-    pub const PTR_NOT_EQUAL: u32 = 402;
-    pub const PTR_DIFF: u32 = 403;
-    pub const UNTYPED_VARIABLE_KHR: u32 = 4418;
-    pub const COOPERATIVE_MATRIX_LOAD_KHR: u32 = 4457;
-    pub const COOPERATIVE_MATRIX_STORE_KHR: u32 = 4458;
-    pub const TYPE_ACCELERATION_STRUCTURE_KHR: u32 = 5341;
-    pub const RAW_ACCESS_CHAIN_NV: u32 = 5398;
-    pub const ATOMIC_F_MIN_EXT: u32 = 5614;
-    pub const ATOMIC_F_MAX_EXT: u32 = 5615;
-    pub const ATOMIC_F_ADD_EXT: u32 = 6035;
-}
-
-/// Decorations (section 3.20).
-mod deco {
-    pub const BLOCK: u32 = 2;
-    pub const BUFFER_BLOCK: u32 = 3;
-    pub const ROW_MAJOR: u32 = 4;
-    pub const ARRAY_STRIDE: u32 = 6;
-    pub const MATRIX_STRIDE: u32 = 7;
-    pub const BUILT_IN: u32 = 11;
-    pub const NON_WRITABLE: u32 = 24;
-    pub const BINDING: u32 = 33;
-    pub const DESCRIPTOR_SET: u32 = 34;
-    pub const OFFSET: u32 = 35;
-}
-
-/// Storage classes (section 3.7).
-mod class {
-    pub const UNIFORM_CONSTANT: u32 = 0;
-    pub const UNIFORM: u32 = 2;
-    pub const PUSH_CONSTANT: u32 = 9;
-    pub const ATOMIC_COUNTER: u32 = 10;
-    pub const IMAGE: u32 = 11;
-    pub const STORAGE_BUFFER: u32 = 12;
-    pub const PHYSICAL_STORAGE_BUFFER: u32 = 5349;
-}
-
-const EXECUTION_MODEL_GL_COMPUTE: u32 = 5;
-const EXECUTION_MODE_LOCAL_SIZE: u32 = 17;
-const EXECUTION_MODE_LOCAL_SIZE_ID: u32 = 38;
-const BUILT_IN_WORKGROUP_SIZE: u32 = 25;
-const DIM_BUFFER: u32 = 5;
 
 /// Turns the bytes of a `.spv` file into host-order SPIR-V words.
 ///
@@ -249,7 +145,8 @@ enum Type {
         members: Vec<u32>,
     },
     Pointer {
-        class: u32,
+        /// `None` for a storage class this version of the `spirv` crate does not know.
+        class: Option<StorageClass>,
         pointee: u32,
     },
     /// Images, samplers, acceleration structures: never bindable by vkhmm.
@@ -272,34 +169,34 @@ enum Constant {
 /// `TRACKED.len()` entries per target, whatever the input.
 #[derive(Debug, Default)]
 struct Decorations {
-    on_id: HashMap<(u32, u32), Option<u32>>,
-    on_member: HashMap<(u32, u32, u32), Option<u32>>,
+    on_id: HashMap<(u32, Decoration), Option<u32>>,
+    on_member: HashMap<(u32, u32, Decoration), Option<u32>>,
     /// `OpGroupDecorate` / `OpGroupMemberDecorate` applications: (group, target, member).
     /// Applied after the pass, when the groups' own decorations are all known.
     group_uses: Vec<(u32, u32, Option<u32>)>,
 }
 
 impl Decorations {
-    const TRACKED: [u32; 10] = [
-        deco::BLOCK,
-        deco::BUFFER_BLOCK,
-        deco::ROW_MAJOR,
-        deco::ARRAY_STRIDE,
-        deco::MATRIX_STRIDE,
-        deco::BUILT_IN,
-        deco::NON_WRITABLE,
-        deco::BINDING,
-        deco::DESCRIPTOR_SET,
-        deco::OFFSET,
+    const TRACKED: [Decoration; 10] = [
+        Decoration::Block,
+        Decoration::BufferBlock,
+        Decoration::RowMajor,
+        Decoration::ArrayStride,
+        Decoration::MatrixStride,
+        Decoration::BuiltIn,
+        Decoration::NonWritable,
+        Decoration::Binding,
+        Decoration::DescriptorSet,
+        Decoration::Offset,
     ];
 
-    fn add(&mut self, target: u32, decoration: u32, value: Option<u32>) {
+    fn add(&mut self, target: u32, decoration: Decoration, value: Option<u32>) {
         if Self::TRACKED.contains(&decoration) {
             self.on_id.entry((target, decoration)).or_insert(value);
         }
     }
 
-    fn add_member(&mut self, target: u32, member: u32, decoration: u32, value: Option<u32>) {
+    fn add_member(&mut self, target: u32, member: u32, decoration: Decoration, value: Option<u32>) {
         if Self::TRACKED.contains(&decoration) {
             self.on_member
                 .entry((target, member, decoration))
@@ -322,19 +219,19 @@ impl Decorations {
         }
     }
 
-    fn id_has(&self, id: u32, decoration: u32) -> bool {
+    fn id_has(&self, id: u32, decoration: Decoration) -> bool {
         self.on_id.contains_key(&(id, decoration))
     }
 
-    fn id_value(&self, id: u32, decoration: u32) -> Option<u32> {
+    fn id_value(&self, id: u32, decoration: Decoration) -> Option<u32> {
         self.on_id.get(&(id, decoration)).copied().flatten()
     }
 
-    fn member_has(&self, id: u32, member: u32, decoration: u32) -> bool {
+    fn member_has(&self, id: u32, member: u32, decoration: Decoration) -> bool {
         self.on_member.contains_key(&(id, member, decoration))
     }
 
-    fn member_value(&self, id: u32, member: u32, decoration: u32) -> Option<u32> {
+    fn member_value(&self, id: u32, member: u32, decoration: Decoration) -> Option<u32> {
         self.on_member
             .get(&(id, member, decoration))
             .copied()
@@ -376,8 +273,9 @@ struct Module {
     decorations: Decorations,
     types: HashMap<u32, Type>,
     constants: HashMap<u32, Constant>,
-    /// Module-scope `OpVariable`s: id → (pointer type, storage class).
-    globals: HashMap<u32, (u32, u32)>,
+    /// Module-scope `OpVariable`s: id → (pointer type, storage class), the class `None` when
+    /// this version of the `spirv` crate does not know it.
+    globals: HashMap<u32, (u32, Option<StorageClass>)>,
     functions: HashMap<u32, FunctionRefs>,
     /// `OpExtInstImport`s of non-semantic instruction sets (debug info, printf): their
     /// operands are ignored when looking for used variables.
@@ -401,70 +299,78 @@ fn literal_string(operands: &[u32]) -> Option<(String, usize)> {
     None
 }
 
-/// Pushes the ids that `opcode` takes in pointer-operand positions (`operands` excludes the
+/// Pushes the ids that `op` takes in pointer-operand positions (`operands` excludes the
 /// opcode word). Only instructions inside function bodies are passed here.
-fn pointer_operands(
-    opcode: u32,
-    operands: &[u32],
-    non_semantic: &HashSet<u32>,
-    out: &mut Vec<u32>,
-) {
+fn pointer_operands(op: Op, operands: &[u32], non_semantic: &HashSet<u32>, out: &mut Vec<u32>) {
     let at = |i: usize| operands.get(i).copied();
-    match opcode {
+    match op {
         // <result type> <result> <pointer> …
-        op::LOAD
-        | op::ACCESS_CHAIN
-        | op::IN_BOUNDS_ACCESS_CHAIN
-        | op::PTR_ACCESS_CHAIN
-        | op::IN_BOUNDS_PTR_ACCESS_CHAIN
-        | op::ARRAY_LENGTH
-        | op::GENERIC_PTR_MEM_SEMANTICS
-        | op::IMAGE_TEXEL_POINTER
-        | op::COPY_OBJECT
-        | op::CONVERT_PTR_TO_U
-        | op::PTR_CAST_TO_GENERIC
-        | op::GENERIC_CAST_TO_PTR
-        | op::GENERIC_CAST_TO_PTR_EXPLICIT
-        | op::BITCAST
-        | op::ATOMIC_LOAD
-        | op::ATOMIC_EXCHANGE..=op::ATOMIC_XOR
-        | op::ATOMIC_FLAG_TEST_AND_SET
-        | op::ATOMIC_F_MIN_EXT
-        | op::ATOMIC_F_MAX_EXT
-        | op::ATOMIC_F_ADD_EXT
-        | op::COOPERATIVE_MATRIX_LOAD_KHR
-        | op::RAW_ACCESS_CHAIN_NV => out.extend(at(2)),
+        Op::Load
+        | Op::AccessChain
+        | Op::InBoundsAccessChain
+        | Op::PtrAccessChain
+        | Op::InBoundsPtrAccessChain
+        | Op::ArrayLength
+        | Op::GenericPtrMemSemantics
+        | Op::ImageTexelPointer
+        | Op::CopyObject
+        | Op::ConvertPtrToU
+        | Op::PtrCastToGeneric
+        | Op::GenericCastToPtr
+        | Op::GenericCastToPtrExplicit
+        | Op::Bitcast
+        | Op::AtomicLoad
+        | Op::AtomicExchange
+        | Op::AtomicCompareExchange
+        | Op::AtomicCompareExchangeWeak
+        | Op::AtomicIIncrement
+        | Op::AtomicIDecrement
+        | Op::AtomicIAdd
+        | Op::AtomicISub
+        | Op::AtomicSMin
+        | Op::AtomicUMin
+        | Op::AtomicSMax
+        | Op::AtomicUMax
+        | Op::AtomicAnd
+        | Op::AtomicOr
+        | Op::AtomicXor
+        | Op::AtomicFlagTestAndSet
+        | Op::AtomicFMinEXT
+        | Op::AtomicFMaxEXT
+        | Op::AtomicFAddEXT
+        | Op::CooperativeMatrixLoadKHR
+        | Op::RawAccessChainNV => out.extend(at(2)),
         // <pointer> <object or pointer> …
-        op::STORE | op::COPY_MEMORY | op::COPY_MEMORY_SIZED => {
+        Op::Store | Op::CopyMemory | Op::CopyMemorySized => {
             out.extend(at(0));
             out.extend(at(1));
         }
         // <pointer> …
-        op::ATOMIC_STORE
-        | op::ATOMIC_FLAG_CLEAR
-        | op::COOPERATIVE_MATRIX_STORE_KHR
-        | op::LIFETIME_START
-        | op::LIFETIME_STOP
-        | op::RETURN_VALUE => out.extend(at(0)),
+        Op::AtomicStore
+        | Op::AtomicFlagClear
+        | Op::CooperativeMatrixStoreKHR
+        | Op::LifetimeStart
+        | Op::LifetimeStop
+        | Op::ReturnValue => out.extend(at(0)),
         // <result type> <result> <pointer> <pointer>
-        op::PTR_EQUAL | op::PTR_NOT_EQUAL | op::PTR_DIFF => {
+        Op::PtrEqual | Op::PtrNotEqual | Op::PtrDiff => {
             out.extend(at(2));
             out.extend(at(3));
         }
         // <result type> <result> <condition> <object 1> <object 2>
-        op::SELECT => {
+        Op::Select => {
             out.extend(at(3));
             out.extend(at(4));
         }
         // <result type> <result> (<value> <parent block>)*
-        op::PHI => out.extend(operands.iter().skip(2).step_by(2)),
+        Op::Phi => out.extend(operands.iter().skip(2).step_by(2)),
         // <result type> <result> <function> <argument>*
-        op::FUNCTION_CALL => out.extend(operands.iter().skip(3)),
+        Op::FunctionCall => out.extend(operands.iter().skip(3)),
         // <result type> <result> <storage class> [<initializer>]
-        op::VARIABLE => out.extend(at(3)),
+        Op::Variable => out.extend(at(3)),
         // <result type> <result> <set> <instruction> <operand>*: GLSL.std.450's Modf, Frexp
         // and Interpolate* take pointers; every operand of these sets is an id.
-        op::EXT_INST if at(2).is_some_and(|set| !non_semantic.contains(&set)) => {
+        Op::ExtInst if at(2).is_some_and(|set| !non_semantic.contains(&set)) => {
             out.extend(operands.iter().skip(4));
         }
         _ => {}
@@ -526,7 +432,8 @@ impl Module {
                     words.len()
                 )));
             };
-            module.instruction(opcode, operands, offset, &mut current_function)?;
+            let op = Op::from_u32(opcode);
+            module.instruction(opcode, op, operands, offset, &mut current_function)?;
             offset = end;
         }
         if let Some(function) = current_function {
@@ -538,10 +445,13 @@ impl Module {
         Ok(module)
     }
 
-    /// Records one instruction. `operands` excludes the opcode word.
+    /// Records one instruction. `op` is `opcode` decoded (`None` for an opcode this version of
+    /// the `spirv` crate does not know, which reflection ignores); `operands` excludes the
+    /// opcode word.
     fn instruction(
         &mut self,
         opcode: u32,
+        op: Option<Op>,
         operands: &[u32],
         offset: usize,
         current_function: &mut Option<u32>,
@@ -560,38 +470,38 @@ impl Module {
         };
 
         if let Some(function) = *current_function {
-            match (opcode, operands) {
-                (op::FUNCTION_END, _) => *current_function = None,
+            match (op, operands) {
+                (Some(Op::FunctionEnd), _) => *current_function = None,
                 // A missing OpFunctionEnd (invalid): start the next function anyway.
-                (op::FUNCTION, [_, result, ..]) => {
+                (Some(Op::Function), [_, result, ..]) => {
                     *current_function = Some(*result);
                     self.functions.entry(*result).or_default();
                 }
                 _ => {
                     let refs = self.functions.entry(function).or_default();
-                    if let (op::FUNCTION_CALL, [_, _, callee, ..]) = (opcode, operands) {
+                    if let (Some(Op::FunctionCall), [_, _, callee, ..]) = (op, operands) {
                         refs.calls.push(*callee);
                     }
-                    pointer_operands(
-                        opcode,
-                        operands,
-                        &self.non_semantic_sets,
-                        &mut refs.pointers,
-                    );
+                    if let Some(op) = op {
+                        pointer_operands(op, operands, &self.non_semantic_sets, &mut refs.pointers);
+                    }
                 }
             }
             return Ok(());
         }
 
-        match opcode {
-            op::NAME => {
+        let Some(op) = op else {
+            return Ok(());
+        };
+        match op {
+            Op::Name => {
                 let [target, string @ ..] = operands else {
                     return Err(short());
                 };
                 let (name, _) = literal_string(string).ok_or_else(unterminated)?;
                 self.names.insert(*target, name);
             }
-            op::EXT_INST_IMPORT => {
+            Op::ExtInstImport => {
                 let [result, string @ ..] = operands else {
                     return Err(short());
                 };
@@ -600,12 +510,12 @@ impl Module {
                     self.non_semantic_sets.insert(*result);
                 }
             }
-            op::ENTRY_POINT => {
+            Op::EntryPoint => {
                 let [model, function, rest @ ..] = operands else {
                     return Err(short());
                 };
                 let (name, used) = literal_string(rest).ok_or_else(unterminated)?;
-                if *model == EXECUTION_MODEL_GL_COMPUTE {
+                if ExecutionModel::from_u32(*model) == Some(ExecutionModel::GLCompute) {
                     let interface = rest.get(used..).unwrap_or_default().to_vec();
                     self.compute_entries.push(EntryPoint {
                         function: *function,
@@ -614,18 +524,18 @@ impl Module {
                     });
                 }
             }
-            op::EXECUTION_MODE | op::EXECUTION_MODE_ID => {
+            Op::ExecutionMode | Op::ExecutionModeId => {
                 let [entry, mode, args @ ..] = operands else {
                     return Err(short());
                 };
-                let size = match (opcode, *mode, args) {
-                    (op::EXECUTION_MODE, EXECUTION_MODE_LOCAL_SIZE, [x, y, z, ..]) => {
+                let size = match (op, ExecutionMode::from_u32(*mode), args) {
+                    (Op::ExecutionMode, Some(ExecutionMode::LocalSize), [x, y, z, ..]) => {
                         LocalSize::Literal([*x, *y, *z])
                     }
-                    (op::EXECUTION_MODE_ID, EXECUTION_MODE_LOCAL_SIZE_ID, [x, y, z, ..]) => {
+                    (Op::ExecutionModeId, Some(ExecutionMode::LocalSizeId), [x, y, z, ..]) => {
                         LocalSize::Ids([*x, *y, *z])
                     }
-                    (_, EXECUTION_MODE_LOCAL_SIZE | EXECUTION_MODE_LOCAL_SIZE_ID, _) => {
+                    (_, Some(ExecutionMode::LocalSize | ExecutionMode::LocalSizeId), _) => {
                         return Err(short())
                     }
                     _ => return Ok(()),
@@ -635,29 +545,33 @@ impl Module {
                     *slot = size;
                 }
             }
-            op::DECORATE => {
+            Op::Decorate => {
                 let [target, decoration, args @ ..] = operands else {
                     return Err(short());
                 };
-                self.decorations
-                    .add(*target, *decoration, args.first().copied());
+                if let Some(decoration) = Decoration::from_u32(*decoration) {
+                    self.decorations
+                        .add(*target, decoration, args.first().copied());
+                }
             }
-            op::MEMBER_DECORATE => {
+            Op::MemberDecorate => {
                 let [target, member, decoration, args @ ..] = operands else {
                     return Err(short());
                 };
-                let value = args.first().copied();
-                self.decorations
-                    .add_member(*target, *member, *decoration, value);
+                if let Some(decoration) = Decoration::from_u32(*decoration) {
+                    let value = args.first().copied();
+                    self.decorations
+                        .add_member(*target, *member, decoration, value);
+                }
             }
-            op::GROUP_DECORATE => {
+            Op::GroupDecorate => {
                 let [group, targets @ ..] = operands else {
                     return Err(short());
                 };
                 let uses = targets.iter().map(|&target| (*group, target, None));
                 self.decorations.group_uses.extend(uses);
             }
-            op::GROUP_MEMBER_DECORATE => {
+            Op::GroupMemberDecorate => {
                 let [group, pairs @ ..] = operands else {
                     return Err(short());
                 };
@@ -667,96 +581,95 @@ impl Module {
                 });
                 self.decorations.group_uses.extend(uses);
             }
-            op::TYPE_BOOL
-            | op::TYPE_INT
-            | op::TYPE_FLOAT
-            | op::TYPE_VECTOR
-            | op::TYPE_MATRIX
-            | op::TYPE_IMAGE
-            | op::TYPE_SAMPLER
-            | op::TYPE_SAMPLED_IMAGE
-            | op::TYPE_ARRAY
-            | op::TYPE_RUNTIME_ARRAY
-            | op::TYPE_STRUCT
-            | op::TYPE_POINTER
-            | op::TYPE_ACCELERATION_STRUCTURE_KHR => {
+            Op::TypeBool
+            | Op::TypeInt
+            | Op::TypeFloat
+            | Op::TypeVector
+            | Op::TypeMatrix
+            | Op::TypeImage
+            | Op::TypeSampler
+            | Op::TypeSampledImage
+            | Op::TypeArray
+            | Op::TypeRuntimeArray
+            | Op::TypeStruct
+            | Op::TypePointer
+            | Op::TypeAccelerationStructureKHR => {
                 let [result, args @ ..] = operands else {
                     return Err(short());
                 };
-                let ty = match (opcode, args) {
-                    (op::TYPE_BOOL, _) => Type::Bool,
-                    (op::TYPE_INT, [width, ..]) => Type::Int { width: *width },
-                    (op::TYPE_FLOAT, [width, ..]) => Type::Float { width: *width },
-                    (op::TYPE_VECTOR, [component, count, ..]) => Type::Vector {
+                let ty = match (op, args) {
+                    (Op::TypeBool, _) => Type::Bool,
+                    (Op::TypeInt, [width, ..]) => Type::Int { width: *width },
+                    (Op::TypeFloat, [width, ..]) => Type::Float { width: *width },
+                    (Op::TypeVector, [component, count, ..]) => Type::Vector {
                         component: *component,
                         count: *count,
                     },
-                    (op::TYPE_MATRIX, [column, columns, ..]) => Type::Matrix {
+                    (Op::TypeMatrix, [column, columns, ..]) => Type::Matrix {
                         column: *column,
                         columns: *columns,
                     },
-                    (op::TYPE_IMAGE, [_, dim, ..]) if *dim == DIM_BUFFER => {
+                    (Op::TypeImage, [_, dim, ..]) if *dim == Dim::DimBuffer as u32 => {
                         Type::Opaque("texel buffer")
                     }
-                    (op::TYPE_IMAGE, _) => Type::Opaque("image"),
-                    (op::TYPE_SAMPLER, _) => Type::Opaque("sampler"),
-                    (op::TYPE_SAMPLED_IMAGE, _) => Type::Opaque("sampled image"),
-                    (op::TYPE_ACCELERATION_STRUCTURE_KHR, _) => {
-                        Type::Opaque("acceleration structure")
-                    }
-                    (op::TYPE_ARRAY, [element, length, ..]) => Type::Array {
+                    (Op::TypeImage, _) => Type::Opaque("image"),
+                    (Op::TypeSampler, _) => Type::Opaque("sampler"),
+                    (Op::TypeSampledImage, _) => Type::Opaque("sampled image"),
+                    (Op::TypeAccelerationStructureKHR, _) => Type::Opaque("acceleration structure"),
+                    (Op::TypeArray, [element, length, ..]) => Type::Array {
                         element: *element,
                         length: *length,
                     },
-                    (op::TYPE_RUNTIME_ARRAY, [element, ..]) => {
+                    (Op::TypeRuntimeArray, [element, ..]) => {
                         Type::RuntimeArray { element: *element }
                     }
-                    (op::TYPE_STRUCT, members) => Type::Struct {
+                    (Op::TypeStruct, members) => Type::Struct {
                         members: members.to_vec(),
                     },
-                    (op::TYPE_POINTER, [class, pointee, ..]) => Type::Pointer {
-                        class: *class,
+                    (Op::TypePointer, [class, pointee, ..]) => Type::Pointer {
+                        class: StorageClass::from_u32(*class),
                         pointee: *pointee,
                     },
                     _ => return Err(short()),
                 };
                 self.types.insert(*result, ty);
             }
-            op::CONSTANT | op::SPEC_CONSTANT => {
+            Op::Constant | Op::SpecConstant => {
                 let [_, result, value, ..] = operands else {
                     return Err(short());
                 };
                 self.constants.insert(*result, Constant::Scalar(*value));
             }
-            op::CONSTANT_TRUE | op::SPEC_CONSTANT_TRUE => {
+            Op::ConstantTrue | Op::SpecConstantTrue => {
                 let [_, result, ..] = operands else {
                     return Err(short());
                 };
                 self.constants.insert(*result, Constant::Scalar(1));
             }
-            op::CONSTANT_FALSE | op::SPEC_CONSTANT_FALSE | op::CONSTANT_NULL => {
+            Op::ConstantFalse | Op::SpecConstantFalse | Op::ConstantNull => {
                 let [_, result, ..] = operands else {
                     return Err(short());
                 };
                 self.constants.insert(*result, Constant::Scalar(0));
             }
-            op::CONSTANT_COMPOSITE | op::SPEC_CONSTANT_COMPOSITE => {
+            Op::ConstantComposite | Op::SpecConstantComposite => {
                 let [_, result, parts @ ..] = operands else {
                     return Err(short());
                 };
                 self.constants
                     .insert(*result, Constant::Composite(parts.to_vec()));
             }
-            op::VARIABLE => {
+            Op::Variable => {
                 let [pointer_type, result, class, ..] = operands else {
                     return Err(short());
                 };
-                self.globals.insert(*result, (*pointer_type, *class));
+                let class = StorageClass::from_u32(*class);
+                self.globals.insert(*result, (*pointer_type, class));
             }
-            op::UNTYPED_VARIABLE_KHR => {
+            Op::UntypedVariableKHR => {
                 self.untyped_variable.get_or_insert(offset);
             }
-            op::FUNCTION => {
+            Op::Function => {
                 let [_, result, ..] = operands else {
                     return Err(short());
                 };
@@ -802,17 +715,21 @@ impl Module {
                 continue;
             };
             match storage {
-                class::STORAGE_BUFFER | class::UNIFORM => {
+                Some(class @ (StorageClass::StorageBuffer | StorageClass::Uniform)) => {
                     let binding =
-                        self.buffer_binding(var, pointer_type, storage, &mut read_only_blocks)?;
+                        self.buffer_binding(var, pointer_type, class, &mut read_only_blocks)?;
                     merge_binding(&mut bindings, binding)?;
                 }
-                class::PUSH_CONSTANT => push_blocks.push((var, pointer_type)),
-                class::UNIFORM_CONSTANT | class::ATOMIC_COUNTER | class::IMAGE => {
+                Some(StorageClass::PushConstant) => push_blocks.push((var, pointer_type)),
+                Some(
+                    StorageClass::UniformConstant
+                    | StorageClass::AtomicCounter
+                    | StorageClass::Image,
+                ) => {
                     return Err(self.unsupported_resource(var, pointer_type));
                 }
-                _ if self.decorations.id_has(var, deco::BINDING)
-                    || self.decorations.id_has(var, deco::DESCRIPTOR_SET) =>
+                _ if self.decorations.id_has(var, Decoration::Binding)
+                    || self.decorations.id_has(var, Decoration::DescriptorSet) =>
                 {
                     return Err(self.unsupported_resource(var, pointer_type));
                 }
@@ -848,7 +765,9 @@ impl Module {
             .decorations
             .on_id
             .iter()
-            .filter(|(&(_, d), &v)| d == deco::BUILT_IN && v == Some(BUILT_IN_WORKGROUP_SIZE))
+            .filter(|(&(_, d), &v)| {
+                d == Decoration::BuiltIn && v == Some(BuiltIn::WorkgroupSize as u32)
+            })
             .filter_map(|(&(id, _), _)| match self.constants.get(&id) {
                 Some(Constant::Composite(parts)) => Some((id, parts)),
                 _ => None,
@@ -938,8 +857,8 @@ impl Module {
 
     /// "binding `name` (set 0, binding 2)" for messages.
     fn describe(&self, var: u32, block: Option<u32>) -> String {
-        let set = self.decorations.id_value(var, deco::DESCRIPTOR_SET);
-        let binding = self.decorations.id_value(var, deco::BINDING);
+        let set = self.decorations.id_value(var, Decoration::DescriptorSet);
+        let binding = self.decorations.id_value(var, Decoration::Binding);
         let name = self
             .resource_name(var, block)
             .unwrap_or_else(|| format!("%{var}"));
@@ -988,7 +907,7 @@ impl Module {
         &self,
         var: u32,
         pointer_type: u32,
-        storage: u32,
+        storage: StorageClass,
         read_only_blocks: &mut HashMap<u32, bool>,
     ) -> Result<BindingInfo> {
         let block = self.pointee(var, pointer_type)?;
@@ -1009,21 +928,22 @@ impl Module {
             }
         };
         let decorations = &self.decorations;
-        let kind =
-            if storage == class::STORAGE_BUFFER || decorations.id_has(block, deco::BUFFER_BLOCK) {
-                BindingKind::Storage
-            } else if decorations.id_has(block, deco::BLOCK) {
-                BindingKind::Uniform
-            } else {
-                return Err(invalid(format!(
+        let kind = if storage == StorageClass::StorageBuffer
+            || decorations.id_has(block, Decoration::BufferBlock)
+        {
+            BindingKind::Storage
+        } else if decorations.id_has(block, Decoration::Block) {
+            BindingKind::Uniform
+        } else {
+            return Err(invalid(format!(
                 "{} is in the Uniform storage class but its struct is decorated neither Block nor \
                  BufferBlock",
                 self.describe(var, Some(block))
             )));
-            };
+        };
         let (Some(set), Some(binding)) = (
-            decorations.id_value(var, deco::DESCRIPTOR_SET),
-            decorations.id_value(var, deco::BINDING),
+            decorations.id_value(var, Decoration::DescriptorSet),
+            decorations.id_value(var, Decoration::Binding),
         ) else {
             return Err(invalid(format!(
                 "{} has no DescriptorSet and Binding decorations",
@@ -1034,13 +954,14 @@ impl Module {
             *read_only_blocks.entry(block).or_insert_with(|| {
                 !members.is_empty()
                     && (0..members.len()).all(|m| {
-                        u32::try_from(m)
-                            .is_ok_and(|m| decorations.member_has(block, m, deco::NON_WRITABLE))
+                        u32::try_from(m).is_ok_and(|m| {
+                            decorations.member_has(block, m, Decoration::NonWritable)
+                        })
                     })
             })
         };
         let read_only = kind == BindingKind::Uniform
-            || decorations.id_has(var, deco::NON_WRITABLE)
+            || decorations.id_has(var, Decoration::NonWritable)
             || all_members_read_only();
         Ok(BindingInfo {
             set,
@@ -1169,7 +1090,7 @@ impl Module {
                     .ok_or_else(overflow)
             }
             Type::Array { element, length } => {
-                let Some(stride) = self.decorations.id_value(ty, deco::ARRAY_STRIDE) else {
+                let Some(stride) = self.decorations.id_value(ty, Decoration::ArrayStride) else {
                     return Err(invalid(format!(
                         "array type %{ty} is used in a block without an ArrayStride decoration"
                     )));
@@ -1189,14 +1110,20 @@ impl Module {
                 for (index, member_ty) in members.iter().enumerate() {
                     let index = u32::try_from(index).map_err(|_| overflow())?;
                     let decorations = &self.decorations;
-                    let Some(offset) = decorations.member_value(ty, index, deco::OFFSET) else {
+                    let Some(offset) = decorations.member_value(ty, index, Decoration::Offset)
+                    else {
                         return Err(invalid(format!(
                             "member {index} of struct %{ty} has no Offset decoration"
                         )));
                     };
                     let layout = decorations
-                        .member_value(ty, index, deco::MATRIX_STRIDE)
-                        .map(|stride| (stride, decorations.member_has(ty, index, deco::ROW_MAJOR)));
+                        .member_value(ty, index, Decoration::MatrixStride)
+                        .map(|stride| {
+                            (
+                                stride,
+                                decorations.member_has(ty, index, Decoration::RowMajor),
+                            )
+                        });
                     let member = self.size_of(*member_ty, layout, depth + 1, memo)?;
                     let end = u64::from(offset).checked_add(member).ok_or_else(overflow)?;
                     size = size.max(end);
@@ -1205,7 +1132,7 @@ impl Module {
                 Ok(size)
             }
             Type::Pointer {
-                class: class::PHYSICAL_STORAGE_BUFFER,
+                class: Some(StorageClass::PhysicalStorageBuffer),
                 ..
             } => Ok(8),
             Type::RuntimeArray { .. } => Err(invalid(format!(
@@ -1251,19 +1178,12 @@ mod tests {
     use crate::shader::compile_wgsl;
     use proptest::prelude::*;
 
-    const CAPABILITY: u32 = 17;
-    const MEMORY_MODEL: u32 = 14;
-    const TYPE_VOID: u32 = 19;
-    const TYPE_FUNCTION: u32 = 33;
-    const LABEL: u32 = 248;
-    const RETURN: u32 = 253;
-    const COMPOSITE_EXTRACT: u32 = 81;
-    const F_ADD: u32 = 129;
-    const MEMBER_NAME: u32 = 6;
-    const INPUT: u32 = 1;
-    const BUILT_IN_GLOBAL_INVOCATION_ID: u32 = 28;
-    const MEMORY_ACCESS_ALIGNED: u32 = 2;
-    const DECORATION_GROUP: u32 = 73;
+    const INPUT: u32 = StorageClass::Input as u32;
+    const GLOBAL_INVOCATION_ID: u32 = BuiltIn::GlobalInvocationId as u32;
+    const ALIGNED: u32 = spirv::MemoryAccess::ALIGNED.bits();
+    const GL_COMPUTE: u32 = ExecutionModel::GLCompute as u32;
+    const LOCAL_SIZE: u32 = ExecutionMode::LocalSize as u32;
+    const LOCAL_SIZE_ID: u32 = ExecutionMode::LocalSizeId as u32;
 
     /// A minimal SPIR-V assembler: enough to write modules the way glslc lays them out.
     struct Asm {
@@ -1289,19 +1209,19 @@ mod tests {
             }
         }
 
-        fn op(&mut self, opcode: u32, operands: &[u32]) -> &mut Self {
+        fn op(&mut self, op: Op, operands: &[u32]) -> &mut Self {
             let count = u32::try_from(operands.len() + 1).unwrap();
-            self.words.push((count << 16) | opcode);
+            self.words.push((count << 16) | op as u32);
             self.words.extend_from_slice(operands);
             self
         }
 
         /// An instruction with a literal string between `before` and `after` operands.
-        fn op_str(&mut self, opcode: u32, before: &[u32], s: &str, after: &[u32]) -> &mut Self {
+        fn op_str(&mut self, op: Op, before: &[u32], s: &str, after: &[u32]) -> &mut Self {
             let mut operands = before.to_vec();
             operands.extend(string(s));
             operands.extend_from_slice(after);
-            self.op(opcode, &operands)
+            self.op(op, &operands)
         }
 
         fn done(&self) -> Vec<u32> {
@@ -1324,89 +1244,84 @@ mod tests {
     /// unused variable: a reflector that took literals for ids would report binding 2.
     fn glslc_module(version: (u32, u32)) -> Vec<u32> {
         let mut a = Asm::new(version, 40);
-        a.op(CAPABILITY, &[1])
-            .op_str(op::EXT_INST_IMPORT, &[1], "GLSL.std.450", &[])
-            .op(MEMORY_MODEL, &[0, 1])
-            .op_str(
-                op::ENTRY_POINT,
-                &[EXECUTION_MODEL_GL_COMPUTE, 2],
-                "main",
-                &[20],
-            )
+        a.op(Op::Capability, &[1])
+            .op_str(Op::ExtInstImport, &[1], "GLSL.std.450", &[])
+            .op(Op::MemoryModel, &[0, 1])
+            .op_str(Op::EntryPoint, &[GL_COMPUTE, 2], "main", &[20])
+            .op(Op::ExecutionMode, &[2, LOCAL_SIZE, 128, 1, 1])
+            .op_str(Op::Name, &[2], "main", &[])
+            .op_str(Op::Name, &[10], "In", &[])
+            .op_str(Op::MemberName, &[10, 0], "data", &[])
+            .op_str(Op::Name, &[12], "", &[])
+            .op_str(Op::Name, &[13], "Out", &[])
+            .op_str(Op::Name, &[15], "outb", &[])
+            .op_str(Op::Name, &[16], "PC", &[])
+            .op_str(Op::Name, &[18], "pc", &[])
+            .op_str(Op::Name, &[32], "unused", &[])
+            .op(Op::Decorate, &[9, Decoration::ArrayStride as u32, 4])
+            .op(Op::MemberDecorate, &[10, 0, Decoration::NonWritable as u32])
+            .op(Op::MemberDecorate, &[10, 0, Decoration::Offset as u32, 0])
+            .op(Op::Decorate, &[10, Decoration::BufferBlock as u32])
+            .op(Op::Decorate, &[12, Decoration::DescriptorSet as u32, 0])
+            .op(Op::Decorate, &[12, Decoration::Binding as u32, 0])
+            .op(Op::MemberDecorate, &[13, 0, Decoration::Offset as u32, 0])
+            .op(Op::Decorate, &[13, Decoration::BufferBlock as u32])
+            .op(Op::Decorate, &[15, Decoration::DescriptorSet as u32, 0])
+            .op(Op::Decorate, &[15, Decoration::Binding as u32, 1])
+            .op(Op::MemberDecorate, &[16, 0, Decoration::Offset as u32, 0])
+            .op(Op::MemberDecorate, &[16, 1, Decoration::Offset as u32, 16])
+            .op(Op::Decorate, &[16, Decoration::Block as u32])
             .op(
-                op::EXECUTION_MODE,
-                &[2, EXECUTION_MODE_LOCAL_SIZE, 128, 1, 1],
+                Op::Decorate,
+                &[20, Decoration::BuiltIn as u32, GLOBAL_INVOCATION_ID],
             )
-            .op_str(op::NAME, &[2], "main", &[])
-            .op_str(op::NAME, &[10], "In", &[])
-            .op_str(MEMBER_NAME, &[10, 0], "data", &[])
-            .op_str(op::NAME, &[12], "", &[])
-            .op_str(op::NAME, &[13], "Out", &[])
-            .op_str(op::NAME, &[15], "outb", &[])
-            .op_str(op::NAME, &[16], "PC", &[])
-            .op_str(op::NAME, &[18], "pc", &[])
-            .op_str(op::NAME, &[32], "unused", &[])
-            .op(op::DECORATE, &[9, deco::ARRAY_STRIDE, 4])
-            .op(op::MEMBER_DECORATE, &[10, 0, deco::NON_WRITABLE])
-            .op(op::MEMBER_DECORATE, &[10, 0, deco::OFFSET, 0])
-            .op(op::DECORATE, &[10, deco::BUFFER_BLOCK])
-            .op(op::DECORATE, &[12, deco::DESCRIPTOR_SET, 0])
-            .op(op::DECORATE, &[12, deco::BINDING, 0])
-            .op(op::MEMBER_DECORATE, &[13, 0, deco::OFFSET, 0])
-            .op(op::DECORATE, &[13, deco::BUFFER_BLOCK])
-            .op(op::DECORATE, &[15, deco::DESCRIPTOR_SET, 0])
-            .op(op::DECORATE, &[15, deco::BINDING, 1])
-            .op(op::MEMBER_DECORATE, &[16, 0, deco::OFFSET, 0])
-            .op(op::MEMBER_DECORATE, &[16, 1, deco::OFFSET, 16])
-            .op(op::DECORATE, &[16, deco::BLOCK])
+            .op(Op::MemberDecorate, &[33, 0, Decoration::Offset as u32, 0])
+            .op(Op::Decorate, &[33, Decoration::BufferBlock as u32])
+            .op(Op::Decorate, &[32, Decoration::DescriptorSet as u32, 0])
+            .op(Op::Decorate, &[32, Decoration::Binding as u32, 2])
+            .op(Op::TypeVoid, &[3])
+            .op(Op::TypeFunction, &[4, 3])
+            .op(Op::TypeFloat, &[5, 32])
+            .op(Op::TypeInt, &[6, 32, 0])
+            .op(Op::TypeVector, &[7, 6, 3])
+            .op(Op::TypeVector, &[8, 5, 4])
+            .op(Op::TypeRuntimeArray, &[9, 5])
+            .op(Op::TypeStruct, &[10, 9])
+            .op(Op::TypePointer, &[11, StorageClass::Uniform as u32, 10])
+            .op(Op::Variable, &[11, 12, StorageClass::Uniform as u32])
+            .op(Op::TypeStruct, &[13, 9])
+            .op(Op::TypePointer, &[14, StorageClass::Uniform as u32, 13])
+            .op(Op::Variable, &[14, 15, StorageClass::Uniform as u32])
+            .op(Op::TypeStruct, &[33, 9])
+            .op(Op::TypePointer, &[34, StorageClass::Uniform as u32, 33])
+            .op(Op::Variable, &[34, 32, StorageClass::Uniform as u32])
+            .op(Op::TypeStruct, &[16, 6, 8])
             .op(
-                op::DECORATE,
-                &[20, deco::BUILT_IN, BUILT_IN_GLOBAL_INVOCATION_ID],
+                Op::TypePointer,
+                &[17, StorageClass::PushConstant as u32, 16],
             )
-            .op(op::MEMBER_DECORATE, &[33, 0, deco::OFFSET, 0])
-            .op(op::DECORATE, &[33, deco::BUFFER_BLOCK])
-            .op(op::DECORATE, &[32, deco::DESCRIPTOR_SET, 0])
-            .op(op::DECORATE, &[32, deco::BINDING, 2])
-            .op(TYPE_VOID, &[3])
-            .op(TYPE_FUNCTION, &[4, 3])
-            .op(op::TYPE_FLOAT, &[5, 32])
-            .op(op::TYPE_INT, &[6, 32, 0])
-            .op(op::TYPE_VECTOR, &[7, 6, 3])
-            .op(op::TYPE_VECTOR, &[8, 5, 4])
-            .op(op::TYPE_RUNTIME_ARRAY, &[9, 5])
-            .op(op::TYPE_STRUCT, &[10, 9])
-            .op(op::TYPE_POINTER, &[11, class::UNIFORM, 10])
-            .op(op::VARIABLE, &[11, 12, class::UNIFORM])
-            .op(op::TYPE_STRUCT, &[13, 9])
-            .op(op::TYPE_POINTER, &[14, class::UNIFORM, 13])
-            .op(op::VARIABLE, &[14, 15, class::UNIFORM])
-            .op(op::TYPE_STRUCT, &[33, 9])
-            .op(op::TYPE_POINTER, &[34, class::UNIFORM, 33])
-            .op(op::VARIABLE, &[34, 32, class::UNIFORM])
-            .op(op::TYPE_STRUCT, &[16, 6, 8])
-            .op(op::TYPE_POINTER, &[17, class::PUSH_CONSTANT, 16])
-            .op(op::VARIABLE, &[17, 18, class::PUSH_CONSTANT])
-            .op(op::TYPE_POINTER, &[19, INPUT, 7])
-            .op(op::VARIABLE, &[19, 20, INPUT])
-            .op(op::TYPE_INT, &[21, 32, 1])
-            .op(op::CONSTANT, &[21, 22, 0])
-            .op(op::CONSTANT, &[21, 23, 1])
-            .op(op::TYPE_POINTER, &[24, class::UNIFORM, 5])
-            .op(op::TYPE_POINTER, &[25, class::PUSH_CONSTANT, 8])
-            .op(op::FUNCTION, &[3, 2, 0, 4])
-            .op(LABEL, &[26])
-            .op(op::LOAD, &[7, 27, 20])
-            .op(COMPOSITE_EXTRACT, &[6, 28, 27, 0])
-            .op(op::ACCESS_CHAIN, &[24, 29, 12, 22, 28])
-            .op(op::LOAD, &[5, 30, 29, MEMORY_ACCESS_ALIGNED, 32])
-            .op(op::ACCESS_CHAIN, &[25, 36, 18, 23])
-            .op(op::LOAD, &[8, 37, 36, MEMORY_ACCESS_ALIGNED, 32])
-            .op(COMPOSITE_EXTRACT, &[5, 38, 37, 0])
-            .op(F_ADD, &[5, 39, 30, 38])
-            .op(op::ACCESS_CHAIN, &[24, 31, 15, 22, 28])
-            .op(op::STORE, &[31, 39, MEMORY_ACCESS_ALIGNED, 32])
-            .op(RETURN, &[])
-            .op(op::FUNCTION_END, &[]);
+            .op(Op::Variable, &[17, 18, StorageClass::PushConstant as u32])
+            .op(Op::TypePointer, &[19, INPUT, 7])
+            .op(Op::Variable, &[19, 20, INPUT])
+            .op(Op::TypeInt, &[21, 32, 1])
+            .op(Op::Constant, &[21, 22, 0])
+            .op(Op::Constant, &[21, 23, 1])
+            .op(Op::TypePointer, &[24, StorageClass::Uniform as u32, 5])
+            .op(Op::TypePointer, &[25, StorageClass::PushConstant as u32, 8])
+            .op(Op::Function, &[3, 2, 0, 4])
+            .op(Op::Label, &[26])
+            .op(Op::Load, &[7, 27, 20])
+            .op(Op::CompositeExtract, &[6, 28, 27, 0])
+            .op(Op::AccessChain, &[24, 29, 12, 22, 28])
+            .op(Op::Load, &[5, 30, 29, ALIGNED, 32])
+            .op(Op::AccessChain, &[25, 36, 18, 23])
+            .op(Op::Load, &[8, 37, 36, ALIGNED, 32])
+            .op(Op::CompositeExtract, &[5, 38, 37, 0])
+            .op(Op::FAdd, &[5, 39, 30, 38])
+            .op(Op::AccessChain, &[24, 31, 15, 22, 28])
+            .op(Op::Store, &[31, 39, ALIGNED, 32])
+            .op(Op::Return, &[])
+            .op(Op::FunctionEnd, &[]);
         a.done()
     }
 
@@ -1450,9 +1365,9 @@ mod tests {
         let mut words = glslc_module((1, 0));
         let entry = words
             .iter()
-            .position(|w| *w == ((6 << 16) | op::ENTRY_POINT))
+            .position(|w| *w == ((6 << 16) | Op::EntryPoint as u32))
             .unwrap();
-        words[entry] = (7 << 16) | op::ENTRY_POINT;
+        words[entry] = (7 << 16) | Op::EntryPoint as u32;
         words.insert(entry + 6, 32);
         let info = reflect(&words, "main").unwrap();
         assert_eq!(info.bindings.len(), 2, "1.0 ignores non-I/O interface ids");
@@ -1504,43 +1419,43 @@ mod tests {
     #[test]
     fn local_size_id_and_workgroup_size_builtin() {
         let base = |a: &mut Asm| {
-            a.op(CAPABILITY, &[1]).op(MEMORY_MODEL, &[0, 1]).op_str(
-                op::ENTRY_POINT,
-                &[EXECUTION_MODEL_GL_COMPUTE, 2],
-                "k",
-                &[],
-            );
+            a.op(Op::Capability, &[1])
+                .op(Op::MemoryModel, &[0, 1])
+                .op_str(Op::EntryPoint, &[GL_COMPUTE, 2], "k", &[]);
         };
         let body = |a: &mut Asm| {
-            a.op(TYPE_VOID, &[3])
-                .op(TYPE_FUNCTION, &[4, 3])
-                .op(op::TYPE_INT, &[6, 32, 0])
-                .op(op::CONSTANT, &[6, 7, 8])
-                .op(op::CONSTANT, &[6, 8, 4])
-                .op(op::SPEC_CONSTANT, &[6, 9, 2])
-                .op(op::TYPE_VECTOR, &[10, 6, 3])
-                .op(op::SPEC_CONSTANT_COMPOSITE, &[10, 11, 9, 8, 8])
-                .op(op::FUNCTION, &[3, 2, 0, 4])
-                .op(LABEL, &[12])
-                .op(RETURN, &[])
-                .op(op::FUNCTION_END, &[]);
+            a.op(Op::TypeVoid, &[3])
+                .op(Op::TypeFunction, &[4, 3])
+                .op(Op::TypeInt, &[6, 32, 0])
+                .op(Op::Constant, &[6, 7, 8])
+                .op(Op::Constant, &[6, 8, 4])
+                .op(Op::SpecConstant, &[6, 9, 2])
+                .op(Op::TypeVector, &[10, 6, 3])
+                .op(Op::SpecConstantComposite, &[10, 11, 9, 8, 8])
+                .op(Op::Function, &[3, 2, 0, 4])
+                .op(Op::Label, &[12])
+                .op(Op::Return, &[])
+                .op(Op::FunctionEnd, &[]);
         };
 
         let mut a = Asm::new((1, 2), 13);
         base(&mut a);
-        a.op(op::EXECUTION_MODE, &[2, EXECUTION_MODE_LOCAL_SIZE, 1, 1, 1])
-            .op(
-                op::EXECUTION_MODE_ID,
-                &[2, EXECUTION_MODE_LOCAL_SIZE_ID, 7, 8, 9],
-            );
+        a.op(Op::ExecutionMode, &[2, LOCAL_SIZE, 1, 1, 1])
+            .op(Op::ExecutionModeId, &[2, LOCAL_SIZE_ID, 7, 8, 9]);
         body(&mut a);
         assert_eq!(reflect(&a.done(), "k").unwrap().workgroup_size, [8, 4, 2]);
 
         // The WorkgroupSize built-in overrides both execution modes.
         let mut a = Asm::new((1, 2), 13);
         base(&mut a);
-        a.op(op::EXECUTION_MODE, &[2, EXECUTION_MODE_LOCAL_SIZE, 1, 1, 1])
-            .op(op::DECORATE, &[11, deco::BUILT_IN, BUILT_IN_WORKGROUP_SIZE]);
+        a.op(Op::ExecutionMode, &[2, LOCAL_SIZE, 1, 1, 1]).op(
+            Op::Decorate,
+            &[
+                11,
+                Decoration::BuiltIn as u32,
+                BuiltIn::WorkgroupSize as u32,
+            ],
+        );
         body(&mut a);
         assert_eq!(reflect(&a.done(), "k").unwrap().workgroup_size, [2, 4, 4]);
 
@@ -1555,17 +1470,22 @@ mod tests {
     fn decoration_groups_apply() {
         // Replace the member NonWritable of `In` by a decoration group applied to it.
         let mut words = glslc_module((1, 0));
-        let target = [(4 << 16) | op::MEMBER_DECORATE, 10, 0, deco::NON_WRITABLE];
+        let target = [
+            (4 << 16) | Op::MemberDecorate as u32,
+            10,
+            0,
+            Decoration::NonWritable as u32,
+        ];
         let at = words.windows(4).position(|w| w == target).unwrap();
         words.splice(
             at..at + 4,
             [
-                (3 << 16) | op::DECORATE,
+                (3 << 16) | Op::Decorate as u32,
                 35,
-                deco::NON_WRITABLE,
-                (2 << 16) | DECORATION_GROUP,
+                Decoration::NonWritable as u32,
+                (2 << 16) | Op::DecorationGroup as u32,
                 35,
-                (4 << 16) | op::GROUP_MEMBER_DECORATE,
+                (4 << 16) | Op::GroupMemberDecorate as u32,
                 35,
                 10,
                 0,
@@ -1587,55 +1507,75 @@ mod tests {
         let bound = first_group + MEMBERS;
         let mut a = Asm::new((1, 4), bound);
         let interface: Vec<u32> = (first_var..first_var + VARS).collect();
-        a.op(CAPABILITY, &[1])
-            .op(MEMORY_MODEL, &[0, 1])
-            .op_str(
-                op::ENTRY_POINT,
-                &[EXECUTION_MODEL_GL_COMPUTE, 2],
-                "main",
-                &interface,
-            )
-            .op(op::EXECUTION_MODE, &[2, EXECUTION_MODE_LOCAL_SIZE, 1, 1, 1])
-            .op(op::DECORATE, &[block, deco::BLOCK]);
+        a.op(Op::Capability, &[1])
+            .op(Op::MemoryModel, &[0, 1])
+            .op_str(Op::EntryPoint, &[GL_COMPUTE, 2], "main", &interface)
+            .op(Op::ExecutionMode, &[2, LOCAL_SIZE, 1, 1, 1])
+            .op(Op::Decorate, &[block, Decoration::Block as u32]);
         for m in 0..MEMBERS {
-            a.op(op::MEMBER_DECORATE, &[block, m, deco::OFFSET, 4 * m]);
-            a.op(op::MEMBER_DECORATE, &[block, m, deco::NON_WRITABLE]);
+            a.op(
+                Op::MemberDecorate,
+                &[block, m, Decoration::Offset as u32, 4 * m],
+            );
+            a.op(
+                Op::MemberDecorate,
+                &[block, m, Decoration::NonWritable as u32],
+            );
         }
         for v in 0..VARS {
-            a.op(op::DECORATE, &[first_var + v, deco::DESCRIPTOR_SET, 0]);
-            a.op(op::DECORATE, &[first_var + v, deco::BINDING, v]);
+            a.op(
+                Op::Decorate,
+                &[first_var + v, Decoration::DescriptorSet as u32, 0],
+            );
+            a.op(
+                Op::Decorate,
+                &[first_var + v, Decoration::Binding as u32, v],
+            );
         }
         let groups: Vec<u32> = (first_group..bound).collect();
         for &g in &groups {
-            a.op(op::DECORATE, &[g, deco::ARRAY_STRIDE, 4]);
-            a.op(DECORATION_GROUP, &[g]);
+            a.op(Op::Decorate, &[g, Decoration::ArrayStride as u32, 4]);
+            a.op(Op::DecorationGroup, &[g]);
         }
         for &g in &groups {
-            a.op(op::GROUP_DECORATE, &[g, array]);
+            a.op(Op::GroupDecorate, &[g, array]);
         }
         let members = vec![array; MEMBERS as usize];
-        a.op(op::TYPE_FLOAT, &[float, 32])
-            .op(op::TYPE_RUNTIME_ARRAY, &[array, float])
-            .op(op::TYPE_STRUCT, &[&[block][..], &members[..]].concat())
-            .op(op::TYPE_POINTER, &[pointer, class::STORAGE_BUFFER, block]);
+        a.op(Op::TypeFloat, &[float, 32])
+            .op(Op::TypeRuntimeArray, &[array, float])
+            .op(Op::TypeStruct, &[&[block][..], &members[..]].concat())
+            .op(
+                Op::TypePointer,
+                &[pointer, StorageClass::StorageBuffer as u32, block],
+            );
         for v in 0..VARS {
             a.op(
-                op::VARIABLE,
-                &[pointer, first_var + v, class::STORAGE_BUFFER],
+                Op::Variable,
+                &[pointer, first_var + v, StorageClass::StorageBuffer as u32],
             );
         }
-        a.op(TYPE_VOID, &[7])
-            .op(TYPE_FUNCTION, &[8, 7])
-            .op(op::FUNCTION, &[7, 2, 0, 8])
-            .op(LABEL, &[9])
-            .op(RETURN, &[])
-            .op(op::FUNCTION_END, &[]);
+        a.op(Op::TypeVoid, &[7])
+            .op(Op::TypeFunction, &[8, 7])
+            .op(Op::Function, &[7, 2, 0, 8])
+            .op(Op::Label, &[9])
+            .op(Op::Return, &[])
+            .op(Op::FunctionEnd, &[]);
         let start = std::time::Instant::now();
         let info = reflect(&a.done(), "main").unwrap();
         assert_eq!(info.bindings.len(), VARS as usize);
         assert!(info.bindings.iter().all(|b| b.access == Access::Read));
         let elapsed = start.elapsed();
         assert!(elapsed.as_secs() < 20, "took {elapsed:?}");
+    }
+
+    #[test]
+    fn every_atomic_from_exchange_to_xor_takes_the_pointer_third() {
+        for opcode in Op::AtomicExchange as u32..=Op::AtomicXor as u32 {
+            let op = Op::from_u32(opcode).unwrap();
+            let mut pointers = Vec::new();
+            pointer_operands(op, &[1, 2, 3, 4, 5], &HashSet::new(), &mut pointers);
+            assert_eq!(pointers, [3], "{op:?}");
+        }
     }
 
     #[test]
@@ -1676,14 +1616,22 @@ mod tests {
                     0,
                     1,
                     0,
-                    (3 << 16) | op::NAME,
+                    (3 << 16) | Op::Name as u32,
                     1,
                     0x6161_6161,
                 ],
                 "nul",
             ),
             (
-                vec![MAGIC, 0x0001_0000, 0, 1, 0, (2 << 16) | op::TYPE_POINTER, 1],
+                vec![
+                    MAGIC,
+                    0x0001_0000,
+                    0,
+                    1,
+                    0,
+                    (2 << 16) | Op::TypePointer as u32,
+                    1,
+                ],
                 "too short",
             ),
             (valid[..valid.len() - 1].to_vec(), "OpFunctionEnd"),
@@ -1704,7 +1652,7 @@ mod tests {
     fn self_referencing_push_constant_type_is_rejected() {
         // struct %16 { uint, %16 } — invalid, must not recurse forever.
         let mut words = glslc_module((1, 0));
-        let target = [(4 << 16) | op::TYPE_STRUCT, 16, 6, 8];
+        let target = [(4 << 16) | Op::TypeStruct as u32, 16, 6, 8];
         let at = words.windows(4).position(|w| w == target).unwrap();
         words[at + 3] = 16;
         assert!(invalid_message(reflect(&words, "main")).contains("nests deeper"));
@@ -1760,11 +1708,11 @@ mod tests {
         let module = Module::parse(&words).unwrap();
         let var = |name: &str| *module.names.iter().find(|(_, n)| *n == name).unwrap().0;
         let (src, dst) = (var("src"), var("dst"));
-        assert!(module.decorations.id_has(src, deco::NON_WRITABLE));
-        assert!(!module.decorations.id_has(dst, deco::NON_WRITABLE));
+        assert!(module.decorations.id_has(src, Decoration::NonWritable));
+        assert!(!module.decorations.id_has(dst, Decoration::NonWritable));
         assert_eq!(
             module.globals[&src].1,
-            class::STORAGE_BUFFER,
+            Some(StorageClass::StorageBuffer),
             "1.3 uses StorageBuffer"
         );
     }
@@ -1781,7 +1729,12 @@ mod tests {
         let module = Module::parse(&words).unwrap();
         let p = *module.names.iter().find(|(_, n)| *n == "P").unwrap().0;
         let offsets: Vec<_> = (0..3)
-            .map(|m| module.decorations.member_value(p, m, deco::OFFSET).unwrap())
+            .map(|m| {
+                module
+                    .decorations
+                    .member_value(p, m, Decoration::Offset)
+                    .unwrap()
+            })
             .collect();
         assert_eq!(offsets, [0, 16, 28]);
         assert_eq!(reflect(&words, "main").unwrap().push_constant_size, 28 + 4);
