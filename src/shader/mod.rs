@@ -18,9 +18,10 @@
 //!   overflow. It uses nothing from the crate because `build.rs` compiles the very same file
 //!   to turn the bundled `shaders/*.wgsl` into [`crate::shaders`]: a bundled shader and the same
 //!   source compiled at run time give identical words.
-//! - `reflect.rs` — [`reflect()`], a reader written from the SPIR-V specification rather than
-//!   naga's SPIR-V front end (which rejects valid modules from other compilers). It accepts
-//!   untrusted input: malformed words give [`Error::InvalidShader`], never a panic.
+//! - `reflect/` — [`reflect()`], a reader written from the SPIR-V specification rather than
+//!   naga's SPIR-V front end (which rejects valid modules from other compilers), with the
+//!   `spirv` crate's opcode and enum tables. It accepts untrusted input: malformed words give
+//!   [`Error::InvalidShader`], never a panic.
 //!
 //! # How access is decided
 //!
