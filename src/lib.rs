@@ -114,7 +114,7 @@ pub use device::{
     DeviceConfig, DeviceFeatures, DeviceInfo, DeviceLimits, DeviceType, MemoryHeapInfo,
     MemoryTypeInfo, TransferPath,
 };
-pub use error::{Error, MemoryReason, Result};
+pub use error::{Error, MemoryReason, Result, VulkanCode};
 pub use fault::probe::{
     probe as probe_fault_capabilities, DevNodeAccess, FaultCapabilities, OpenMode as UffdMode,
     ProbeAttempt, ProbeFailure, SeccompMode,

@@ -48,8 +48,8 @@
 //!   device outlives them; [`Device`]'s `Drop` waits for the queue, then drops the allocator
 //!   (freeing its memory), then the device, then the instance.
 //! - **Errors keep their codes.** Vulkan failures go through the `map_*` functions of
-//!   [`map`], named after the codes they give a meaning to; the raw `vk::Result` stays the
-//!   source of [`Error::Vulkan`](crate::Error::Vulkan).
+//!   [`map`], named after the codes they give a meaning to; any other code is kept, as a
+//!   plain [`VulkanCode`](crate::VulkanCode), in [`Error::Vulkan`](crate::Error::Vulkan).
 //!
 //! [`KernelInfo`]: crate::shader::KernelInfo
 
