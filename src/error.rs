@@ -6,7 +6,8 @@
 //! - **environment**: no loader, no device, no fault backend, memory the runtime cannot
 //!   mirror — fix the machine or the input, nothing was changed;
 //! - **caller misuse**: argument count, access, sizes, alignment, dispatch size, invalid
-//!   shader — a bug in the calling code, nothing was changed;
+//!   shader, a fault backend other than the running one — a bug in the calling code,
+//!   nothing was changed;
 //! - **resources and the driver**: out of device or host memory, device lost, an unexpected
 //!   Vulkan or OS failure — the raw Vulkan result code ([`VulkanCode`]) or the errno is kept.
 //!
@@ -18,6 +19,8 @@
 use std::fmt;
 
 use ash::vk;
+
+use crate::FaultBackend;
 
 /// Result type of every fallible vkhmm call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -248,6 +251,20 @@ pub enum Error {
     #[error("the kernel was created by another Runtime")]
     ForeignKernel,
 
+    /// A [`RuntimeBuilder`](crate::RuntimeBuilder) named a fault backend other than the one
+    /// this process runs: the first runtime of a process chooses it for every runtime
+    /// ([`RuntimeBuilder::fault_backend`](crate::RuntimeBuilder::fault_backend)).
+    #[error(
+        "the {requested} fault backend was asked for, but this process already runs the \
+         {running} backend (its first runtime chose it; there is one per process)"
+    )]
+    FaultBackendMismatch {
+        /// The backend the builder named.
+        requested: FaultBackend,
+        /// The backend the process runs.
+        running: FaultBackend,
+    },
+
     // ---------------------------------------------------------------- resources & driver
     /// The device budget cannot hold the request even after evicting everything else.
     #[error(
@@ -335,6 +352,7 @@ impl Error {
                 | Error::MisalignedBinding { .. }
                 | Error::InvalidDispatch { .. }
                 | Error::ForeignKernel
+                | Error::FaultBackendMismatch { .. }
                 | Error::InvalidConfig(_)
         )
     }
