@@ -9,21 +9,21 @@ use std::time::{Duration, Instant};
 
 use vkhmm::{Runtime, Stats};
 
-#[path = "../../../examples/blur.rs"]
+#[path = "../../examples/blur.rs"]
 mod blur;
-#[path = "../../../examples/histogram.rs"]
+#[path = "../../examples/histogram.rs"]
 mod histogram;
-#[path = "../../../examples/linked.rs"]
+#[path = "../../examples/linked.rs"]
 mod linked;
-#[path = "../../../examples/matmul.rs"]
+#[path = "../../examples/matmul.rs"]
 mod matmul;
-#[path = "../../../examples/oversubscribe.rs"]
+#[path = "../../examples/oversubscribe.rs"]
 mod oversubscribe;
-#[path = "../../../examples/pipeline.rs"]
+#[path = "../../examples/pipeline.rs"]
 mod pipeline;
-#[path = "../../../examples/reduce.rs"]
+#[path = "../../examples/reduce.rs"]
 mod reduce;
-#[path = "../../../examples/saxpy.rs"]
+#[path = "../../examples/saxpy.rs"]
 mod saxpy;
 
 /// Options of `vkhmm demo`.

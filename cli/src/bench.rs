@@ -7,7 +7,7 @@
 //!
 //! Progress goes to stderr; the table (or with `--json` one JSON object) to stdout.
 
-#[path = "../../../benches/measure/mod.rs"]
+#[path = "../../benches/measure/mod.rs"]
 mod measure;
 
 use std::fmt::Write as _;
