@@ -106,11 +106,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let elapsed = p.start.elapsed().as_secs_f64();
     p.say("done");
     if let Some(path) = &args.save_json {
-        std::fs::write(path, report::json(&r, args, elapsed) + "\n")
+        std::fs::write(path, report::json(&r, args.quick, elapsed) + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
-        println!("{}", report::json(&r, args, elapsed));
+        println!("{}", report::json(&r, args.quick, elapsed));
     } else {
         print!("{}", report::table(&r, elapsed));
     }

@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::args::Args;
+use serde::{Serialize, Serializer};
+
 use super::measure::size_name;
 use super::TARGET_SIZE;
 
@@ -296,87 +297,131 @@ pub(crate) fn table(r: &Report, elapsed: f64) -> String {
     out
 }
 
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-fn json_num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        "null".into()
-    }
-}
-
-/// One JSON object: device, figures by key, series, sub-measurements.
-pub(crate) fn json(r: &Report, args: &Args, elapsed: f64) -> String {
-    let mut o = String::from("{");
-    let _ = write!(
-        o,
-        "\"device\":{},\"quick\":{},\"elapsed_s\":{},\"wgpu\":{},",
-        json_str(&r.device),
-        args.quick,
-        json_num(elapsed),
-        r.wgpu.as_deref().map_or("null".into(), json_str)
-    );
-    o.push_str("\"figures\":{");
-    let figs: Vec<String> = r
+/// One JSON object: device, figures by key, series, sub-measurements (docs/performance.md
+/// names the fields). Objects keep the order of the report; non-finite numbers are `null`.
+pub(crate) fn json(r: &Report, quick: bool, elapsed: f64) -> String {
+    let figures: Vec<(&str, JsonFigure<'_>)> = r
         .rows
         .iter()
         .map(|row| {
             let ratio = row.ratio();
-            format!(
-                "{}:{{\"figure\":{},\"unit\":{},\"vkhmm\":{},\"baseline\":{},\
-                 \"baseline_value\":{},\"ratio\":{},\"target\":{},\"met\":{},\"note\":{}}}",
-                json_str(&row.key),
-                json_str(&row.figure),
-                json_str(row.unit.name()),
-                json_num(row.vkhmm),
-                json_str(&row.baseline),
-                row.base.map_or("null".into(), json_num),
-                ratio.map_or("null".into(), json_num),
-                row.target.map_or("null".into(), |t| json_str(&t.text())),
-                match (row.target, ratio) {
-                    (Some(t), Some(x)) => t.met(x).to_string(),
-                    _ => "null".into(),
+            let figure = JsonFigure {
+                figure: &row.figure,
+                unit: row.unit.name(),
+                vkhmm: row.vkhmm,
+                baseline: &row.baseline,
+                baseline_value: row.base,
+                ratio,
+                target: row.target.map(Target::text),
+                met: row.target.zip(ratio).map(|(t, x)| t.met(x)),
+                note: &row.note,
+            };
+            (row.key.as_str(), figure)
+        })
+        .collect();
+    let report = JsonReport {
+        device: &r.device,
+        quick,
+        elapsed_s: elapsed,
+        wgpu: r.wgpu.as_deref(),
+        figures: InOrder(&figures),
+        series_gbps: InOrder(&r.series),
+        sub: InOrder(&r.extra),
+    };
+    serde_json::to_string(&report).expect("a report is strings and numbers")
+}
+
+/// The JSON object of one run.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    device: &'a str,
+    quick: bool,
+    elapsed_s: f64,
+    wgpu: Option<&'a str>,
+    figures: InOrder<'a, &'a str, JsonFigure<'a>>,
+    /// Per series, `[bytes, GB/s]` points.
+    series_gbps: InOrder<'a, String, Vec<(usize, f64)>>,
+    sub: InOrder<'a, String, f64>,
+}
+
+/// One figure of [`JsonReport::figures`].
+#[derive(Serialize)]
+struct JsonFigure<'a> {
+    figure: &'a str,
+    unit: &'static str,
+    vkhmm: f64,
+    baseline: &'a str,
+    baseline_value: Option<f64>,
+    ratio: Option<f64>,
+    target: Option<String>,
+    met: Option<bool>,
+    note: &'a str,
+}
+
+/// (key, value) pairs written as one JSON object, in their order.
+struct InOrder<'a, K, V>(&'a [(K, V)]);
+
+impl<K: Serialize, V: Serialize> Serialize for InOrder<'_, K, V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report with every kind of value: a met target, a missing baseline, a figure
+    /// without target, a non-finite point and sub-measurement.
+    fn sample() -> Report {
+        Report {
+            device: "llvmpipe \"x\" (LLVM)".into(),
+            rows: vec![
+                Row {
+                    key: "a_64mib_vs_memcpy".into(),
+                    figure: "prefetch to device, 64 MiB, Direct".into(),
+                    unit: Unit::GBps,
+                    vkhmm: 2.5,
+                    baseline: "memcpy".into(),
+                    base: Some(5.0),
+                    target: Some(Target::AtLeast(0.85)),
+                    note: String::new(),
                 },
-                json_str(&row.note),
-            )
-        })
-        .collect();
-    o.push_str(&figs.join(","));
-    o.push_str("},\"series_gbps\":{");
-    let series: Vec<String> = r
-        .series
-        .iter()
-        .map(|(name, pts)| {
-            let p: Vec<String> = pts
-                .iter()
-                .map(|&(b, g)| format!("[{b},{}]", json_num(g)))
-                .collect();
-            format!("{}:[{}]", json_str(name), p.join(","))
-        })
-        .collect();
-    o.push_str(&series.join(","));
-    o.push_str("},\"sub\":{");
-    let extra: Vec<String> = r
-        .extra
-        .iter()
-        .map(|(k, v)| format!("{}:{}", json_str(k), json_num(*v)))
-        .collect();
-    o.push_str(&extra.join(","));
-    o.push_str("}}");
-    o
+                Row {
+                    key: "saxpy_direct_vs_wgpu".into(),
+                    figure: "saxpy 2x64 MiB end to end, Direct".into(),
+                    unit: Unit::Millis,
+                    vkhmm: 12.25,
+                    baseline: "wgpu".into(),
+                    base: None,
+                    target: Some(Target::AtMost(0.8)),
+                    note: "not built: run `cargo build --release -p wgpu-saxpy`".into(),
+                },
+                Row {
+                    key: "touch_4_direct_p50".into(),
+                    figure: "isolated touch p50, 4K chunk, Direct".into(),
+                    unit: Unit::Micros,
+                    vkhmm: 3.75,
+                    baseline: "raw uffd p50".into(),
+                    base: Some(2.5),
+                    target: None,
+                    note: "p5 1.5 vs 1.25 us".into(),
+                },
+            ],
+            series: vec![
+                ("memcpy".into(), vec![(65536, 10.5), (4194304, f64::NAN)]),
+                ("wgpu_upload".into(), vec![(65536, 0.75)]),
+            ],
+            extra: vec![("x_faults".into(), 7.5), ("inf".into(), f64::INFINITY)],
+            wgpu: None,
+        }
+    }
+
+    /// The object, field for field and in order, as `benches/perf_chart.py` and earlier
+    /// runs' files have it (the writer before serde printed `5.0` as `5`).
+    #[test]
+    fn json_keeps_its_shape() {
+        let expected = r#"{"device":"llvmpipe \"x\" (LLVM)","quick":true,"elapsed_s":1.5,"wgpu":null,"figures":{"a_64mib_vs_memcpy":{"figure":"prefetch to device, 64 MiB, Direct","unit":"GB/s","vkhmm":2.5,"baseline":"memcpy","baseline_value":5.0,"ratio":0.5,"target":">= 0.85x","met":false,"note":""},"saxpy_direct_vs_wgpu":{"figure":"saxpy 2x64 MiB end to end, Direct","unit":"ms","vkhmm":12.25,"baseline":"wgpu","baseline_value":null,"ratio":null,"target":"<= 0.80x","met":null,"note":"not built: run `cargo build --release -p wgpu-saxpy`"},"touch_4_direct_p50":{"figure":"isolated touch p50, 4K chunk, Direct","unit":"us","vkhmm":3.75,"baseline":"raw uffd p50","baseline_value":2.5,"ratio":1.5,"target":null,"met":null,"note":"p5 1.5 vs 1.25 us"}},"series_gbps":{"memcpy":[[65536,10.5],[4194304,null]],"wgpu_upload":[[65536,0.75]]},"sub":{"x_faults":7.5,"inf":null}}"#;
+        assert_eq!(json(&sample(), true, 1.5), expected);
+    }
 }

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use serde::Deserialize;
+
 use super::args::Args;
 use super::report::Report;
 use super::{Progress, TARGET_SIZE};
@@ -63,16 +65,17 @@ pub(crate) fn run(
             return Ok(());
         }
     };
-    for (key, series) in [("upload", "wgpu_upload"), ("download", "wgpu_download")] {
-        for (bytes, secs) in pairs(&text, key) {
-            r.point(series, bytes as usize, bytes / secs / 1e9);
+    let run: Output = match serde_json::from_str(&text) {
+        Ok(run) => run,
+        Err(e) => {
+            r.wgpu = Some(format!("unreadable output of {}: {e}", bin.display()));
+            return Ok(());
         }
-    }
-    let saxpy_s = number(&text, "saxpy_s").unwrap_or(0.0);
-    r.extra.push(("wgpu_saxpy_ms".into(), saxpy_s * 1e3));
+    };
+    run.record(r);
     p.say(&format!(
         "wgpu: saxpy {:.1} ms, upload 64 MiB {:.2} GB/s, download {:.2} GB/s",
-        saxpy_s * 1e3,
+        run.saxpy_s * 1e3,
         r.get("wgpu_upload", TARGET_SIZE).unwrap_or(0.0),
         r.get("wgpu_download", TARGET_SIZE).unwrap_or(0.0)
     ));
@@ -80,27 +83,57 @@ pub(crate) fn run(
     Ok(())
 }
 
-/// `"key":[[a,b],[c,d]]` out of the baseline's one-line JSON.
-fn pairs(text: &str, key: &str) -> Vec<(f64, f64)> {
-    let Some(start) = text.find(&format!("\"{key}\":[")) else {
-        return Vec::new();
-    };
-    let rest = &text[start + key.len() + 4..];
-    let end = rest.find("]]").map_or(0, |e| e + 1);
-    rest[..end]
-        .split(']')
-        .filter_map(|pair| {
-            let pair = pair.trim_start_matches([',', '[']);
-            let (a, b) = pair.split_once(',')?;
-            Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
-        })
-        .collect()
+/// What `wgpu-saxpy` prints: one JSON object on one line (its other fields, the adapter,
+/// wgpu version and checksum, are not needed here).
+#[derive(Debug, Deserialize)]
+struct Output {
+    /// `[bytes, seconds]` of one upload, per size.
+    #[serde(default)]
+    upload: Vec<(f64, f64)>,
+    /// `[bytes, seconds]` of one download, per size.
+    #[serde(default)]
+    download: Vec<(f64, f64)>,
+    /// Seconds of the end-to-end saxpy (0 when it did not run).
+    #[serde(default)]
+    saxpy_s: f64,
 }
 
-/// `"key":number` out of the baseline's JSON.
-fn number(text: &str, key: &str) -> Option<f64> {
-    let start = text.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let rest = &text[start..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    rest[..end].trim().parse().ok()
+impl Output {
+    /// Adds the series `wgpu_upload` and `wgpu_download` (GB/s by size) and the
+    /// sub-measurement `wgpu_saxpy_ms`.
+    fn record(&self, r: &mut Report) {
+        for (points, series) in [
+            (&self.upload, "wgpu_upload"),
+            (&self.download, "wgpu_download"),
+        ] {
+            for &(bytes, secs) in points {
+                r.point(series, bytes as usize, bytes / secs / 1e9);
+            }
+        }
+        r.extra.push(("wgpu_saxpy_ms".into(), self.saxpy_s * 1e3));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line as `baselines/wgpu-saxpy` prints it (`{:e}` numbers, extra fields).
+    const LINE: &str = "{\"adapter\":\"llvmpipe (LLVM 15.0.6, 256 bits)\",\"wgpu\":\"30\",\
+        \"upload\":[[65536,3.2768e-5],[67108864,1.6777216e-2]],\
+        \"download\":[[65536,6.5536e-5],[67108864,3.3554432e-2]],\
+        \"saxpy_mib\":64,\"saxpy_s\":1.5e-1,\"saxpy_checksum\":1.2345678e10}\n";
+
+    #[test]
+    fn the_baselines_line_becomes_series_and_a_sub_measurement() {
+        let run: Output = serde_json::from_str(LINE).unwrap();
+        let mut r = Report::default();
+        run.record(&mut r);
+        let gbps = |series, bytes| r.get(series, bytes).map(|g| (g * 1e6).round() / 1e6);
+        assert_eq!(gbps("wgpu_upload", 65536), Some(2.0));
+        assert_eq!(gbps("wgpu_upload", TARGET_SIZE), Some(4.0));
+        assert_eq!(gbps("wgpu_download", 65536), Some(1.0));
+        assert_eq!(gbps("wgpu_download", TARGET_SIZE), Some(2.0));
+        assert_eq!(r.extra, [("wgpu_saxpy_ms".to_string(), 150.0)]);
+    }
 }
