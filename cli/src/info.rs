@@ -133,8 +133,6 @@ fn print_faults(c: &FaultCapabilities) {
         SeccompMode::Strict => "strict",
         SeccompMode::Filter => "filter (a container profile may forbid userfaultfd)",
         SeccompMode::Unknown => "unknown",
-        #[allow(unreachable_patterns)]
-        _ => "other",
     };
     println!("  seccomp            {seccomp}");
     match &c.signal_error {
