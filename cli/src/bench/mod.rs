@@ -6,6 +6,9 @@
 //! wgpu); it is run as a child process when built, and reported as "not built" otherwise.
 //!
 //! Progress goes to stderr; the table (or with `--json` one JSON object) to stdout.
+//!
+//! [`run`] takes the [`Args`] (`args`), measures the groups of [`scenarios`] that `--only`
+//! leaves, runs the [`wgpu`] child, and prints the [`report`].
 
 #[path = "../../../benches/measure/mod.rs"]
 mod measure;
