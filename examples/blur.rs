@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use bytemuck::{Pod, Zeroable};
 use vkhmm::{shaders, Push, Runtime};
 
+use crate::Example;
+
 /// The push constants of `shaders/blur_h.wgsl` and `shaders/blur_v.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -125,13 +127,10 @@ pub fn run(rt: &Runtime, full: bool) -> anyhow::Result<String> {
     Ok(format!("{width}x{height} RGBA8"))
 }
 
-#[allow(dead_code)]
-fn main() -> anyhow::Result<()> {
-    let rt = Runtime::new()?;
-    let full = std::env::args().any(|a| a == "--full");
-    let before = rt.stats();
-    let size = run(&rt, full)?;
-    println!("blur, {size}: every pixel matches the CPU exactly");
-    println!("{}", rt.stats() - before);
-    Ok(())
-}
+/// The example as `cargo run --example blur` and `vkhmm demo` run it.
+pub const EXAMPLE: Example = Example {
+    name: "blur",
+    run,
+    checked: "every pixel matches the CPU exactly",
+    budget: None,
+};

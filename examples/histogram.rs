@@ -12,6 +12,8 @@
 use bytemuck::{Pod, Zeroable};
 use vkhmm::{shaders, Push, Runtime};
 
+use crate::Example;
+
 /// The push constants of `shaders/histogram256.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -54,13 +56,10 @@ pub fn run(rt: &Runtime, full: bool) -> anyhow::Result<String> {
     Ok(format!("{} MiB u8", n >> 20))
 }
 
-#[allow(dead_code)]
-fn main() -> anyhow::Result<()> {
-    let rt = Runtime::new()?;
-    let full = std::env::args().any(|a| a == "--full");
-    let before = rt.stats();
-    let size = run(&rt, full)?;
-    println!("histogram, {size}: all 256 bins match the CPU exactly");
-    println!("{}", rt.stats() - before);
-    Ok(())
-}
+/// The example as `cargo run --example histogram` and `vkhmm demo` run it.
+pub const EXAMPLE: Example = Example {
+    name: "histogram",
+    run,
+    checked: "all 256 bins match the CPU exactly",
+    budget: None,
+};

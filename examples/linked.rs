@@ -16,6 +16,8 @@ use std::collections::VecDeque;
 use bytemuck::{Pod, Zeroable};
 use vkhmm::{shaders, Push, Runtime};
 
+use crate::Example;
+
 /// The push constants of `shaders/bfs_step.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -158,13 +160,10 @@ pub fn run(rt: &Runtime, full: bool) -> anyhow::Result<String> {
     ))
 }
 
-#[allow(dead_code)]
-fn main() -> anyhow::Result<()> {
-    let rt = Runtime::new()?;
-    let full = std::env::args().any(|a| a == "--full");
-    let before = rt.stats();
-    let size = run(&rt, full)?;
-    println!("linked, {size}: both searches match a CPU BFS");
-    println!("{}", rt.stats() - before);
-    Ok(())
-}
+/// The example as `cargo run --example linked` and `vkhmm demo` run it.
+pub const EXAMPLE: Example = Example {
+    name: "linked",
+    run,
+    checked: "both searches match a CPU BFS",
+    budget: None,
+};

@@ -14,6 +14,8 @@
 use bytemuck::{Pod, Zeroable};
 use vkhmm::{shaders, Push, Runtime};
 
+use crate::Example;
+
 /// The push constants of `shaders/matmul_tiled.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -75,13 +77,10 @@ pub fn run(rt: &Runtime, full: bool) -> anyhow::Result<String> {
     Ok(format!("{n}x{n} f32"))
 }
 
-#[allow(dead_code)]
-fn main() -> anyhow::Result<()> {
-    let rt = Runtime::new()?;
-    let full = std::env::args().any(|a| a == "--full");
-    let before = rt.stats();
-    let size = run(&rt, full)?;
-    println!("matmul, {size}: every element matches the CPU exactly");
-    println!("{}", rt.stats() - before);
-    Ok(())
-}
+/// The example as `cargo run --example matmul` and `vkhmm demo` run it.
+pub const EXAMPLE: Example = Example {
+    name: "matmul",
+    run,
+    checked: "every element matches the CPU exactly",
+    budget: None,
+};

@@ -2,9 +2,10 @@
 //! least recently used data to make room, and the result is still exact.
 //!
 //! The example needs a runtime with a small budget (`Runtime::builder().budget(..)`, or
-//! `VKHMM_BUDGET`): `main` makes one with [`budget`]. Two vectors of twice the budget each
-//! go through `y = a·x + y` one slice at a time (an eighth of the budget per vector per
-//! launch), twice over, so the second pass finds its slices evicted and brings them back.
+//! `VKHMM_BUDGET`): [`EXAMPLE`] names [`budget`], and `cargo run --example oversubscribe` and
+//! `vkhmm demo` make one. Two vectors of twice the budget each go through `y = a·x + y` one
+//! slice at a time (an eighth of the budget per vector per launch), twice over, so the second
+//! pass finds its slices evicted and brings them back.
 //!
 //! The vectors are runtime-owned (`rt.alloc`, page-aligned) so that the slices are whole
 //! pages: slices of an ordinary `Vec` share a page at each boundary, which today makes their
@@ -16,6 +17,8 @@
 
 use bytemuck::{Pod, Zeroable};
 use vkhmm::{shaders, Push, Runtime};
+
+use crate::Example;
 
 /// The push constants of `shaders/saxpy.wgsl`.
 #[repr(C)]
@@ -93,13 +96,10 @@ pub fn run(rt: &Runtime, full: bool) -> anyhow::Result<String> {
     ))
 }
 
-#[allow(dead_code)]
-fn main() -> anyhow::Result<()> {
-    let full = std::env::args().any(|a| a == "--full");
-    let rt = Runtime::builder().budget(budget(full)).build()?;
-    let before = rt.stats();
-    let size = run(&rt, full)?;
-    println!("oversubscribe, {size}: every element matches the CPU");
-    println!("{}", rt.stats() - before);
-    Ok(())
-}
+/// The example as `cargo run --example oversubscribe` and `vkhmm demo` run it.
+pub const EXAMPLE: Example = Example {
+    name: "oversubscribe",
+    run,
+    checked: "every element matches the CPU",
+    budget: Some(budget),
+};

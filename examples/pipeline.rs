@@ -14,6 +14,8 @@
 use bytemuck::{Pod, Zeroable};
 use vkhmm::{shaders, Push, Runtime, Stats};
 
+use crate::Example;
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Fill {
@@ -147,13 +149,10 @@ pub fn run(rt: &Runtime, full: bool) -> anyhow::Result<String> {
     Ok(format!("{} Mi u32", n >> 20))
 }
 
-#[allow(dead_code)]
-fn main() -> anyhow::Result<()> {
-    let rt = Runtime::new()?;
-    let full = std::env::args().any(|a| a == "--full");
-    let before = rt.stats();
-    let size = run(&rt, full)?;
-    println!("pipeline, {size}: checksum and every element match the CPU");
-    println!("{}", rt.stats() - before);
-    Ok(())
-}
+/// The example as `cargo run --example pipeline` and `vkhmm demo` run it.
+pub const EXAMPLE: Example = Example {
+    name: "pipeline",
+    run,
+    checked: "checksum and every element match the CPU",
+    budget: None,
+};

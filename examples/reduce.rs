@@ -14,6 +14,8 @@
 use bytemuck::{Pod, Zeroable};
 use vkhmm::{shaders, Kernel, Push, Runtime};
 
+use crate::Example;
+
 /// The push constants of `shaders/reduce_sum.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -88,13 +90,19 @@ pub fn run(rt: &Runtime, full: bool) -> anyhow::Result<String> {
     Ok(format!("{} Mi f32", n >> 20))
 }
 
-#[allow(dead_code)]
-fn main() -> anyhow::Result<()> {
-    let rt = Runtime::new()?;
-    let full = std::env::args().any(|a| a == "--full");
-    let before = rt.stats();
-    let size = run(&rt, full)?;
-    println!("reduce, {size}: the sum matches the CPU within a relative {TOLERANCE:.0e}");
-    println!("{}", rt.stats() - before);
-    Ok(())
+/// The example as `cargo run --example reduce` and `vkhmm demo` run it.
+pub const EXAMPLE: Example = Example {
+    name: "reduce",
+    run,
+    checked: "the sum matches the CPU within a relative 1e-5", // TOLERANCE
+    budget: None,
+};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn what_is_checked_names_the_tolerance() {
+        let tolerance = format!("{:.0e}", super::TOLERANCE);
+        assert!(super::EXAMPLE.checked.ends_with(&tolerance), "{tolerance}");
+    }
 }

@@ -9,6 +9,8 @@
 use bytemuck::{Pod, Zeroable};
 use vkhmm::{shaders, Push, Runtime};
 
+use crate::Example;
+
 /// The push constants of `shaders/saxpy.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -39,13 +41,10 @@ pub fn run(rt: &Runtime, full: bool) -> anyhow::Result<String> {
     Ok(format!("2 x {} Mi f32", n >> 20))
 }
 
-#[allow(dead_code)]
-fn main() -> anyhow::Result<()> {
-    let rt = Runtime::new()?;
-    let full = std::env::args().any(|a| a == "--full");
-    let before = rt.stats();
-    let size = run(&rt, full)?;
-    println!("saxpy, {size}: every element matches the CPU");
-    println!("{}", rt.stats() - before);
-    Ok(())
-}
+/// The example as `cargo run --example saxpy` and `vkhmm demo` run it.
+pub const EXAMPLE: Example = Example {
+    name: "saxpy",
+    run,
+    checked: "every element matches the CPU",
+    budget: None,
+};

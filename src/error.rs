@@ -6,16 +6,21 @@
 //! - **environment**: no loader, no device, no fault backend, memory the runtime cannot
 //!   mirror — fix the machine or the input, nothing was changed;
 //! - **caller misuse**: argument count, access, sizes, alignment, dispatch size, invalid
-//!   shader — a bug in the calling code, nothing was changed;
+//!   shader, a fault backend other than the running one — a bug in the calling code,
+//!   nothing was changed;
 //! - **resources and the driver**: out of device or host memory, device lost, an unexpected
-//!   Vulkan or OS failure — the raw `vk::Result` or errno is kept as the error's source.
+//!   Vulkan or OS failure — the raw Vulkan result code ([`VulkanCode`]) or the errno is kept.
 //!
+//! No variant carries a type of the Vulkan bindings vkhmm is built on: a Vulkan result is a
+//! plain [`VulkanCode`], and the loader's failure is a boxed [`std::error::Error`] source.
 //! Conversions from raw codes live next to the code that calls the API (`device::map`,
 //! `fault::uffd`), named after the codes they accept.
 
 use std::fmt;
 
 use ash::vk;
+
+use crate::FaultBackend;
 
 /// Result type of every fallible vkhmm call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -102,7 +107,7 @@ pub enum Error {
         "no Vulkan loader (libvulkan.so.1) could be loaded; install one, e.g. \
          `apt-get install -y libvulkan1 mesa-vulkan-drivers`"
     )]
-    NoLoader(#[source] ash::LoadingError),
+    NoLoader(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
 
     /// The loader found no usable Vulkan device (or none matched `VKHMM_DEVICE`).
     #[error(
@@ -253,6 +258,20 @@ pub enum Error {
     #[error("the kernel was created by another Runtime")]
     ForeignKernel,
 
+    /// A [`RuntimeBuilder`](crate::RuntimeBuilder) named a fault backend other than the one
+    /// this process runs: the first runtime of a process chooses it for every runtime
+    /// ([`RuntimeBuilder::fault_backend`](crate::RuntimeBuilder::fault_backend)).
+    #[error(
+        "the {requested} fault backend was asked for, but this process already runs the \
+         {running} backend (its first runtime chose it; there is one per process)"
+    )]
+    FaultBackendMismatch {
+        /// The backend the builder named.
+        requested: FaultBackend,
+        /// The backend the process runs.
+        running: FaultBackend,
+    },
+
     // ---------------------------------------------------------------- resources & driver
     /// The device budget cannot hold the request even after evicting everything else.
     #[error(
@@ -292,13 +311,12 @@ pub enum Error {
     DeviceLost,
 
     /// An unexpected Vulkan failure.
-    #[error("Vulkan call {call} failed")]
+    #[error("Vulkan call {call} failed: {code}")]
     Vulkan {
         /// The Vulkan function that failed.
         call: &'static str,
-        /// The raw result code.
-        #[source]
-        source: vk::Result,
+        /// The result code it returned.
+        code: VulkanCode,
     },
 
     /// The device allocator failed for a reason other than memory exhaustion.
@@ -341,8 +359,83 @@ impl Error {
                 | Error::MisalignedBinding { .. }
                 | Error::InvalidDispatch { .. }
                 | Error::ForeignKernel
+                | Error::FaultBackendMismatch { .. }
                 | Error::InvalidConfig(_)
         )
+    }
+}
+
+/// A Vulkan result code (`VkResult`) as a failed call returned it: a plain value, with
+/// its name from the Vulkan specification when it is one vkhmm knows.
+///
+/// `Display` gives the name and the value, e.g. `VK_ERROR_DEVICE_LOST (-4)`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VulkanCode(i32);
+
+impl VulkanCode {
+    /// The code of a raw result.
+    pub(crate) fn of(result: vk::Result) -> Self {
+        VulkanCode(result.as_raw())
+    }
+
+    /// The raw `VkResult` value (negative for errors, e.g. -2 for
+    /// `VK_ERROR_OUT_OF_DEVICE_MEMORY`).
+    pub const fn raw(self) -> i32 {
+        self.0
+    }
+
+    /// The code's name in the Vulkan specification (`"VK_ERROR_DEVICE_LOST"`), or `None`
+    /// for a code of an extension vkhmm does not use.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match vk::Result::from_raw(self.0) {
+            vk::Result::SUCCESS => "VK_SUCCESS",
+            vk::Result::NOT_READY => "VK_NOT_READY",
+            vk::Result::TIMEOUT => "VK_TIMEOUT",
+            vk::Result::EVENT_SET => "VK_EVENT_SET",
+            vk::Result::EVENT_RESET => "VK_EVENT_RESET",
+            vk::Result::INCOMPLETE => "VK_INCOMPLETE",
+            vk::Result::ERROR_OUT_OF_HOST_MEMORY => "VK_ERROR_OUT_OF_HOST_MEMORY",
+            vk::Result::ERROR_OUT_OF_DEVICE_MEMORY => "VK_ERROR_OUT_OF_DEVICE_MEMORY",
+            vk::Result::ERROR_INITIALIZATION_FAILED => "VK_ERROR_INITIALIZATION_FAILED",
+            vk::Result::ERROR_DEVICE_LOST => "VK_ERROR_DEVICE_LOST",
+            vk::Result::ERROR_MEMORY_MAP_FAILED => "VK_ERROR_MEMORY_MAP_FAILED",
+            vk::Result::ERROR_LAYER_NOT_PRESENT => "VK_ERROR_LAYER_NOT_PRESENT",
+            vk::Result::ERROR_EXTENSION_NOT_PRESENT => "VK_ERROR_EXTENSION_NOT_PRESENT",
+            vk::Result::ERROR_FEATURE_NOT_PRESENT => "VK_ERROR_FEATURE_NOT_PRESENT",
+            vk::Result::ERROR_INCOMPATIBLE_DRIVER => "VK_ERROR_INCOMPATIBLE_DRIVER",
+            vk::Result::ERROR_TOO_MANY_OBJECTS => "VK_ERROR_TOO_MANY_OBJECTS",
+            vk::Result::ERROR_FORMAT_NOT_SUPPORTED => "VK_ERROR_FORMAT_NOT_SUPPORTED",
+            vk::Result::ERROR_FRAGMENTED_POOL => "VK_ERROR_FRAGMENTED_POOL",
+            vk::Result::ERROR_UNKNOWN => "VK_ERROR_UNKNOWN",
+            vk::Result::ERROR_OUT_OF_POOL_MEMORY => "VK_ERROR_OUT_OF_POOL_MEMORY",
+            vk::Result::ERROR_INVALID_EXTERNAL_HANDLE => "VK_ERROR_INVALID_EXTERNAL_HANDLE",
+            vk::Result::ERROR_FRAGMENTATION => "VK_ERROR_FRAGMENTATION",
+            vk::Result::ERROR_INVALID_OPAQUE_CAPTURE_ADDRESS => {
+                "VK_ERROR_INVALID_OPAQUE_CAPTURE_ADDRESS"
+            }
+            vk::Result::PIPELINE_COMPILE_REQUIRED => "VK_PIPELINE_COMPILE_REQUIRED",
+            vk::Result::ERROR_INVALID_SHADER_NV => "VK_ERROR_INVALID_SHADER_NV",
+            vk::Result::ERROR_VALIDATION_FAILED_EXT => "VK_ERROR_VALIDATION_FAILED_EXT",
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for VulkanCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "{name} ({})", self.0),
+            None => write!(f, "VkResult {}", self.0),
+        }
+    }
+}
+
+impl fmt::Debug for VulkanCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "VulkanCode({name})"),
+            None => write!(f, "VulkanCode({})", self.0),
+        }
     }
 }
 
@@ -370,6 +463,25 @@ mod tests {
         assert!(s.contains("VKHMM_DEVICE=\"nvidia\""), "{s}");
         assert!(s.contains("mesa-vulkan-drivers"), "{s}");
         assert!(s.contains("llvmpipe"), "{s}");
+    }
+
+    #[test]
+    fn vulkan_errors_name_the_call_and_the_code() {
+        let e = Error::Vulkan {
+            call: "vkQueueSubmit",
+            code: VulkanCode::of(vk::Result::ERROR_DEVICE_LOST),
+        };
+        assert_eq!(
+            e.to_string(),
+            "Vulkan call vkQueueSubmit failed: VK_ERROR_DEVICE_LOST (-4)"
+        );
+        let odd = VulkanCode(-1_000_999_999);
+        assert_eq!((odd.raw(), odd.name()), (-1_000_999_999, None));
+        assert_eq!(odd.to_string(), "VkResult -1000999999");
+        assert_eq!(
+            VulkanCode::of(vk::Result::ERROR_OUT_OF_DEVICE_MEMORY).raw(),
+            -2
+        );
     }
 
     #[test]

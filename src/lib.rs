@@ -59,7 +59,8 @@
 //! | `managed` | [`Managed<T>`](Managed): runtime-owned, page-aligned, zeroed memory |
 //! | `mirror` | pure policy (no `unsafe`): page states, extents, launch plans, fault-back chunks, eviction |
 //! | `migrate` | carries out page-state transitions with the device and the fault service |
-//! | `fault` | userfaultfd: the handler thread, `fork()` hooks, [`probe_fault_capabilities`] |
+//! | `fault` | the fault service and its backends (userfaultfd, `signal`), `fork()` hooks |
+//! | [`diagnostics`] | what this machine offers: [`DeviceInfo::query`](diagnostics::DeviceInfo::query), [`probe_fault_capabilities`](diagnostics::probe_fault_capabilities) (`vkhmm info`) |
 //! | `device` | every Vulkan call: instance and queue, memory pool, transfer paths, pipelines |
 //! | [`shader`] | naga: WGSL to SPIR-V, and one SPIR-V reflector for kernels of any compiler |
 //! | [`shaders`] | the bundled WGSL kernels, compiled at build time |
@@ -81,6 +82,7 @@
 
 mod args;
 pub(crate) mod device;
+pub mod diagnostics;
 mod error;
 mod fault;
 mod in_place;
@@ -90,7 +92,8 @@ pub mod inject;
 mod inject;
 mod managed;
 mod migrate;
-#[allow(dead_code)] // wired up by migrate/runtime
+// A few page and extent helpers serve only the mirror's unit tests.
+#[allow(dead_code)]
 pub(crate) mod mirror;
 mod runtime;
 mod scope;
@@ -110,15 +113,8 @@ pub mod shaders {
 }
 
 pub use args::{Arg, KernelArgs, Push};
-pub use device::{
-    DeviceConfig, DeviceFeatures, DeviceInfo, DeviceLimits, DeviceType, MemoryHeapInfo,
-    MemoryTypeInfo, TransferPath,
-};
-pub use error::{Error, MemoryReason, Result};
-pub use fault::probe::{
-    probe as probe_fault_capabilities, DevNodeAccess, FaultCapabilities, OpenMode as UffdMode,
-    ProbeAttempt, ProbeFailure, SeccompMode,
-};
+pub use device::TransferPath;
+pub use error::{Error, MemoryReason, Result, VulkanCode};
 pub use fault::service::FaultBackend;
 pub use managed::Managed;
 pub use mirror::{advice::Advice, Location, Residency};

@@ -5,7 +5,7 @@
 //! chunk policy — and shares it with the extents whose device copies live on its device.
 //! Everything a runtime call does is: check the arguments (nothing has changed if that
 //! fails), keep `fork()` out, make the memory resident (`migrate`), do the device work,
-//! settle. The public contract is the design brief's §3.
+//! settle. `docs/semantics.md` describes the same contract from the user's side.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -19,7 +19,7 @@ use crate::device::{
     self, Device, DeviceConfig, DeviceInfo, Dispatcher, Pipeline, Transfer, TransferPath,
 };
 use crate::fault::fork::hold_off_fork;
-use crate::fault::service::{FaultBackend, FaultService};
+use crate::fault::service::{Choice, FaultBackend, FaultService};
 use crate::in_place::{InPlace, Where};
 use crate::managed::Managed;
 use crate::migrate::{self, Binding, Counters, DeviceContext, Purpose, Worker};
@@ -57,12 +57,14 @@ impl std::fmt::Debug for Kernel {
 }
 
 /// Options for [`Runtime::builder`]. Starts from the environment (`VKHMM_DEVICE`,
-/// `VKHMM_TRANSFER`, `VKHMM_BUDGET`, `VKHMM_CHUNK`); each method overrides it.
+/// `VKHMM_TRANSFER`, `VKHMM_BUDGET`, `VKHMM_CHUNK`, `VKHMM_FAULT`); each method overrides it.
 #[derive(Debug, Clone)]
 pub struct RuntimeBuilder {
     device: std::result::Result<DeviceConfig, String>,
     chunk: std::result::Result<ChunkPolicy, String>,
     thrash: Option<ThrashPolicy>,
+    /// The fault backend asked for; `None`: the builder said nothing (`VKHMM_FAULT`).
+    fault: Option<Choice>,
 }
 
 impl RuntimeBuilder {
@@ -83,6 +85,7 @@ impl RuntimeBuilder {
             device,
             chunk,
             thrash: Some(ThrashPolicy::default()),
+            fault: None,
         }
     }
 
@@ -164,12 +167,54 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Chooses the fault backend, which serves the CPU's touches of device-resident pages:
+    /// [`FaultBackend::Userfaultfd`], [`FaultBackend::Signal`], or `None` for the automatic
+    /// choice (userfaultfd where it can be opened with the features vkhmm needs, `signal`
+    /// elsewhere). Without this call `VKHMM_FAULT` decides (`uffd`, `signal` or `auto`;
+    /// automatic when unset).
+    ///
+    /// The backend is one per process. The first runtime of the process starts it with its
+    /// builder's choice, and every later runtime shares it: a later builder that names
+    /// another backend fails with [`Error::FaultBackendMismatch`], while one that asks for
+    /// the automatic choice (or says nothing) gets the running backend, whatever
+    /// `VKHMM_FAULT` says by then. If the first start fails (say userfaultfd was named and
+    /// this process may not use it), every later runtime fails with that error too.
+    ///
+    /// ```no_run
+    /// use vkhmm::{FaultBackend, Runtime};
+    ///
+    /// // Serve faults with mprotect + SIGSEGV even where userfaultfd works: only memory
+    /// // from `rt.alloc` can then go to the device.
+    /// let rt = Runtime::builder().fault_backend(FaultBackend::Signal).build()?;
+    /// assert_eq!(rt.fault_backend(), FaultBackend::Signal);
+    /// # Ok::<(), vkhmm::Error>(())
+    /// ```
+    pub fn fault_backend(mut self, backend: impl Into<Option<FaultBackend>>) -> Self {
+        self.fault = Some(match backend.into() {
+            None => Choice::Auto,
+            Some(FaultBackend::Userfaultfd) => Choice::Uffd,
+            Some(FaultBackend::Signal) => Choice::Signal,
+        });
+        self
+    }
+
     /// Creates the runtime: the device, its pool and transfer contexts, and (once per
     /// process) the fault service.
     pub fn build(self) -> Result<Runtime> {
         let config = self.device.map_err(Error::InvalidConfig)?;
         let policy = self.chunk.map_err(Error::InvalidConfig)?;
-        let svc = FaultService::get()?;
+        let svc = FaultService::get_with(self.fault)?;
+        let requested = match self.fault {
+            Some(Choice::Uffd) => Some(FaultBackend::Userfaultfd),
+            Some(Choice::Signal) => Some(FaultBackend::Signal),
+            Some(Choice::Auto) | None => None,
+        };
+        if let Some(requested) = requested.filter(|&r| r != svc.kind()) {
+            return Err(Error::FaultBackendMismatch {
+                requested,
+                running: svc.kind(),
+            });
+        }
         let device = Device::new(&config)?;
         let path = device.info().transfer_path;
         let ctx = Arc::new(DeviceContext {
@@ -244,7 +289,7 @@ impl Runtime {
         Self::builder().build()
     }
 
-    /// Options: device, transfer path, budget, chunk size.
+    /// Options: device, transfer path, budget, chunk size, fault backend.
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder::from_env()
     }
@@ -254,7 +299,8 @@ impl Runtime {
         self.ctx.device.info()
     }
 
-    /// The process-wide fault backend serving this runtime (`VKHMM_FAULT`).
+    /// The process-wide fault backend serving this runtime: the one the process's first
+    /// runtime chose ([`RuntimeBuilder::fault_backend`], else `VKHMM_FAULT`).
     pub fn fault_backend(&self) -> FaultBackend {
         self.svc.kind()
     }

@@ -1,29 +1,14 @@
-//! The examples in `examples/` at their small sizes, on both transfer paths: each `run`
-//! verifies its own result against a CPU reference and fails on any mismatch.
+//! The examples (the crate vkhmm-examples in `examples/`) at their small sizes, on both
+//! transfer paths: each `run` verifies its own result against a CPU reference and fails on
+//! any mismatch.
 //!
-//! The example files are included as modules, so `cargo test` runs exactly the code that
-//! `cargo run --example NAME` and `vkhmm demo` run.
+//! These are the functions that `cargo run --example NAME` and `vkhmm demo` run, so the
+//! tests run exactly their code.
 
 mod common;
 
-#[path = "../examples/blur.rs"]
-mod blur;
-#[path = "../examples/histogram.rs"]
-mod histogram;
-#[path = "../examples/linked.rs"]
-mod linked;
-#[path = "../examples/matmul.rs"]
-mod matmul;
-#[path = "../examples/oversubscribe.rs"]
-mod oversubscribe;
-#[path = "../examples/pipeline.rs"]
-mod pipeline;
-#[path = "../examples/reduce.rs"]
-mod reduce;
-#[path = "../examples/saxpy.rs"]
-mod saxpy;
-
 use vkhmm::{shaders, Push, Runtime};
+use vkhmm_examples::{blur, histogram, linked, matmul, oversubscribe, pipeline, reduce, saxpy};
 
 /// Runs one example on each transfer path, panicking with its error.
 fn on_both_paths(name: &str, run: fn(&Runtime, bool) -> anyhow::Result<String>) {

@@ -61,7 +61,7 @@ fn without_userfaultfd_auto_falls_back_to_the_signal_backend() {
         eprintln!("skipped: the seccomp filter of this test is written for x86-64");
         return;
     }
-    let caps = vkhmm::probe_fault_capabilities();
+    let caps = vkhmm::diagnostics::probe_fault_capabilities();
     assert_eq!(caps.userfaultfd, None, "{caps}");
     assert_eq!(caps.backend, Ok(FaultBackend::Signal), "{caps}");
     for path in PATHS {

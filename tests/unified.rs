@@ -355,7 +355,7 @@ fn one_copy_back_per_touched_chunk() {
 #[test]
 fn syscalls_read_into_and_write_out_of_device_resident_buffers() {
     use std::io::{Read, Seek, Write};
-    if !vkhmm::probe_fault_capabilities().kernel_faults {
+    if !vkhmm::diagnostics::probe_fault_capabilities().kernel_faults {
         eprintln!("skipped: this host allows user-mode userfaultfd faults only");
         return;
     }

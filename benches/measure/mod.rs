@@ -1,5 +1,5 @@
 //! Measurement routines shared by the criterion benches (`benches/*.rs`, through
-//! `#[path = "measure/mod.rs"]`) and `vkhmm bench` (`src/bin/vkhmm/bench.rs`, same trick).
+//! `#[path = "measure/mod.rs"]`) and `vkhmm bench` (`cli/src/bench/mod.rs`, same trick).
 //!
 //! Every figure is a small struct whose `run` does its untimed set-up (refill a buffer,
 //! push it back to the device ...) and returns the [`Duration`] of the timed part only, so

@@ -27,12 +27,22 @@ impl fmt::Display for TransferPath {
     }
 }
 
-/// Options for opening a device.
+/// Options for opening a device, as [`DeviceInfo::query`](super::DeviceInfo::query) takes
+/// them (a runtime gets the same options from [`RuntimeBuilder`](crate::RuntimeBuilder)).
 ///
 /// `Default` picks the best device, the transfer path the pool memory calls for, a budget of
 /// 80% of the pool's heap and a 16 MiB staging ring. [`DeviceConfig::from_env`] reads the
 /// same from `VKHMM_DEVICE`, `VKHMM_TRANSFER` and `VKHMM_BUDGET`.
+///
+/// Start from either and set the fields you want; the struct is `#[non_exhaustive]`, so a
+/// later version can add options without breaking code that does so:
+///
+/// ```
+/// let mut config = vkhmm::diagnostics::DeviceConfig::default();
+/// config.transfer = Some(vkhmm::TransferPath::Staged);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeviceConfig {
     /// Which device: a decimal enumeration index, or a case-insensitive substring of the
     /// device name. `None` takes the best by type (discrete > integrated > virtual > CPU).

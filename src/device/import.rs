@@ -22,7 +22,7 @@ use ash::vk;
 
 use super::map::{map_host_device_oom, map_host_oom};
 use super::Device;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, VulkanCode};
 
 /// A range of host memory imported as a device buffer. Dropping it frees the buffer and the
 /// imported memory (the pages themselves stay the program's).
@@ -130,7 +130,7 @@ impl Device {
         if bits == 0 || req.size > len {
             return Err(destroy(Error::Vulkan {
                 call: "vkGetMemoryHostPointerPropertiesEXT (no memory type fits the buffer)",
-                source: vk::Result::ERROR_INVALID_EXTERNAL_HANDLE,
+                code: VulkanCode::of(vk::Result::ERROR_INVALID_EXTERNAL_HANDLE),
             }));
         }
         let mut import = vk::ImportMemoryHostPointerInfoEXT::default()

@@ -117,7 +117,7 @@ impl From<vk::PhysicalDeviceType> for DeviceType {
 pub(super) fn load() -> Result<ash::Entry> {
     // SAFETY: loading the system's Vulkan loader runs its initialisers; the loader is a
     // well-behaved shared library and the `Entry` keeps it loaded while in use.
-    unsafe { ash::Entry::load() }.map_err(Error::NoLoader)
+    unsafe { ash::Entry::load() }.map_err(|e| Error::NoLoader(Box::new(e)))
 }
 
 /// Creates the instance with the highest API version in 1.1..=1.3 the loader supports;

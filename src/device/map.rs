@@ -1,14 +1,14 @@
 //! Conversions from raw Vulkan and gpu-allocator failures to [`Error`].
 //!
 //! Each mapper is named after the codes it gives a meaning of their own; every other code
-//! becomes [`Error::Vulkan`] with the call's name and the raw `vk::Result` kept as the source.
+//! becomes [`Error::Vulkan`] with the call's name and the raw code kept as a [`VulkanCode`].
 //! Mappers return closures so that a call site reads
 //! `unsafe { raw.create_fence(..) }.map_err(map_host_oom("vkCreateFence"))?`.
 
 use ash::vk;
 use gpu_allocator::AllocationError;
 
-use crate::error::Error;
+use crate::error::{Error, VulkanCode};
 
 /// `OUT_OF_HOST_MEMORY` → [`Error::OutOfHostMemory`]; anything else → [`Error::Vulkan`].
 ///
@@ -17,7 +17,10 @@ use crate::error::Error;
 pub(crate) fn map_host_oom(call: &'static str) -> impl FnOnce(vk::Result) -> Error {
     move |source| match source {
         vk::Result::ERROR_OUT_OF_HOST_MEMORY => Error::OutOfHostMemory,
-        source => Error::Vulkan { call, source },
+        source => Error::Vulkan {
+            call,
+            code: VulkanCode::of(source),
+        },
     }
 }
 
@@ -131,8 +134,8 @@ mod tests {
             map_host_oom("vkX")(vk::Result::ERROR_DEVICE_LOST),
             Error::Vulkan {
                 call: "vkX",
-                source: vk::Result::ERROR_DEVICE_LOST
-            }
+                code
+            } if code == VulkanCode::of(vk::Result::ERROR_DEVICE_LOST)
         ));
         assert!(matches!(
             map_host_oom_incompatible("i", Some("nv"))(vk::Result::ERROR_INCOMPATIBLE_DRIVER),

@@ -1,6 +1,6 @@
-//! The device room: every `ash` call of the crate.
+//! The device module: every `ash` call of the crate.
 //!
-//! # What this room does
+//! # What this module does
 //!
 //! It turns a Vulkan implementation into the four things the rest of vkhmm needs, and nothing
 //! more:
@@ -48,12 +48,13 @@
 //!   device outlives them; [`Device`]'s `Drop` waits for the queue, then drops the allocator
 //!   (freeing its memory), then the device, then the instance.
 //! - **Errors keep their codes.** Vulkan failures go through the `map_*` functions of
-//!   [`map`], named after the codes they give a meaning to; the raw `vk::Result` stays the
-//!   source of [`Error::Vulkan`](crate::Error::Vulkan).
+//!   [`map`], named after the codes they give a meaning to; any other code is kept, as a
+//!   plain [`VulkanCode`](crate::VulkanCode), in [`Error::Vulkan`](crate::Error::Vulkan).
 //!
 //! [`KernelInfo`]: crate::shader::KernelInfo
 
-// The runtime room wires these types in; until then parts are used only by tests.
+// A few accessors (the pipeline's workgroup size, a transfer's path and submission count,
+// the pool's budget setter, ...) serve only the tests of this module.
 #![allow(dead_code)]
 
 mod commands;
@@ -72,13 +73,9 @@ use ash::vk;
 
 pub(crate) use config::parse_bytes;
 pub use config::{DeviceConfig, TransferPath};
-// The runtime room is the user of these; until it lands only tests are.
-#[allow(unused_imports)]
 pub(crate) use import::HostImport;
 pub(crate) use kernel::{check_binding, check_groups, Bindable, BufferArg, Dispatcher, Pipeline};
-#[allow(unused_imports)]
 pub(crate) use pool::{BlockInit, DeviceBlock, DevicePool};
-#[allow(unused_imports)]
 pub(crate) use transfer::Transfer;
 
 use crate::error::Result;

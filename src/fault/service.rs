@@ -296,10 +296,19 @@ static SERVICE: OnceLock<std::result::Result<&'static FaultService, (String, Opt
 impl FaultService {
     /// The service, started on first use with the backend `VKHMM_FAULT` asks for.
     pub fn get() -> Result<&'static FaultService> {
+        Self::get_with(None)
+    }
+
+    /// The service, started on first use with `choice` (`None`: what `VKHMM_FAULT` asks
+    /// for). A service that runs already is returned whatever `choice` says.
+    pub fn get_with(choice: Option<Choice>) -> Result<&'static FaultService> {
         if let Some(started) = SERVICE.get() {
             return Self::map_started(started);
         }
-        let choice = Choice::from_env()?;
+        let choice = match choice {
+            Some(choice) => choice,
+            None => Choice::from_env()?,
+        };
         Self::map_started(
             SERVICE.get_or_init(|| Self::start(choice).map_err(|e| (e.to_string(), os_code(&e)))),
         )

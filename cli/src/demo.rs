@@ -1,30 +1,14 @@
 //! `vkhmm demo`: the examples on unified memory, one summary table.
 //!
-//! The example programs in `examples/` are included here as modules, so the demo runs exactly
-//! the code `cargo run --example NAME` runs. Each example works on ordinary Rust collections,
-//! checks its result against a CPU reference and returns a size label; the demo measures
-//! what each one moved (`Stats` before and after) and its wall time.
+//! The examples are the crate vkhmm-examples (`examples/`), so the demo runs exactly the code
+//! `cargo run --example NAME` runs. Each example works on ordinary Rust collections, checks
+//! its result against a CPU reference and returns a size label; the demo measures what each
+//! one moved (`Stats` before and after) and its wall time.
 
 use std::time::{Duration, Instant};
 
 use vkhmm::{Runtime, Stats};
-
-#[path = "../../../examples/blur.rs"]
-mod blur;
-#[path = "../../../examples/histogram.rs"]
-mod histogram;
-#[path = "../../../examples/linked.rs"]
-mod linked;
-#[path = "../../../examples/matmul.rs"]
-mod matmul;
-#[path = "../../../examples/oversubscribe.rs"]
-mod oversubscribe;
-#[path = "../../../examples/pipeline.rs"]
-mod pipeline;
-#[path = "../../../examples/reduce.rs"]
-mod reduce;
-#[path = "../../../examples/saxpy.rs"]
-mod saxpy;
+use vkhmm_examples::ALL;
 
 /// Options of `vkhmm demo`.
 #[derive(clap::Args, Debug)]
@@ -33,21 +17,6 @@ pub struct Args {
     #[arg(long)]
     pub full: bool,
 }
-
-/// An example's entry point: runs at the small or the large size, returns the size label.
-type Run = fn(&Runtime, bool) -> anyhow::Result<String>;
-
-/// The examples in the order the table lists them.
-const EXAMPLES: [(&str, Run); 8] = [
-    ("saxpy", saxpy::run),
-    ("reduce", reduce::run),
-    ("matmul", matmul::run),
-    ("histogram", histogram::run),
-    ("blur", blur::run),
-    ("pipeline", pipeline::run),
-    ("linked", linked::run),
-    ("oversubscribe", oversubscribe::run),
-];
 
 /// One row of the table.
 struct Row {
@@ -69,23 +38,25 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         if args.full { ", full sizes" } else { "" }
     );
     let mut rows = Vec::new();
-    for (k, (name, run)) in EXAMPLES.into_iter().enumerate() {
-        eprintln!("[{}/{}] {name} ...", k + 1, EXAMPLES.len());
-        // The oversubscription example needs a small device budget: its own runtime on the
-        // same device and transfer path.
-        let small;
-        let on = if name == "oversubscribe" {
-            small = Runtime::builder()
-                .transfer(rt.device_info().transfer_path)
-                .budget(oversubscribe::budget(args.full))
-                .build()?;
-            &small
-        } else {
-            &rt
+    for (k, example) in ALL.iter().enumerate() {
+        let name = example.name;
+        eprintln!("[{}/{}] {name} ...", k + 1, ALL.len());
+        // An example that needs its own budget (oversubscription) gets its own runtime, on
+        // the same device and transfer path.
+        let own;
+        let on = match example.budget {
+            Some(budget) => {
+                own = Runtime::builder()
+                    .transfer(rt.device_info().transfer_path)
+                    .budget(budget(args.full))
+                    .build()?;
+                &own
+            }
+            None => &rt,
         };
         let before = on.stats();
         let started = Instant::now();
-        let result = run(on, args.full);
+        let result = (example.run)(on, args.full);
         let wall = started.elapsed();
         let stats = on.stats() - before;
         let (size, ok) = match result {

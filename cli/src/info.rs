@@ -1,8 +1,10 @@
 //! `vkhmm info`: what this machine gives vkhmm to work with.
 
-use vkhmm::{
-    DeviceConfig, DeviceInfo, FaultBackend, FaultCapabilities, MemoryTypeInfo, SeccompMode,
+use vkhmm::diagnostics::{
+    probe_fault_capabilities, DeviceConfig, DeviceInfo, FaultCapabilities, MemoryTypeInfo,
+    SeccompMode,
 };
+use vkhmm::FaultBackend;
 
 /// Prints the device report and the fault-mechanism report. A missing device is reported,
 /// not fatal: the fault report still helps.
@@ -12,7 +14,7 @@ pub fn run() -> anyhow::Result<()> {
         Ok(info) => print_device(info),
         Err(e) => println!("Vulkan device: none usable\n  {e}\n"),
     }
-    print_faults(&vkhmm::probe_fault_capabilities());
+    print_faults(&probe_fault_capabilities());
     device.map(drop).map_err(Into::into)
 }
 
@@ -131,8 +133,6 @@ fn print_faults(c: &FaultCapabilities) {
         SeccompMode::Strict => "strict",
         SeccompMode::Filter => "filter (a container profile may forbid userfaultfd)",
         SeccompMode::Unknown => "unknown",
-        #[allow(unreachable_patterns)]
-        _ => "other",
     };
     println!("  seccomp            {seccomp}");
     match &c.signal_error {
