@@ -531,7 +531,14 @@ fn run(r: &Rt, program: &[Step], at: &AtomicUsize) -> Result<(), String> {
 
 /// The `Remap` step on `b` (a no-op unless it is a `Map`). Returns false when the fresh
 /// memory could not be mapped at the unmapped address (`b` has a hole then).
-fn remap(r: &Rt, b: &mut Buf, pages: &Span, seed: u32, delay: u8, what: &str) -> Result<bool, String> {
+fn remap(
+    r: &Rt,
+    b: &mut Buf,
+    pages: &Span,
+    seed: u32,
+    delay: u8,
+    what: &str,
+) -> Result<bool, String> {
     let Mem::Map(m) = &mut b.mem else {
         return Ok(true);
     };
@@ -607,7 +614,9 @@ fn remap(r: &Rt, b: &mut Buf, pages: &Span, seed: u32, delay: u8, what: &str) ->
         ));
     }
     let outside = |i: usize| i < words(lo) || i >= words(hi);
-    let copied = (0..n).filter(|&i| outside(i)).any(|i| data[i] == src[i] && src[i] != b.model[i]);
+    let copied = (0..n)
+        .filter(|&i| outside(i))
+        .any(|i| data[i] == src[i] && src[i] != b.model[i]);
     for i in (0..m.words).filter(|&i| outside(i)) {
         let want = if copied && i < n { src[i] } else { b.model[i] };
         if data[i] != want {
@@ -617,9 +626,7 @@ fn remap(r: &Rt, b: &mut Buf, pages: &Span, seed: u32, delay: u8, what: &str) ->
             ));
         }
     }
-    for i in 0..m.words {
-        b.model[i] = data[i];
-    }
+    b.model.copy_from_slice(data);
     Ok(true)
 }
 

@@ -130,7 +130,8 @@ fn modes() -> Vec<Mode> {
         m(Staged, 2 << 20, true, Vec, Racing, 2),
         m(Direct, 64 << 10, false, Vec, Racing, 1),
         m(Staged, 4 << 10, true, Vec, Random, 2),
-    ]}
+    ]
+}
 
 /// The region under test: its memory and a raw view that threads share.
 enum Region {
@@ -502,7 +503,11 @@ fn remapper_thread(p: &Pass, w: &Watch, rt: &Runtime, copy: &Kernel, seed: u64) 
                 n: SRC_WORDS as u32,
             };
             // Fails or copies: either is fine.
-            let _ = rt.launch(copy, [16, 1, 1], (&src[..], &mut data[..SRC_WORDS], Push(&push)));
+            let _ = rt.launch(
+                copy,
+                [16, 1, 1],
+                (&src[..], &mut data[..SRC_WORDS], Push(&push)),
+            );
             done.store(true, Ordering::Release);
             racer.join().unwrap()
         });
@@ -522,7 +527,11 @@ fn remapper_thread(p: &Pass, w: &Watch, rt: &Runtime, copy: &Kernel, seed: u64) 
         let outside = |j: usize| !fresh.contains(&j);
         let copied = (0..SRC_WORDS).any(|j| outside(j) && data[j] == src[j]);
         for j in (0..SLICE_WORDS).filter(|&j| outside(j)) {
-            let want = if copied && j < SRC_WORDS { src[j] } else { shadow(j) };
+            let want = if copied && j < SRC_WORDS {
+                src[j]
+            } else {
+                shadow(j)
+            };
             if data[j] != want {
                 p.fail(format!(
                     "{what}: word {j} is {}, neither its old value nor the source ({want})",
@@ -711,8 +720,10 @@ fn uffd_stress() {
         // The signal fault backend serves only runtime-owned memory.
         modes.retain(|m| m.memory == Memory::Managed);
     }
-    // One runtime (and kernels) per (path, chunk, fixed), made on first use and kept.
-    let mut runtimes: Vec<((TransferPath, usize, bool), Runtime, Kernel, Kernel)> = Vec::new();
+    // One runtime (and its ADD_K and COPY_U32 kernels) per (path, chunk, fixed), made on
+    // first use and kept.
+    type Key = (TransferPath, usize, bool);
+    let mut runtimes: Vec<(Key, Runtime, Kernel, Kernel)> = Vec::new();
     // A pass lasts 1/10 of the run, at least 1.5 s and at most 10 s.
     let pass_len = Duration::from_secs(secs)
         .div_f64(10.0)

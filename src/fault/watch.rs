@@ -257,9 +257,7 @@ impl LaunchWatch {
                         slots,
                     })
                 }
-                false if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1))
-                }
+                false if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
                 false => {
                     return Err(Error::Os {
                         op: "watch the memory of a launch (every watch slot is taken)",
@@ -387,7 +385,8 @@ mod tests {
         assert_eq!(w.lost(&slots).count(), 0);
         w.changed(0x14000..0x15000, Change::Unmapped);
         w.changed(0x1e000..0x30000, Change::Unmapped); // sticks out of the span
-        assert_eq!(w.lost(&slots).collect::<Vec<_>>(), [0x14000..0x20000]);
+        let lost: Vec<Range<usize>> = w.lost(&slots).collect();
+        assert_eq!(lost, vec![0x14000..0x20000]);
         w.remove_launch(&slots);
         let again = launch(&w, &[0x10000..0x20000, 0x30000..0x31000]).unwrap();
         assert_eq!(w.lost(&again).count(), 0, "a reused slot starts intact");

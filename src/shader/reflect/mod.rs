@@ -97,7 +97,7 @@ pub const MAX_TYPE_DEPTH: u32 = 64;
 /// of the other byte order load too. The bytes need no particular alignment (as from
 /// `include_bytes!` or `std::fs::read`).
 pub fn spirv_words(bytes: &[u8]) -> Result<Vec<u32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(invalid(format!(
             "a SPIR-V module is a whole number of 4-byte words; got {} bytes",
             bytes.len()
