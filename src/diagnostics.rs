@@ -27,7 +27,7 @@ pub use crate::device::{
     DeviceConfig, DeviceFeatures, DeviceInfo, DeviceLimits, DeviceType, MemoryHeapInfo,
     MemoryTypeInfo,
 };
-pub use crate::fault::probe::{
+pub use crate::trap::probe::{
     probe as probe_fault_capabilities, DevNodeAccess, FaultCapabilities, OpenMode as UffdMode,
     ProbeAttempt, ProbeFailure, SeccompMode,
 };

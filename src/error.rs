@@ -14,7 +14,7 @@
 //! No variant carries a type of the Vulkan bindings vkhmm is built on: a Vulkan result is a
 //! plain [`VulkanCode`], and the loader's failure is a boxed [`std::error::Error`] source.
 //! Conversions from raw codes live next to the code that calls the API (`device::map`,
-//! `fault::uffd`), named after the codes they accept.
+//! `trap::uffd`), named after the codes they accept.
 
 use std::fmt;
 

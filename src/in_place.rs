@@ -12,13 +12,13 @@
 //! the worker lock): an import is only dropped under that lock, which settles the launch in
 //! flight first, so no submitted kernel ever uses a freed import. The fault handler never
 //! touches it; it only marks the range's watch dead when the program unmaps or discards
-//! the pages (`fault::watch`), and [`InPlaceSet::reap`] drops such imports before the next
+//! the pages (`space::watch`), and [`InPlaceSet::reap`] drops such imports before the next
 //! launch could use them. A later launch on memory mapped there again is an ordinary one.
 
 use std::ops::Range;
 
 use crate::device::HostImport;
-use crate::fault::watch::{WatchId, Watches};
+use crate::space::watch::{WatchId, Watches};
 
 /// One range accessed in place.
 pub(crate) struct InPlace {

@@ -92,14 +92,17 @@ pub mod inject;
 mod inject;
 mod managed;
 mod migrate;
+mod pages;
 // A few page and extent helpers serve only the mirror's unit tests.
 #[allow(dead_code)]
 pub(crate) mod mirror;
 mod runtime;
 mod scope;
 pub mod shader;
+mod space;
 mod stats;
 mod sys;
+mod trap;
 
 /// The WGSL kernels bundled in `shaders/`, compiled to SPIR-V by `build.rs`.
 ///
@@ -115,9 +118,9 @@ pub mod shaders {
 pub use args::{Arg, KernelArgs, Push};
 pub use device::TransferPath;
 pub use error::{Error, MemoryReason, Result, VulkanCode};
-pub use fault::service::FaultBackend;
 pub use managed::Managed;
 pub use mirror::{advice::Advice, Location, Residency};
 pub use runtime::{Kernel, Runtime, RuntimeBuilder};
 pub use scope::{Pending, Scope};
 pub use stats::Stats;
+pub use trap::FaultBackend;

@@ -59,7 +59,7 @@ impl<T: Pod> Managed<T> {
         .map_err(|e| Error::os("mmap for Managed", e))?;
         let ptr = NonNull::new(p.cast::<T>())
             .ok_or_else(|| Error::InvalidConfig("mmap returned null".into()))?;
-        if !crate::fault::signal::add_managed(p as usize, bytes) {
+        if !crate::trap::signal::add_managed(p as usize, bytes) {
             tracing::warn!(
                 bytes,
                 "too many live Managed allocations: the signal fault backend will refuse this one"
@@ -135,7 +135,7 @@ impl<T: Pod> Drop for Managed<T> {
             return;
         }
         let start = self.ptr.as_ptr() as usize;
-        crate::fault::service::FaultService::forget_managed(start..start + bytes);
+        crate::fault::forget_managed(start..start + bytes);
         // SAFETY: the mapping was created by `zeroed` with this length and is owned by this
         // value; no reference into it outlives `self`.
         if let Err(e) = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), bytes) } {

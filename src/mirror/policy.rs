@@ -8,7 +8,7 @@
 //! buffer ends up moving 2 MiB per fault — what NVIDIA UVM does with its 64 KiB fault
 //! batches grown within 2 MiB blocks.
 //! A window of at least `split` pages is installed by two threads, half each
-//! (`fault::assist`): the kernel's per-page work, not memory bandwidth, bounds one thread.
+//! (`pages::halves`): the kernel's per-page work, not memory bandwidth, bounds one thread.
 //!
 //! **Eviction.** When a launch needs more device memory than the budget leaves, the least
 //! recently used extents that the launch itself does not use are evicted first.

@@ -129,7 +129,7 @@ fn limits(r: &mut Report, budget: Budget, size: usize, memcpy: f64) -> anyhow::R
         ),
     ];
     // The last row is the ceiling of vkhmm's sequential read fault-back as built: `Shared`
-    // pages installed write-protected by two threads, half each (`fault::assist`).
+    // pages installed write-protected by two threads, half each (`pages::halves`).
     // (Not on one CPU, where vkhmm splits no window either.)
     let mut primitives = vec![
         (64 * KIB, 1, false),

@@ -1,10 +1,11 @@
-//! The `signal` fault backend: `mprotect` + `SIGSEGV`, for runtime-owned memory only.
+//! The `signal` fault backend's primitives: `mprotect` + `SIGSEGV`, for runtime-owned memory
+//! only.
 //!
-//! # What this room does
+//! # What this module does
 //!
 //! Where userfaultfd cannot be opened (seccomp, as under Docker's default profile; no
-//! permission) or lacks write protection, the fault service traps CPU touches with page
-//! protections instead (the design brief §4):
+//! permission) or lacks write protection, CPU touches are trapped with page protections
+//! instead:
 //!
 //! | page state | protection | a CPU access |
 //! |---|---|---|
@@ -20,9 +21,10 @@
 //! handed over again). Every other fault is chained to the handler that was installed
 //! before (`sys::guarded::Chained`).
 //!
-//! The helper ([`Helper`]) resolves faults with the same code as the userfaultfd handler
-//! (`service::copy_back`, `service::release_shared`) through the service's [`Backend`]; this
-//! backend's `copy` writes through `/proc/self/mem` (below), and its `write_protect` and
+//! The helper thread (`fault::signal_helper`) takes faults from the slots ([`take_pending`],
+//! [`complete`]) and resolves them with the same code as the userfaultfd handler, through the
+//! running `trap::Backend`; this backend's `copy` writes through `/proc/self/mem` (below),
+//! and its `write_protect` and
 //! `wake` are `mprotect` and a poke of the helper.
 //!
 //! # Why `/proc/self/mem`
@@ -79,10 +81,7 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use rustix::io::Errno;
 use rustix::thread::futex;
 
-use super::service::{self, FaultService, Outcome};
 use super::uffd::CopyError;
-use crate::migrate::{Counters, Ext};
-use crate::mirror::page::Residence;
 use crate::mirror::plan::page_floor;
 use crate::mirror::PAGE;
 use crate::sys::guarded::Chained;
@@ -168,7 +167,7 @@ pub(crate) fn is_managed(span: &Range<usize>) -> bool {
 // Fault slots: the handler's mailbox
 
 /// Faults that can wait at once; a thread finding every slot taken waits for a free one.
-const SLOTS: usize = 256;
+pub(crate) const SLOTS: usize = 256;
 
 const FREE: u32 = 0;
 const FILLING: u32 = 1;
@@ -262,7 +261,48 @@ fn submit(page: usize, access: u32) {
     }
 }
 
-fn complete(i: usize) {
+/// What the access that faulted did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    Read,
+    Write,
+    /// The architecture does not say (only x86-64 reads the page-fault error code).
+    Unknown,
+}
+
+/// Makes the calling thread the helper: its own faults are chained, never waited on (it
+/// would wait for itself).
+pub(crate) fn become_helper() {
+    HELPER_TID.store(sys::gettid(), Ordering::Release);
+}
+
+/// Takes every fault handed over since the last call (each slot `PENDING` → `TAKEN`) and
+/// calls `take` with its slot; the helper then owns it until [`complete`].
+pub(crate) fn take_pending(mut take: impl FnMut(usize)) {
+    for (i, slot) in SLOT.iter().enumerate() {
+        if slot
+            .state
+            .compare_exchange(PENDING, TAKEN, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            take(i);
+        }
+    }
+}
+
+/// The fault the helper took in slot `i`: its page and access.
+pub(crate) fn fault(i: usize) -> (usize, Access) {
+    let page = SLOT[i].addr.load(Ordering::Relaxed);
+    let access = match SLOT[i].access.load(Ordering::Relaxed) {
+        READ => Access::Read,
+        WRITE => Access::Write,
+        _ => Access::Unknown,
+    };
+    (page, access)
+}
+
+/// The fault in slot `i` is resolved: its thread returns from the handler and retries.
+pub(crate) fn complete(i: usize) {
     SLOT[i].state.store(DONE, Ordering::Release);
     let _ = futex::wake(&SLOT[i].state, futex::Flags::PRIVATE, 1);
 }
@@ -437,160 +477,8 @@ pub(crate) fn probe() -> Result<(), String> {
 }
 
 /// Starts the backend's process-wide parts: the slots' eventfd and owner, the handler.
-pub(super) fn start(wake_fd: &OwnedFd) -> std::io::Result<()> {
+pub(crate) fn start(wake_fd: &OwnedFd) -> std::io::Result<()> {
     WAKE_FD.store(wake_fd.as_raw_fd(), Ordering::Release);
     OWNER_PID.store(pid(), Ordering::Release);
     SEGV.install(libc::SIGSEGV, on_sigsegv)
-}
-
-// ------------------------------------------------------------------------------------------
-// The helper thread
-
-/// The helper thread: takes faults from the slots and resolves them.
-pub(super) struct Helper {
-    svc: &'static FaultService,
-    deferred: Vec<(usize, Outcome)>,
-}
-
-impl Helper {
-    pub fn new(svc: &'static FaultService) -> Self {
-        Helper {
-            svc,
-            deferred: Vec::with_capacity(SLOTS),
-        }
-    }
-
-    pub fn run(mut self) {
-        HELPER_TID.store(sys::gettid(), Ordering::Release);
-        self.svc.warm_reader();
-        loop {
-            self.wait();
-            let gate = self.svc.begin_round();
-            for (i, slot) in SLOT.iter().enumerate() {
-                let taken = slot
-                    .state
-                    .compare_exchange(PENDING, TAKEN, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok();
-                if !taken {
-                    continue;
-                }
-                match self.resolve(i) {
-                    Outcome::Done => complete(i),
-                    o => {
-                        self.count_deferred(i);
-                        self.deferred.push((i, o));
-                    }
-                }
-            }
-            self.svc.finish_round(|| self.retry_deferred());
-            drop(gate);
-            self.svc.mirror.handler_idle();
-        }
-    }
-
-    fn wait(&self) {
-        use rustix::event::{PollFd, PollFlags};
-        let ms = |n: i64| rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: n * 1_000_000,
-        };
-        let timeout = if self.deferred.iter().any(|(_, o)| *o == Outcome::Retry) {
-            Some(ms(1))
-        } else if !self.deferred.is_empty() {
-            Some(ms(20))
-        } else {
-            None
-        };
-        let mut fds = [PollFd::new(&self.svc.wake, PollFlags::IN)];
-        let _ = rustix::event::poll(&mut fds, timeout.as_ref());
-    }
-
-    /// Retries the deferred faults; returns whether some are still deferred.
-    fn retry_deferred(&mut self) -> bool {
-        let mut k = 0;
-        while k < self.deferred.len() {
-            let i = self.deferred[k].0;
-            match self.resolve(i) {
-                Outcome::Done => {
-                    complete(i);
-                    self.deferred.swap_remove(k);
-                }
-                o => {
-                    self.deferred[k].1 = o;
-                    k += 1;
-                }
-            }
-        }
-        !self.deferred.is_empty()
-    }
-
-    fn count_deferred(&self, i: usize) {
-        let page = SLOT[i].addr.load(Ordering::Relaxed);
-        self.svc.mirror.lookup(page, |e, _| {
-            Counters::add(&e.device().ctx.counters.deferred_faults, 1)
-        });
-    }
-
-    fn resolve(&self, i: usize) -> Outcome {
-        let page = SLOT[i].addr.load(Ordering::Relaxed);
-        let access = SLOT[i].access.load(Ordering::Relaxed);
-        self.svc
-            .mirror
-            .lookup(page, |ext, idx| self.resolve_in(ext, idx, access))
-            .unwrap_or_else(|| self.unmirrored(page))
-    }
-
-    /// A fault in managed memory the mirror does not track (an extent retired meanwhile,
-    /// its pages already brought home): its host copy is all there is.
-    fn unmirrored(&self, page: usize) -> Outcome {
-        if managed_range(page).is_some() {
-            let _ = self
-                .svc
-                .backend
-                .signal()
-                .map(|t| t.protect(page, PAGE, Prot::ReadWrite));
-        }
-        Outcome::Done
-    }
-
-    fn resolve_in(&self, ext: &Ext, idx: usize, access: u32) -> Outcome {
-        let bits = ext.cell(idx).load();
-        if bits.gone() {
-            return Outcome::Done; // unmapped: the retry faults as SEGV_MAPERR and is chained
-        }
-        if bits.busy() {
-            return Outcome::Wait;
-        }
-        match bits.residence() {
-            Residence::Device => service::copy_back(self.svc, ext, idx, access == WRITE),
-            // A read of a Shared page cannot fault (it is PROT_READ): the fault is stale,
-            // raised while the page was still PROT_NONE. Where the access kind is unknown,
-            // treating it as a write costs the device copy, never data.
-            Residence::Shared if access == READ => self.reprotect(ext, idx, Residence::Shared),
-            Residence::Shared => service::release_shared(self.svc, ext, idx),
-            Residence::Host => self.reprotect(ext, idx, Residence::Host),
-        }
-    }
-
-    /// A stale fault: makes sure the page has its state's protection, under a claim
-    /// (hazard 1), and lets the thread retry.
-    fn reprotect(&self, ext: &Ext, idx: usize, state: Residence) -> Outcome {
-        let cell = ext.cell(idx);
-        if cell
-            .try_claim(|b| b.residence() == state && !b.gone())
-            .is_none()
-        {
-            return Outcome::Wait;
-        }
-        let prot = if state == Residence::Host {
-            Prot::ReadWrite
-        } else {
-            Prot::Read
-        };
-        if let Some(t) = self.svc.backend.signal() {
-            let _ = t.protect(ext.page_addr(idx), PAGE, prot);
-        }
-        cell.release(state);
-        Outcome::Done
-    }
 }

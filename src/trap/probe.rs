@@ -11,9 +11,9 @@
 use std::fmt;
 use std::io;
 
-use super::service::{Choice, FaultBackend, REQUIRED};
 pub use super::uffd::OpenMode;
 use super::uffd::{feature_names, Uffd, DEV_NODE, KNOWN_FEATURES, SERVICE_FEATURES};
+use super::{Choice, FaultBackend, REQUIRED};
 
 /// What the machine and this process allow the fault service to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use super::uffd::{CopyError, Uffd};
 use super::watch::LaunchWatch;
 use crate::mirror::PAGE;
 use crate::sys;
+use crate::trap::uffd::{CopyError, Uffd};
 
 /// Bytes moved out per round (the parking's usable size).
 const WINDOW: usize = 32 << 20;

@@ -16,8 +16,6 @@
 
 use std::sync::{Condvar, Mutex, MutexGuard, Once, PoisonError};
 
-use super::service::FaultService;
-
 /// Who holds the fork gate: any number of migrating operations, or one `fork()`.
 struct GateState {
     migrating: usize,
@@ -112,13 +110,16 @@ unsafe extern "C" fn child() {
 }
 
 fn bring_everything_home() {
-    let Ok(svc) = FaultService::get() else { return };
-    svc.sync_events();
+    let Some(space) = crate::fault::running() else {
+        return;
+    };
+    space.sync_events();
     // Under the signal backend, `Shared` pages are PROT_READ, and the child (no helper
     // thread) could not serve a write to one: bring everything home as `Host`.
-    let keep_device = svc.backend.signal().is_none();
-    for owner in crate::migrate::owners(svc, 0..usize::MAX) {
-        if let Err(e) = crate::migrate::bring_home(svc, &owner, 0..usize::MAX, keep_device, true) {
+    let keep_device = space.backend.signal().is_none();
+    for owner in crate::migrate::owners(space, 0..usize::MAX) {
+        if let Err(e) = crate::migrate::bring_home(space, &owner, 0..usize::MAX, keep_device, true)
+        {
             tracing::error!(error = %e, "copying device-resident pages home before fork() failed");
         }
     }

@@ -1,6 +1,6 @@
-//! The fault handler's assistant: a second thread that installs the upper half of a large
-//! range moved home — a fault-back window, or a run of `prefetch(Host)`, eviction or drop —
-//! while the thread that claimed it installs the lower half.
+//! Installing a large range in two halves at once: a second thread, the assistant, installs
+//! the upper half of a range moved home — a fault-back window, or a run of `prefetch(Host)`,
+//! eviction or drop — while the thread that claimed it installs the lower half.
 //!
 //! Bringing a window home is one `UFFDIO_COPY` per run of pages, and that ioctl is bound by
 //! the kernel's work per 4 KiB page (allocating it, charging it to the memory cgroup,
@@ -24,22 +24,27 @@
 //!
 //! The poster releases no page of the range (and the handler does not leave its busy epoch
 //! of the mirror) until [`Assist::wait`] returns, so the extent a job names outlives the job,
-//! and each half is released by its own outcome (`service::install_window`,
-//! `migrate::to_host_claimed`): a half that stopped early never makes the other half's
+//! and each half is released by its own outcome (`fault::resolve::install_window`,
+//! `migrate::home::to_host_claimed`): a half that stopped early never makes the other half's
 //! installed pages look absent.
 //!
 //! The assistant follows the handler's rules (docs/architecture.md, "deadlock-free"): it
 //! allocates nothing after start-up, takes no lock a launcher holds, and reads device memory
-//! only through its own transfer context ([`DeviceContext::assist_transfer`]).
+//! only through its own transfer context ([`Owner::assist_transfer`]). The fault service
+//! starts it ([`spawn_assistant`]) on machines with two or more CPUs.
 //!
-//! [`DeviceContext::assist_transfer`]: crate::migrate::DeviceContext
+//! [`Owner::assist_transfer`]: crate::space::Owner
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::migrate::{Ext, Installed};
+use std::sync::atomic::AtomicBool;
+
+use super::install::{Installed, Kind};
+use crate::mirror::policy::split_point;
+use crate::space::{Counters, Ext};
 use crate::Result;
 
 /// Half a window for the assistant: pages `pages` of `*ext`, claimed by the poster.
@@ -47,32 +52,6 @@ pub(crate) struct Job {
     ext: *const Ext,
     pub pages: Range<usize>,
     pub kind: Kind,
-}
-
-/// What a job is for, which says how its pages are installed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// Serving a CPU fault: write-protected except page `writable`; waiters stay asleep until
-    /// the handler has done its bookkeeping and wakes them.
-    Fault { writable: Option<usize> },
-    /// A bulk move home (`prefetch(Host)`, eviction, drop): write-protected iff `protect`;
-    /// waiters wake as their pages land.
-    Bulk { protect: bool },
-}
-
-impl Kind {
-    /// Whether page `i` is installed write-protected.
-    pub fn write_protects(self, i: usize) -> bool {
-        match self {
-            Kind::Fault { writable } => Some(i) != writable,
-            Kind::Bulk { protect } => protect,
-        }
-    }
-
-    /// Whether waiters wake as their pages land (a fault's poster wakes them itself).
-    pub fn wakes_waiters(self) -> bool {
-        matches!(self, Kind::Bulk { .. })
-    }
 }
 
 /// A range installed in one piece or in two halves at once, each with its outcome, lower
@@ -221,6 +200,60 @@ impl Assist {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         slot
+    }
+}
+
+/// The process's assistant.
+static ASSIST: Assist = Assist::new();
+/// Whether the assistant runs ([`spawn_assistant`]).
+static ASSISTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the assistant runs, so that runtimes can give it a transfer context (settled
+/// before the fault service is handed out).
+pub(crate) fn assisted() -> bool {
+    ASSISTED.load(Ordering::Acquire)
+}
+
+/// Starts the assistant on a thread of its own, serving every job with `install` (which may
+/// call [`Job::ext`]); returns whether it runs (without it, every range is installed by the
+/// thread that claimed it).
+pub(crate) fn spawn_assistant(
+    install: impl Fn(&Job) -> Result<Installed> + Send + 'static,
+) -> bool {
+    let spawned = std::thread::Builder::new()
+        .name("vkhmm-assist".into())
+        .spawn(move || ASSIST.run(install))
+        .is_ok();
+    ASSISTED.store(spawned, Ordering::Release);
+    spawned
+}
+
+/// Installs the claimed `pages` of `ext` as `kind` says: in two halves at once when the
+/// range is large enough for `ext`'s policy to split and the assistant is free (the
+/// upper half by the assistant, with its own transfer context), else in one piece; the
+/// calling thread's part by `install`. Returns once every part is done; the caller
+/// releases each part by its own outcome.
+pub(crate) fn install_halves(
+    ext: &Ext,
+    pages: Range<usize>,
+    kind: Kind,
+    install: impl FnOnce(Range<usize>) -> Result<Installed>,
+) -> Halves {
+    let mid = split_point(&ext.device().owner.policy, pages.clone())
+        .filter(|_| ASSISTED.load(Ordering::Acquire))
+        .filter(|_| ext.device().owner.assist_transfer.is_some())
+        .filter(|&mid| ASSIST.try_post(Job::new(ext, mid..pages.end, kind)));
+    let Some(mid) = mid else {
+        return Halves {
+            low: (pages.clone(), install(pages)),
+            high: None,
+        };
+    };
+    Counters::add(&ext.device().owner.counters.parallel_installs, 1);
+    let low = install(pages.start..mid);
+    Halves {
+        low: (pages.start..mid, low),
+        high: Some((mid..pages.end, ASSIST.wait())),
     }
 }
 

@@ -1,0 +1,298 @@
+//! Resolving one CPU fault on a mirrored page — shared by the userfaultfd handler and the
+//! `signal` backend's helper, which differ only in how faults reach them.
+//!
+//! - a touch of a `Device` page ([`copy_back`]): claim the window around it (64 KiB by
+//!   default, grown on sequential access, `mirror::policy::fault_window`), install the
+//!   device bytes (in two halves at once when large, `pages::halves`), release the pages
+//!   `Shared` (or `Host` for the written page), count and wake; a stream that reached the
+//!   largest window reads ahead;
+//! - a write to a `Shared` page ([`release_shared`]): the chunk's `Shared` pages lose write
+//!   protection and become `Host`.
+//!
+//! A page someone else holds (`BUSY`) is deferred ([`Outcome::Wait`]); a failed or refused
+//! install releases the pages as they were and retries ([`Outcome::Retry`]). Nothing here
+//! allocates, locks anything but the transfer context of its own thread, or waits for a
+//! thread that may be blocked in a fault.
+
+use std::ops::Range;
+use std::sync::{Mutex, PoisonError};
+
+use crate::device::Transfer;
+use crate::mirror::page::{PageBits, Residence};
+use crate::mirror::policy::fault_window;
+use crate::mirror::PAGE;
+use crate::pages::halves::{install_halves, Job};
+use crate::pages::install::{install_in_place, InstallStop, Installed, Kind};
+use crate::space::{AddressSpace, Counters, Ext};
+use crate::{Error, Result};
+
+/// What became of a fault.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Outcome {
+    /// Resolved (or nothing left to resolve): the thread is awake.
+    Done,
+    /// The page is claimed: retry when poked.
+    Wait,
+    /// The address space is changing or a transfer failed: retry on a timer.
+    Retry,
+}
+
+/// A write to a `Shared` page: the chunk's `Shared` pages become `Host` (their device
+/// copies are stale from now on).
+pub(crate) fn release_shared(svc: &AddressSpace, ext: &Ext, idx: usize) -> Outcome {
+    let ctx = &ext.device().owner;
+    let shared = |b: PageBits| b.residence() == Residence::Shared;
+    let (a, b) = match claim_around(ext, idx, ctx.policy.base, shared) {
+        Some(r) => r,
+        None => return Outcome::Wait,
+    };
+    let r = svc
+        .backend
+        .write_protect(ext.page_addr(a), (b - a) * PAGE, false, false);
+    let settled = if r.is_ok() {
+        Residence::Host
+    } else {
+        Residence::Shared
+    };
+    for i in a..b {
+        ext.cell(i).release(settled);
+    }
+    match r {
+        Ok(()) => {
+            // Bookkeeping before the wake: the writer may read the counters next.
+            Counters::add(&ctx.counters.cpu_faults, 1);
+            ext.note_cpu_fault();
+            let _ = svc.backend.wake(ext.page_addr(a), (b - a) * PAGE);
+            Outcome::Done
+        }
+        Err(_) => Outcome::Retry,
+    }
+}
+
+/// Installs the device copy of the claimed, absent pages `pages` of `ext` at their own
+/// addresses as `kind` says (write protection, who wakes waiters), through `transfer` (the
+/// handler's own transfer context, or the assistant's). A `Kind::Fault` install is where the
+/// `FaultHandler` injection site fires.
+pub(crate) fn install_claimed(
+    svc: &AddressSpace,
+    ext: &Ext,
+    pages: Range<usize>,
+    transfer: &Mutex<Transfer>,
+    kind: Kind,
+) -> Result<Installed> {
+    let mut transfer = transfer.lock().unwrap_or_else(PoisonError::into_inner);
+    // A panic in here (an assertion in the transfer code, or an injected one) must not end
+    // the handler thread: every thread waiting on a fault would sleep for ever. It becomes an
+    // error, which each caller already turns into "release the claimed pages as they were
+    // and retry". (Unwinding allocates; a panic is the one exception to the handler's
+    // no-allocation rule.)
+    let run = std::panic::AssertUnwindSafe(|| {
+        let fault = matches!(kind, Kind::Fault { .. });
+        if fault && crate::inject::hit(crate::inject::Site::FaultHandler) {
+            panic!("vkhmm: injected fault-handler panic");
+        }
+        install_in_place(svc, &mut transfer, ext, pages, kind)
+    });
+    match std::panic::catch_unwind(run) {
+        Ok(result) => result,
+        Err(_) => {
+            Counters::add(&ext.device().owner.counters.handler_panics, 1);
+            transfer.recover();
+            Err(Error::Os {
+                op: "the fault handler (it panicked)",
+                source: std::io::ErrorKind::Interrupted.into(),
+            })
+        }
+    }
+}
+
+/// A touch of a `Device` page: bring back the window around it.
+pub(crate) fn copy_back(svc: &AddressSpace, ext: &Ext, idx: usize, write: bool) -> Outcome {
+    let ctx = &ext.device().owner;
+    let first = ext.start() / PAGE;
+    let w = fault_window(
+        &ctx.policy,
+        first + idx,
+        first..first + ext.pages(),
+        ext.stream(),
+    );
+    let Some((a, b)) = claim_within(ext, idx, w.pages.start - first..w.pages.end - first, device)
+    else {
+        return Outcome::Wait;
+    };
+    ext.set_stream(w.next, w.size);
+    let (done, outcome) = install_window(svc, ext, a..b, write.then_some(idx));
+    if done > 0 {
+        // Counted before the wake, so the faulting thread sees its own fault in `stats`.
+        Counters::add(&ctx.counters.cpu_faults, 1);
+        ext.note_cpu_fault();
+        let _ = svc.backend.wake(ext.page_addr(a), done * PAGE);
+    }
+    if outcome == Outcome::Done && done == b - a && w.size >= ctx.policy.max && ctx.policy.adaptive
+    {
+        read_ahead(svc, ext);
+    }
+    outcome
+}
+
+fn device(b: PageBits) -> bool {
+    b.residence() == Residence::Device
+}
+
+/// A stream whose windows have grown to the largest size: installs its next window now,
+/// before the CPU faults on it, so that the next fault's round trip (the toucher blocks, this
+/// thread wakes, then wakes it) overlaps a copy instead of adding to it. The pages come back
+/// as a read fault would bring them (`Shared`); nothing is counted as a CPU fault. Pages
+/// that are not `Device`, or claimed, end the window there; a failure leaves the pages
+/// `Device` for the ordinary fault path.
+fn read_ahead(svc: &AddressSpace, ext: &Ext) {
+    let ctx = &ext.device().owner;
+    let first = ext.start() / PAGE;
+    let (next, size) = ext.stream();
+    if next < first || next >= first + ext.pages() {
+        return;
+    }
+    let w = fault_window(&ctx.policy, next, first..first + ext.pages(), (next, size));
+    let idx = next - first;
+    let Some((a, b)) = claim_within(ext, idx, idx..w.pages.end - first, device) else {
+        return;
+    };
+    ext.set_stream(w.next, w.size);
+    let (done, _) = install_window(svc, ext, a..b, None);
+    if done > 0 {
+        // A thread that touched these pages meanwhile waits on them.
+        let _ = svc.backend.wake(ext.page_addr(a), done * PAGE);
+    }
+}
+
+/// Installs the claimed `Device` pages `pages` (write-protected, except page `writable`) and
+/// releases them to what they became; returns how many from the start were installed and
+/// what becomes of the fault. Counts the bytes.
+///
+/// A window of at least `policy.split` pages is installed in two halves at once, the upper
+/// one by the assistant (`fault::assist`); each half is released by its own outcome. When
+/// the lower half stopped early, pages the upper half installed are woken here (the caller
+/// wakes only the prefix it is told of).
+fn install_window(
+    svc: &AddressSpace,
+    ext: &Ext,
+    pages: Range<usize>,
+    writable: Option<usize>,
+) -> (usize, Outcome) {
+    let kind = Kind::Fault { writable };
+    let transfer = &ext.device().owner.fault_transfer;
+    let halves = install_halves(ext, pages, kind, |part| {
+        install_claimed(svc, ext, part, transfer, kind)
+    });
+    let (low, got) = halves.low;
+    let (low_done, low_outcome) = settle(ext, low.clone(), got, kind);
+    let Some((high, got)) = halves.high else {
+        return (low_done, low_outcome);
+    };
+    let (high_done, high_outcome) = settle(ext, high.clone(), got, kind);
+    let outcome = if low_outcome == Outcome::Retry {
+        low_outcome
+    } else {
+        high_outcome
+    };
+    if low_done == low.len() {
+        (low_done + high_done, outcome)
+    } else {
+        if high_done > 0 {
+            let _ = svc
+                .backend
+                .wake(ext.page_addr(high.start), high_done * PAGE);
+        }
+        (low_done, outcome)
+    }
+}
+
+/// Counts the bytes of an install of the claimed pages `pages` and releases them: the
+/// installed prefix to `Shared` (write-protected by `kind`) or `Host`, the rest to `Device`.
+/// Returns the installed prefix's length and what becomes of the fault.
+fn settle(
+    ext: &Ext,
+    pages: Range<usize>,
+    installed: Result<Installed>,
+    kind: Kind,
+) -> (usize, Outcome) {
+    let ctx = &ext.device().owner;
+    let (a, b) = (pages.start, pages.end);
+    let (done, outcome) = match installed {
+        Ok(g) => {
+            Counters::add(&ctx.counters.bytes_to_host, g.bytes);
+            let done = ((g.bytes as usize) / PAGE + g.already_present as usize).min(b - a);
+            match g.stop {
+                None => (b - a, Outcome::Done),
+                Some(InstallStop::Again) => (done, Outcome::Retry),
+                Some(InstallStop::Gone) => (done, Outcome::Done),
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading device memory for a CPU fault failed; retrying");
+            (0, Outcome::Retry)
+        }
+    };
+    for i in a..b {
+        let settled = if i - a >= done {
+            Residence::Device
+        } else if kind.write_protects(i) {
+            Residence::Shared
+        } else {
+            Residence::Host
+        };
+        ext.cell(i).release(settled);
+    }
+    (done, outcome)
+}
+
+/// The assistant's half of a range: installed as its poster installs the other half, through
+/// the assistant's own transfer context.
+pub(crate) fn assist_install(svc: &AddressSpace, job: &Job) -> Result<Installed> {
+    // SAFETY: called while the job is served; its poster waits for the result.
+    let ext = unsafe { job.ext() };
+    match &ext.device().owner.assist_transfer {
+        Some(transfer) => install_claimed(svc, ext, job.pages.clone(), transfer, job.kind),
+        // Not posted without one (`install_halves`); should it happen, the half is retried.
+        // (No allocation: the assistant keeps the handler's rules.)
+        None => Err(Error::Os {
+            op: "the fault handler's assistant (it has no transfer context)",
+            source: std::io::ErrorKind::Unsupported.into(),
+        }),
+    }
+}
+
+/// Claims page `idx` and the contiguous pages around it that `want` accepts, within the
+/// aligned window of `chunk` pages. Returns the claimed index range.
+pub(crate) fn claim_around(
+    ext: &Ext,
+    idx: usize,
+    chunk: usize,
+    want: impl Fn(PageBits) -> bool + Copy,
+) -> Option<(usize, usize)> {
+    let first = ext.start() / PAGE;
+    let abs = first + idx;
+    let lo = (abs - abs % chunk.max(1)).max(first) - first;
+    let hi = (lo + first + chunk.max(1)).min(first + ext.pages()) - first;
+    claim_within(ext, idx, lo..hi, want)
+}
+
+/// Claims page `idx`, then extends the claim backwards and forwards within `limit` over
+/// pages `want` accepts. Returns the claimed range, or `None` if `idx` itself is taken.
+pub(crate) fn claim_within(
+    ext: &Ext,
+    idx: usize,
+    limit: Range<usize>,
+    want: impl Fn(PageBits) -> bool + Copy,
+) -> Option<(usize, usize)> {
+    ext.cell(idx).try_claim(want)?;
+    let mut a = idx;
+    while a > limit.start && ext.cell(a - 1).try_claim(want).is_some() {
+        a -= 1;
+    }
+    let mut b = idx + 1;
+    while b < limit.end && ext.cell(b).try_claim(want).is_some() {
+        b += 1;
+    }
+    Some((a, b))
+}

@@ -1,0 +1,233 @@
+//! Copying the device copy of claimed, absent pages into place with `UFFDIO_COPY` (or the
+//! `signal` backend's equivalent): the fault handler's windows, its assistant's halves and
+//! bulk moves home all install this way. Nothing here allocates: the handler calls it.
+
+use std::ops::Range;
+
+use crate::device::Transfer;
+use crate::mirror::PAGE;
+use crate::space::{AddressSpace, Ext};
+use crate::trap::uffd::CopyError;
+use crate::trap::Backend;
+use crate::{Error, Result};
+
+/// What a job is for, which says how its pages are installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Serving a CPU fault: write-protected except page `writable`; waiters stay asleep until
+    /// the handler has done its bookkeeping and wakes them.
+    Fault { writable: Option<usize> },
+    /// A bulk move home (`prefetch(Host)`, eviction, drop): write-protected iff `protect`;
+    /// waiters wake as their pages land.
+    Bulk { protect: bool },
+}
+
+impl Kind {
+    /// Whether page `i` is installed write-protected.
+    pub fn write_protects(self, i: usize) -> bool {
+        match self {
+            Kind::Fault { writable } => Some(i) != writable,
+            Kind::Bulk { protect } => protect,
+        }
+    }
+
+    /// Whether waiters wake as their pages land (a fault's poster wakes them itself).
+    pub fn wakes_waiters(self) -> bool {
+        matches!(self, Kind::Bulk { .. })
+    }
+}
+
+/// Why an [`install`] stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InstallStop {
+    /// The address space is changing (`EAGAIN`): release the pages and retry later.
+    Again,
+    /// The host range is gone (`ENOENT`/`ESRCH`): the pages will be marked `GONE`.
+    Gone,
+}
+
+/// Result of an [`install`]: bytes installed, pages found already present, or a stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Installed {
+    pub bytes: u64,
+    pub already_present: u64,
+    pub stop: Option<InstallStop>,
+}
+
+/// [`install`] of the claimed, absent pages `pages` of `ext` at their own addresses, as
+/// `kind` says (write protection, whether waiters wake as their pages land): the fault
+/// handler's windows, its assistant's halves and bulk moves home all install this way.
+///
+/// A bulk move home runs outside the handler's rounds, so events are processed meanwhile:
+/// each piece is copied holding the gate, skipping pages that went `GONE` since they were
+/// claimed, so that nothing lands in memory mapped there since (a fault's window is installed
+/// within the handler's round, which holds the gate already).
+pub(crate) fn install_in_place(
+    svc: &AddressSpace,
+    transfer: &mut Transfer,
+    ext: &Ext,
+    pages: Range<usize>,
+    kind: Kind,
+) -> Result<Installed> {
+    let dst = ext.page_addr(pages.start);
+    let guarded = matches!(kind, Kind::Bulk { .. }) && svc.backend.signal().is_none();
+    install(
+        &svc.backend,
+        transfer,
+        ext,
+        pages,
+        dst,
+        |i| kind.write_protects(i),
+        kind.wakes_waiters(),
+        guarded.then_some(svc),
+    )
+}
+
+/// Copies the device copy of the claimed, absent pages `pages` of `ext` into host memory at
+/// `dst` (the address of the first page; normally `ext.page_addr(pages.start)`), page `i`
+/// write-protected iff `wp(i)`. With `wake` false, threads waiting on the pages stay asleep
+/// until the caller wakes them (`Backend::wake`) after its bookkeeping. With `events`, each
+/// piece is copied holding that service's gate, pages gone since they were claimed skipped
+/// (counted as already present; `dst` must then be the pages' own address). Allocates
+/// nothing: the fault handler calls it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn install(
+    trap: &Backend,
+    transfer: &mut Transfer,
+    ext: &Ext,
+    pages: Range<usize>,
+    dst: usize,
+    wp: impl Fn(usize) -> bool,
+    wake: bool,
+    events: Option<&AddressSpace>,
+) -> Result<Installed> {
+    let mut out = Installed {
+        bytes: 0,
+        already_present: 0,
+        stop: None,
+    };
+    let mut i = pages.start;
+    while i < pages.end && out.stop.is_none() {
+        let flag = wp(i);
+        let mut j = i + 1;
+        while j < pages.end && wp(j) == flag {
+            j += 1;
+        }
+        let run_dst = dst + (i - pages.start) * PAGE;
+        let offset = ext.offset_of(ext.page_addr(i));
+        let len = (j - i) * PAGE;
+        let mut stop = None;
+        // SAFETY: pages `i..j` are claimed by the caller, so nothing else reads or writes
+        // their device copy (claims are the mirror's exclusion rule for device ranges).
+        let r = unsafe {
+            transfer.download(
+                &ext.device().block,
+                &[(offset, len)],
+                &mut |_, at, bytes| match match events {
+                    None => copy_piece(trap, run_dst + at, bytes, flag, wake, &mut out),
+                    Some(svc) => {
+                        let _held = svc.hold_events();
+                        copy_live(trap, ext, run_dst + at, bytes, flag, wake, &mut out)
+                    }
+                } {
+                    Ok(()) => Ok(()),
+                    Err(s) => {
+                        stop = Some(s);
+                        Err(Error::Os {
+                            op: "UFFDIO_COPY",
+                            source: std::io::ErrorKind::Interrupted.into(),
+                        })
+                    }
+                },
+            )
+        };
+        match (r, stop) {
+            (_, Some(s)) => out.stop = Some(s),
+            (Err(e), None) => return Err(e),
+            (Ok(()), None) => {}
+        }
+        i = j;
+    }
+    Ok(out)
+}
+
+/// [`copy_piece`] of the pages of `ext` at `dst` that are not `GONE`; gone ones are counted
+/// as already present. Call holding the gate.
+fn copy_live(
+    trap: &Backend,
+    ext: &Ext,
+    dst: usize,
+    bytes: &[u8],
+    wp: bool,
+    wake: bool,
+    out: &mut Installed,
+) -> Result<(), InstallStop> {
+    let gone = |at: usize| ext.cell(ext.page_index(dst + at)).load().gone();
+    let mut at = 0;
+    while at < bytes.len() {
+        if gone(at) {
+            out.already_present += 1;
+            at += PAGE;
+            continue;
+        }
+        let mut end = at + PAGE;
+        while end < bytes.len() && !gone(end) {
+            end += PAGE;
+        }
+        copy_piece(trap, dst + at, &bytes[at..end], wp, wake, out)?;
+        at = end;
+    }
+    Ok(())
+}
+
+/// `UFFDIO_COPY` of one piece, skipping pages that are already present.
+///
+/// One `UFFDIO_COPY` must lie inside one VMA (`ENOENT` otherwise), and an extent may span
+/// several: the program can split its mapping after the mirror recorded it (`mprotect`,
+/// `madvise`, a malloc heap growing). So `ENOENT` on more than a page halves the request
+/// until it fits; only a single page that reports `ENOENT` is really gone.
+fn copy_piece(
+    trap: &Backend,
+    dst: usize,
+    bytes: &[u8],
+    wp: bool,
+    wake: bool,
+    out: &mut Installed,
+) -> Result<(), InstallStop> {
+    let mut done = 0;
+    let mut limit = bytes.len();
+    while done < bytes.len() {
+        let rest = &bytes[done..(done + limit).min(bytes.len())];
+        // SAFETY: `rest` is readable for its length; `dst + done` lies in a registered range
+        // whose pages are claimed by the caller and absent (a present one reports EEXIST).
+        let r = unsafe { trap.copy(dst + done, rest.as_ptr(), rest.len(), wp, wake) };
+        match r {
+            Ok(n) => {
+                out.bytes += n as u64;
+                done += n;
+                limit = (limit * 2).min(bytes.len());
+            }
+            Err(CopyError::Gone(_)) if rest.len() > PAGE => {
+                limit = (rest.len() / 2).next_multiple_of(PAGE);
+            }
+            Err(CopyError::Exists { copied: n }) => {
+                // Pages before `n` were copied; the page at `n` is already present (resolved
+                // by someone else): keep it and wake whoever waits on it.
+                out.bytes += n as u64;
+                out.already_present += 1;
+                let _ = trap.wake(dst + done + n, PAGE);
+                done += n + PAGE;
+            }
+            Err(CopyError::Again { copied: n }) => {
+                out.bytes += n as u64;
+                return Err(InstallStop::Again);
+            }
+            Err(CopyError::Gone(_)) => return Err(InstallStop::Gone),
+            Err(e @ CopyError::Failed(_)) => {
+                tracing::error!(error = %e, dst = dst + done, "UFFDIO_COPY failed");
+                return Err(InstallStop::Gone);
+            }
+        }
+    }
+    Ok(())
+}
