@@ -39,14 +39,14 @@ pub(crate) enum Outcome {
 
 /// A write to a `Shared` page: the chunk's `Shared` pages become `Host` (their device
 /// copies are stale from now on).
-pub(crate) fn release_shared(svc: &AddressSpace, ext: &Ext, idx: usize) -> Outcome {
+pub(crate) fn release_shared(space: &AddressSpace, ext: &Ext, idx: usize) -> Outcome {
     let ctx = &ext.device().owner;
     let shared = |b: PageBits| b.residence() == Residence::Shared;
     let (a, b) = match claim_around(ext, idx, ctx.policy.base, shared) {
         Some(r) => r,
         None => return Outcome::Wait,
     };
-    let r = svc
+    let r = space
         .backend
         .write_protect(ext.page_addr(a), (b - a) * PAGE, false, false);
     let settled = if r.is_ok() {
@@ -62,7 +62,7 @@ pub(crate) fn release_shared(svc: &AddressSpace, ext: &Ext, idx: usize) -> Outco
             // Bookkeeping before the wake: the writer may read the counters next.
             Counters::add(&ctx.counters.cpu_faults, 1);
             ext.note_cpu_fault();
-            let _ = svc.backend.wake(ext.page_addr(a), (b - a) * PAGE);
+            let _ = space.backend.wake(ext.page_addr(a), (b - a) * PAGE);
             Outcome::Done
         }
         Err(_) => Outcome::Retry,
@@ -74,7 +74,7 @@ pub(crate) fn release_shared(svc: &AddressSpace, ext: &Ext, idx: usize) -> Outco
 /// handler's own transfer context, or the assistant's). A `Kind::Fault` install is where the
 /// `FaultHandler` injection site fires.
 pub(crate) fn install_claimed(
-    svc: &AddressSpace,
+    space: &AddressSpace,
     ext: &Ext,
     pages: Range<usize>,
     transfer: &Mutex<Transfer>,
@@ -91,7 +91,7 @@ pub(crate) fn install_claimed(
         if fault && crate::inject::hit(crate::inject::Site::FaultHandler) {
             panic!("vkhmm: injected fault-handler panic");
         }
-        install_in_place(svc, &mut transfer, ext, pages, kind)
+        install_in_place(space, &mut transfer, ext, pages, kind)
     });
     match std::panic::catch_unwind(run) {
         Ok(result) => result,
@@ -107,7 +107,7 @@ pub(crate) fn install_claimed(
 }
 
 /// A touch of a `Device` page: bring back the window around it.
-pub(crate) fn copy_back(svc: &AddressSpace, ext: &Ext, idx: usize, write: bool) -> Outcome {
+pub(crate) fn copy_back(space: &AddressSpace, ext: &Ext, idx: usize, write: bool) -> Outcome {
     let ctx = &ext.device().owner;
     let first = ext.start() / PAGE;
     let w = fault_window(
@@ -121,16 +121,16 @@ pub(crate) fn copy_back(svc: &AddressSpace, ext: &Ext, idx: usize, write: bool) 
         return Outcome::Wait;
     };
     ext.set_stream(w.next, w.size);
-    let (done, outcome) = install_window(svc, ext, a..b, write.then_some(idx));
+    let (done, outcome) = install_window(space, ext, a..b, write.then_some(idx));
     if done > 0 {
         // Counted before the wake, so the faulting thread sees its own fault in `stats`.
         Counters::add(&ctx.counters.cpu_faults, 1);
         ext.note_cpu_fault();
-        let _ = svc.backend.wake(ext.page_addr(a), done * PAGE);
+        let _ = space.backend.wake(ext.page_addr(a), done * PAGE);
     }
     if outcome == Outcome::Done && done == b - a && w.size >= ctx.policy.max && ctx.policy.adaptive
     {
-        read_ahead(svc, ext);
+        read_ahead(space, ext);
     }
     outcome
 }
@@ -145,7 +145,7 @@ fn device(b: PageBits) -> bool {
 /// as a read fault would bring them (`Shared`); nothing is counted as a CPU fault. Pages
 /// that are not `Device`, or claimed, end the window there; a failure leaves the pages
 /// `Device` for the ordinary fault path.
-fn read_ahead(svc: &AddressSpace, ext: &Ext) {
+fn read_ahead(space: &AddressSpace, ext: &Ext) {
     let ctx = &ext.device().owner;
     let first = ext.start() / PAGE;
     let (next, size) = ext.stream();
@@ -158,10 +158,10 @@ fn read_ahead(svc: &AddressSpace, ext: &Ext) {
         return;
     };
     ext.set_stream(w.next, w.size);
-    let (done, _) = install_window(svc, ext, a..b, None);
+    let (done, _) = install_window(space, ext, a..b, None);
     if done > 0 {
         // A thread that touched these pages meanwhile waits on them.
-        let _ = svc.backend.wake(ext.page_addr(a), done * PAGE);
+        let _ = space.backend.wake(ext.page_addr(a), done * PAGE);
     }
 }
 
@@ -174,7 +174,7 @@ fn read_ahead(svc: &AddressSpace, ext: &Ext) {
 /// the lower half stopped early, pages the upper half installed are woken here (the caller
 /// wakes only the prefix it is told of).
 fn install_window(
-    svc: &AddressSpace,
+    space: &AddressSpace,
     ext: &Ext,
     pages: Range<usize>,
     writable: Option<usize>,
@@ -182,7 +182,7 @@ fn install_window(
     let kind = Kind::Fault { writable };
     let transfer = &ext.device().owner.fault_transfer;
     let halves = install_halves(ext, pages, kind, |part| {
-        install_claimed(svc, ext, part, transfer, kind)
+        install_claimed(space, ext, part, transfer, kind)
     });
     let (low, got) = halves.low;
     let (low_done, low_outcome) = settle(ext, low.clone(), got, kind);
@@ -199,7 +199,7 @@ fn install_window(
         (low_done + high_done, outcome)
     } else {
         if high_done > 0 {
-            let _ = svc
+            let _ = space
                 .backend
                 .wake(ext.page_addr(high.start), high_done * PAGE);
         }
@@ -248,11 +248,11 @@ fn settle(
 
 /// The assistant's half of a range: installed as its poster installs the other half, through
 /// the assistant's own transfer context.
-pub(crate) fn assist_install(svc: &AddressSpace, job: &Job) -> Result<Installed> {
+pub(crate) fn assist_install(space: &AddressSpace, job: &Job) -> Result<Installed> {
     // SAFETY: called while the job is served; its poster waits for the result.
     let ext = unsafe { job.ext() };
     match &ext.device().owner.assist_transfer {
-        Some(transfer) => install_claimed(svc, ext, job.pages.clone(), transfer, job.kind),
+        Some(transfer) => install_claimed(space, ext, job.pages.clone(), transfer, job.kind),
         // Not posted without one (`install_halves`); should it happen, the half is retried.
         // (No allocation: the assistant keeps the handler's rules.)
         None => Err(Error::Os {

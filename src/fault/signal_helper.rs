@@ -16,25 +16,25 @@ use crate::trap::signal::{self, Access, SLOTS};
 
 /// The helper thread: takes faults from the slots and resolves them.
 pub(crate) struct Helper {
-    svc: &'static AddressSpace,
+    space: &'static AddressSpace,
     /// Deferred faults, by slot.
     deferred: Deferred<usize>,
 }
 
 impl Helper {
-    pub fn new(svc: &'static AddressSpace) -> Self {
+    pub fn new(space: &'static AddressSpace) -> Self {
         Helper {
-            svc,
+            space,
             deferred: Deferred::with_capacity(SLOTS),
         }
     }
 
     pub fn run(mut self) {
         signal::become_helper();
-        self.svc.warm_reader();
+        self.space.warm_reader();
         loop {
             self.wait();
-            let round = self.svc.begin_round();
+            let round = self.space.begin_round();
             signal::take_pending(|i| match self.resolve(i) {
                 Outcome::Done => signal::complete(i),
                 o => {
@@ -55,7 +55,7 @@ impl Helper {
                 tv_sec: 0,
                 tv_nsec: d.as_nanos() as i64,
             });
-        let mut fds = [PollFd::new(&self.svc.wake, PollFlags::IN)];
+        let mut fds = [PollFd::new(&self.space.wake, PollFlags::IN)];
         let _ = rustix::event::poll(&mut fds, timeout.as_ref());
     }
 
@@ -76,14 +76,14 @@ impl Helper {
 
     fn count_deferred(&self, i: usize) {
         let (page, _) = signal::fault(i);
-        self.svc.mirror.lookup(page, |e, _| {
+        self.space.mirror.lookup(page, |e, _| {
             Counters::add(&e.device().owner.counters.deferred_faults, 1)
         });
     }
 
     fn resolve(&self, i: usize) -> Outcome {
         let (page, access) = signal::fault(i);
-        self.svc
+        self.space
             .mirror
             .lookup(page, |ext, idx| self.resolve_in(ext, idx, access))
             .unwrap_or_else(|| self.unmirrored(page))
@@ -94,7 +94,7 @@ impl Helper {
     fn unmirrored(&self, page: usize) -> Outcome {
         if signal::managed_range(page).is_some() {
             let _ = self
-                .svc
+                .space
                 .backend
                 .signal()
                 .map(|t| t.protect(page, PAGE, Prot::ReadWrite));
@@ -111,14 +111,14 @@ impl Helper {
             return Outcome::Wait;
         }
         match bits.residence() {
-            Residence::Device => copy_back(self.svc, ext, idx, access == Access::Write),
+            Residence::Device => copy_back(self.space, ext, idx, access == Access::Write),
             // A read of a Shared page cannot fault (it is PROT_READ): the fault is stale,
             // raised while the page was still PROT_NONE. Where the access kind is unknown,
             // treating it as a write costs the device copy, never data.
             Residence::Shared if access == Access::Read => {
                 self.reprotect(ext, idx, Residence::Shared)
             }
-            Residence::Shared => release_shared(self.svc, ext, idx),
+            Residence::Shared => release_shared(self.space, ext, idx),
             Residence::Host => self.reprotect(ext, idx, Residence::Host),
         }
     }
@@ -138,7 +138,7 @@ impl Helper {
         } else {
             Prot::Read
         };
-        if let Some(t) = self.svc.backend.signal() {
+        if let Some(t) = self.space.backend.signal() {
             let _ = t.protect(ext.page_addr(idx), PAGE, prot);
         }
         cell.release(state);

@@ -75,7 +75,7 @@ struct Remap {
 }
 
 pub(crate) struct Handler {
-    svc: &'static AddressSpace,
+    space: &'static AddressSpace,
     uffd: &'static Uffd,
     deferred: Deferred<Fault>,
     /// Remaps waiting for the event queue to drain: the kernel refuses `UFFDIO_COPY` with
@@ -85,9 +85,9 @@ pub(crate) struct Handler {
 }
 
 impl Handler {
-    pub fn new(svc: &'static AddressSpace, uffd: &'static Uffd) -> Self {
+    pub fn new(space: &'static AddressSpace, uffd: &'static Uffd) -> Self {
         Handler {
-            svc,
+            space,
             uffd,
             deferred: Deferred::with_capacity(MAX_DEFERRED),
             remaps: [None; MAX_REMAPS],
@@ -95,12 +95,12 @@ impl Handler {
     }
 
     pub fn run(mut self) {
-        self.svc.warm_reader();
+        self.space.warm_reader();
         let mut msgs = [UffdMsg::ZEROED; BATCH];
         let mut faults: [Option<Fault>; BATCH] = [None; BATCH];
         loop {
             self.wait();
-            let round = self.svc.begin_round();
+            let round = self.space.begin_round();
             loop {
                 let n = match self.uffd.read_events(&mut msgs) {
                     Ok(n) => n,
@@ -125,17 +125,19 @@ impl Handler {
                         // its binding after this event marked it gone finds the loss in its
                         // watch (`space::watch`).
                         Event::Remove { start, end } => {
-                            if !self.svc.is_parking(start) {
-                                self.svc.watches.changed(start..end, Change::Discarded);
+                            if !self.space.is_parking(start) {
+                                self.space.watches.changed(start..end, Change::Discarded);
                                 self.removed(start..end)
                             }
                         }
                         Event::Unmap { start, end } => {
-                            self.svc.watches.changed(start..end, Change::Unmapped);
+                            self.space.watches.changed(start..end, Change::Unmapped);
                             self.unmapped(start..end)
                         }
                         Event::Remap { from, to, len } => {
-                            self.svc.watches.changed(from..from + len, Change::Unmapped);
+                            self.space
+                                .watches
+                                .changed(from..from + len, Change::Unmapped);
                             self.queue_remap(Remap { from, to, len })
                         }
                         other => tracing::warn!(event = ?other, "unexpected userfaultfd event"),
@@ -163,7 +165,7 @@ impl Handler {
         let uffd = self.uffd.as_fd();
         let mut fds = [
             PollFd::new(&uffd, PollFlags::IN),
-            PollFd::new(&self.svc.wake, PollFlags::IN),
+            PollFd::new(&self.space.wake, PollFlags::IN),
         ];
         let _ = rustix::event::poll(&mut fds, timeout.as_ref());
     }
@@ -184,7 +186,7 @@ impl Handler {
     }
 
     fn count_deferred(&self, f: Fault) {
-        self.svc.mirror.lookup(page_floor(f.addr), |e, _| {
+        self.space.mirror.lookup(page_floor(f.addr), |e, _| {
             Counters::add(&e.device().owner.counters.deferred_faults, 1)
         });
     }
@@ -218,7 +220,7 @@ impl Handler {
         {
             return Outcome::Retry; // its data is still at the old place in the mirror
         }
-        self.svc
+        self.space
             .mirror
             .lookup(page, |ext, idx| self.resolve_in(ext, idx, f))
             .unwrap_or_else(|| self.unmirrored(page, f))
@@ -239,9 +241,9 @@ impl Handler {
         }
         let page = ext.page_addr(idx);
         match (f.wp, bits.residence()) {
-            (true, Residence::Shared) => release_shared(self.svc, ext, idx),
+            (true, Residence::Shared) => release_shared(self.space, ext, idx),
             (true, _) => self.unprotect_page(page),
-            (false, Residence::Device) => copy_back(self.svc, ext, idx, f.write),
+            (false, Residence::Device) => copy_back(self.space, ext, idx, f.write),
             (false, Residence::Host) => self.zero_page(page),
             (false, Residence::Shared) => self.refill_shared(ext, idx),
         }
@@ -254,7 +256,7 @@ impl Handler {
     fn refill_shared(&self, ext: &Ext, idx: usize) -> Outcome {
         let page = ext.page_addr(idx);
         let mut entry = [sys::PageEntry::default()];
-        if self.svc.pagemap.query(page, &mut entry).is_err() || entry[0].present() {
+        if self.space.pagemap.query(page, &mut entry).is_err() || entry[0].present() {
             let _ = self.uffd.wake(page, PAGE);
             return Outcome::Done;
         }
@@ -264,7 +266,7 @@ impl Handler {
         }
         let owner = &ext.device().owner;
         let got = install_claimed(
-            self.svc,
+            self.space,
             ext,
             idx..idx + 1,
             &owner.fault_transfer,
@@ -311,11 +313,13 @@ impl Handler {
 
     /// `MADV_DONTNEED`/`MADV_REMOVE` by the program: the pages read as zero from now on.
     fn removed(&self, range: Range<usize>) {
-        self.svc.mirror.for_each_overlapping(range.clone(), |ext| {
-            for i in ext.page_span(&range) {
-                ext.cell(i).mark_gone_if_idle();
-            }
-        });
+        self.space
+            .mirror
+            .for_each_overlapping(range.clone(), |ext| {
+                for i in ext.page_span(&range) {
+                    ext.cell(i).mark_gone_if_idle();
+                }
+            });
     }
 
     /// `munmap`: the mirror of the range is dead (reaped at the next runtime call).
@@ -326,13 +330,15 @@ impl Handler {
                 .flatten()
                 .any(|r| (r.from..r.from + r.len).contains(&page))
         };
-        self.svc.mirror.for_each_overlapping(range.clone(), |ext| {
-            for i in ext.page_span(&range) {
-                if !moving(ext.page_addr(i)) {
-                    ext.cell(i).mark_gone();
+        self.space
+            .mirror
+            .for_each_overlapping(range.clone(), |ext| {
+                for i in ext.page_span(&range) {
+                    if !moving(ext.page_addr(i)) {
+                        ext.cell(i).mark_gone();
+                    }
                 }
-            }
-        });
+            });
     }
 
     /// Keeps a remap for [`finish_remaps`](Self::finish_remaps); with every slot taken, tries
@@ -364,7 +370,7 @@ impl Handler {
     fn remapped(&self, from: usize, to: usize, len: usize) -> bool {
         let range = from..from + len;
         let mut done = true;
-        self.svc.mirror.for_each_overlapping(range.clone(), |ext| {
+        self.space.mirror.for_each_overlapping(range.clone(), |ext| {
             let span = ext.page_span(&range);
             let owner = &ext.device().owner;
             for i in span {
@@ -383,7 +389,7 @@ impl Handler {
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner);
                         match install(
-                            &self.svc.backend,
+                            &self.space.backend,
                             &mut t,
                             ext,
                             i..i + 1,

@@ -55,7 +55,7 @@ pub(crate) struct Job {
 }
 
 /// A range installed in one piece or in two halves at once, each with its outcome, lower
-/// first; every part is done (`FaultService::install_halves`).
+/// first; every part is done ([`install_halves`]).
 pub(crate) struct Halves {
     pub low: (Range<usize>, Result<Installed>),
     pub high: Option<(Range<usize>, Result<Installed>)>,

@@ -63,23 +63,23 @@ pub(crate) struct Installed {
 /// claimed, so that nothing lands in memory mapped there since (a fault's window is installed
 /// within the handler's round, which holds the gate already).
 pub(crate) fn install_in_place(
-    svc: &AddressSpace,
+    space: &AddressSpace,
     transfer: &mut Transfer,
     ext: &Ext,
     pages: Range<usize>,
     kind: Kind,
 ) -> Result<Installed> {
     let dst = ext.page_addr(pages.start);
-    let guarded = matches!(kind, Kind::Bulk { .. }) && svc.backend.signal().is_none();
+    let guarded = matches!(kind, Kind::Bulk { .. }) && space.backend.signal().is_none();
     install(
-        &svc.backend,
+        &space.backend,
         transfer,
         ext,
         pages,
         dst,
         |i| kind.write_protects(i),
         kind.wakes_waiters(),
-        guarded.then_some(svc),
+        guarded.then_some(space),
     )
 }
 
@@ -125,8 +125,8 @@ pub(crate) fn install(
                 &[(offset, len)],
                 &mut |_, at, bytes| match match events {
                     None => copy_piece(trap, run_dst + at, bytes, flag, wake, &mut out),
-                    Some(svc) => {
-                        let _held = svc.hold_events();
+                    Some(space) => {
+                        let _held = space.hold_events();
                         copy_live(trap, ext, run_dst + at, bytes, flag, wake, &mut out)
                     }
                 } {

@@ -53,7 +53,7 @@ impl Runtime {
         if worker.in_place.is_empty() {
             return Ok(vec![Where::Mirrored; bindings.len()]);
         }
-        self.svc.sync_events();
+        self.space.sync_events();
         worker.in_place.reap();
         bindings
             .iter()
@@ -88,7 +88,7 @@ impl Runtime {
                     // (no list of extents is built).
                     let span = binding_pages(b.addr, b.len).span;
                     let (mut mirrored, mut faults) = (false, 0);
-                    self.svc.mirror.for_each_overlapping(span.clone(), |e| {
+                    self.space.mirror.for_each_overlapping(span.clone(), |e| {
                         mirrored = true;
                         faults += e.cpu_faults();
                     });
@@ -149,7 +149,7 @@ impl Runtime {
             .ok_or_else(|| unsupported(MemoryReason::NoHostImport))?
             .max(PAGE as u64);
         let end = (addr + len).next_multiple_of(align as usize);
-        if self.svc.backend.signal().is_some() {
+        if self.space.backend.signal().is_some() {
             // The signal backend hears of no `munmap` of memory it did not allocate, so it
             // could not tell when an import of such memory goes stale. Its own `Managed`
             // memory is private and anonymous; its pages may be protected by now, which
@@ -170,9 +170,9 @@ impl Runtime {
         let range = addr..end;
         // Every device copy of the range comes home, and the range leaves the mirror.
         let forget_all = || -> Result<()> {
-            self.svc.sync_events();
-            for owner in migrate::owners(self.svc, range.clone()) {
-                migrate::forget(self.svc, &owner, range.clone())?;
+            self.space.sync_events();
+            for owner in migrate::owners(self.space, range.clone()) {
+                migrate::forget(self.space, &owner, range.clone())?;
             }
             Ok(())
         };
@@ -180,7 +180,7 @@ impl Runtime {
         let mut worker = self.ctx.lock_worker();
         worker.in_place.remove_overlapping(&range);
         let watch = self
-            .svc
+            .space
             .watches
             .add_in_place(range.clone())
             .ok_or_else(|| unsupported(MemoryReason::TooManyInPlace))?;
@@ -190,19 +190,19 @@ impl Runtime {
         let import = match unsafe { self.ctx.owner.device.import_host(addr, (end - addr) as u64) } {
             Ok(import) => import,
             Err(e) => {
-                self.svc.watches.remove(watch);
+                self.space.watches.remove(watch);
                 return Err(e);
             }
         };
         worker
             .in_place
-            .insert(InPlace::new(import, watch, &self.svc.watches));
+            .insert(InPlace::new(import, watch, &self.space.watches));
         drop(worker);
         // A launch of this runtime on the range from now on binds the import; one of another
         // thread that came between the first pass and the insertion left extents: take them
         // out too. Then watch the range (the passes stop trapping what they take out).
         forget_all()?;
-        self.svc
+        self.space
             .register(range.clone())
             .map_err(|_| unsupported(MemoryReason::Refused))
     }

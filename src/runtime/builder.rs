@@ -164,17 +164,17 @@ impl RuntimeBuilder {
     pub fn build(self) -> Result<Runtime> {
         let config = self.device.map_err(Error::InvalidConfig)?;
         let policy = self.chunk.map_err(Error::InvalidConfig)?;
-        let svc = crate::fault::service(self.fault)?;
+        let space = crate::fault::service(self.fault)?;
         fork::install_atfork_handlers();
         let requested = match self.fault {
             Some(Choice::Uffd) => Some(FaultBackend::Userfaultfd),
             Some(Choice::Signal) => Some(FaultBackend::Signal),
             Some(Choice::Auto) | None => None,
         };
-        if let Some(requested) = requested.filter(|&r| r != svc.kind()) {
+        if let Some(requested) = requested.filter(|&r| r != space.kind()) {
             return Err(Error::FaultBackendMismatch {
                 requested,
-                running: svc.kind(),
+                running: space.kind(),
             });
         }
         let device = Device::new(&config)?;
@@ -194,11 +194,11 @@ impl RuntimeBuilder {
             Transfer::new(&device, path, config.staging_bytes)?,
             Dispatcher::new(&device)?,
         );
-        let ctx = DeviceContext::new(owner, svc, worker, self.thrash);
+        let ctx = DeviceContext::new(owner, space, worker, self.thrash);
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(Runtime {
             ctx,
-            svc,
+            space,
             kernels: Mutex::new(HashMap::new()),
             owner: rustix::process::getpid().as_raw_nonzero().get() as u32,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

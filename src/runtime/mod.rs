@@ -68,7 +68,7 @@ fn epoch() -> std::time::Instant {
 /// One Vulkan device driving unified memory. See the crate docs for an example.
 pub struct Runtime {
     ctx: Arc<DeviceContext>,
-    svc: &'static AddressSpace,
+    space: &'static AddressSpace,
     kernels: Mutex<HashMap<u64, Weak<Pipeline>>>,
     owner: u32,
     id: u64,
@@ -101,7 +101,7 @@ impl Runtime {
     /// The process-wide fault backend serving this runtime: the one the process's first
     /// runtime chose ([`RuntimeBuilder::fault_backend`], else `VKHMM_FAULT`).
     pub fn fault_backend(&self) -> FaultBackend {
-        self.svc.kind()
+        self.space.kind()
     }
 
     /// Compiles a WGSL kernel and creates its pipeline (cached per source and entry point).
@@ -172,7 +172,7 @@ impl Runtime {
             .map(|b| binding_pages(b.addr, b.len).span)
             .collect();
         // From here on, every unmap of the bindings' memory is one the launch hears of.
-        let watch = self.svc.watch_launch(&spans)?;
+        let watch = self.space.watch_launch(&spans)?;
         self.settle_thrashing(&bindings);
         let (mut worker, launch, places) =
             self.prepare(watch, &spans, &bindings, Purpose::Kernel)?;
@@ -254,7 +254,7 @@ impl Runtime {
     )> {
         let mut attempts = 0;
         loop {
-            migrate::evacuate_foreign(self.svc, &self.ctx, spans)?;
+            migrate::evacuate_foreign(self.space, &self.ctx, spans)?;
             let mut worker = self.ctx.lock_worker();
             let places = self.place(&mut worker, bindings)?;
             let mirrored: Vec<Binding> = bindings
@@ -266,7 +266,14 @@ impl Runtime {
             if mirrored.is_empty() {
                 return Ok((worker, migrate::Launch::nothing().watched(watch), places));
             }
-            match migrate::prepare(self.svc, &self.ctx, &mut worker, &mirrored, purpose, &watch) {
+            match migrate::prepare(
+                self.space,
+                &self.ctx,
+                &mut worker,
+                &mirrored,
+                purpose,
+                &watch,
+            ) {
                 Err(Error::ContendedMemory) if attempts < 10 => attempts += 1,
                 Ok(launch) => return Ok((worker, launch.watched(watch), places)),
                 Err(e) => return Err(e),
@@ -309,24 +316,25 @@ impl Runtime {
                     write: true,
                 };
                 let spans = [binding_pages(addr, len).span];
-                let watch = self.svc.watch_launch(&spans)?;
+                let watch = self.space.watch_launch(&spans)?;
                 self.prepare(watch, &spans, &[b], Purpose::Prefetch)
                     .map(drop)
             }
             Location::Host => {
                 let span = binding_pages(addr, len).span;
-                if self.svc.backend.signal().is_some() && !crate::trap::signal::is_managed(&span) {
+                if self.space.backend.signal().is_some() && !crate::trap::signal::is_managed(&span)
+                {
                     return Err(Error::UnsupportedMemory {
                         addr,
                         len,
                         reason: crate::MemoryReason::Backend(migrate::SIGNAL_FOREIGN),
                     });
                 }
-                self.svc.sync_events();
-                for owner in migrate::owners(self.svc, span.clone()) {
-                    migrate::bring_home(self.svc, &owner, span.clone(), true, false)?;
+                self.space.sync_events();
+                for owner in migrate::owners(self.space, span.clone()) {
+                    migrate::bring_home(self.space, &owner, span.clone(), true, false)?;
                 }
-                self.svc.poke();
+                self.space.poke();
                 Ok(())
             }
         }
@@ -341,11 +349,11 @@ impl Runtime {
         }
         if self.check_owner().is_ok() {
             // (A forked child must not wait on the parent's handler, which it does not have.)
-            self.svc.sync_events();
+            self.space.sync_events();
         }
         let span = binding_pages(data.as_ptr() as usize, len).span;
         let mut r = Residency::default();
-        for ext in self.svc.mirror.overlapping(span.clone()) {
+        for ext in self.space.mirror.overlapping(span.clone()) {
             r += ext.residency(ext.page_span(&span));
         }
         r.host += span.len() / PAGE - r.pages();
@@ -357,7 +365,7 @@ impl Runtime {
         let c = &self.ctx.owner.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         if self.check_owner().is_ok() {
-            migrate::reap(self.svc);
+            migrate::reap(self.space);
         }
         Stats {
             launches: get(&c.launches),
@@ -404,11 +412,11 @@ impl Drop for Runtime {
             return; // a forked child: the parent's device objects are not ours to touch
         }
         let _fork = hold_off_fork();
-        self.svc.sync_events();
+        self.space.sync_events();
         // Worker, then writer, then the lookup: no launch of another runtime can merge one
         // of ours away meanwhile (see `migrate::bring_home`).
         let mut worker = self.ctx.lock_worker();
-        let mut w = self.svc.mirror.write();
+        let mut w = self.space.mirror.write();
         let mine: Vec<_> = w
             .snapshot()
             .iter()
@@ -417,7 +425,7 @@ impl Drop for Runtime {
             .collect();
         for ext in &mine {
             if let Err(e) =
-                migrate::to_host(self.svc, &mut worker.transfer, ext, 0..ext.pages(), false)
+                migrate::to_host(self.space, &mut worker.transfer, ext, 0..ext.pages(), false)
             {
                 tracing::error!(error = %e, "copying device-resident data home at Runtime drop failed");
             }
@@ -425,10 +433,10 @@ impl Drop for Runtime {
         drop(worker);
         w.replace(&mine, []);
         for ext in &mine {
-            let _ = self.svc.backend.unregister(ext.start(), ext.bytes());
+            let _ = self.space.backend.unregister(ext.start(), ext.bytes());
         }
         drop(mine);
-        self.svc.poke();
+        self.space.poke();
         migrate::drain_graveyard(&mut w);
     }
 }

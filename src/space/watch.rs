@@ -213,7 +213,7 @@ impl Watches {
 }
 
 /// The watch of one launch (or prefetch) over its bindings' page spans, from before it looks
-/// at them until it is settled. Made by `FaultService::watch_launch`; dropping it stops the
+/// at them until it is settled. Made by `AddressSpace::watch_launch`; dropping it stops the
 /// watch.
 pub(crate) struct LaunchWatch {
     watches: &'static Watches,

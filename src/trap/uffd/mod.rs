@@ -1,6 +1,6 @@
 //! One userfaultfd: opening, the API handshake, registration, resolution ioctls, events.
 //!
-//! # What this room does
+//! # What this module does
 //!
 //! [`Uffd`] owns one userfaultfd file descriptor. It is opened once per process by the fault
 //! service, which registers mirrored ranges with it (MISSING + WP), reads its messages on the
