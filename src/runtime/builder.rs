@@ -122,7 +122,7 @@ impl RuntimeBuilder {
     /// Turns thrash detection off (or on, the default): a binding the CPU faulted back
     /// between three launches within 100 ms is settled on the host and accessed in place
     /// by the device (`Advice::AccessInPlace`), where its range allows; see
-    /// [`Stats::thrash_settled`].
+    /// [`Stats::thrash_settled`](crate::Stats::thrash_settled).
     pub fn thrash_detection(mut self, on: bool) -> Self {
         self.thrash = on.then(ThrashPolicy::default);
         self
