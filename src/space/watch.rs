@@ -29,10 +29,11 @@
 //! so the tables are fixed arrays of atomics, taken by compare-and-swap.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::sys::slots::{self, FILLING, FREE};
 use crate::{Error, MemoryReason, Result};
 
 /// In-place ranges a process can hold at once.
@@ -40,11 +41,10 @@ pub(crate) const IN_PLACE_SLOTS: usize = 64;
 /// Binding spans of launches in flight the process can watch at once.
 pub(crate) const LAUNCH_SLOTS: usize = 512;
 
-const FREE: u8 = 0;
-/// Being filled in by its new owner; the handler skips it.
-const FILLING: u8 = 1;
-const LIVE: u8 = 2;
-const DEAD: u8 = 3;
+/// A watch in effect (after `sys::slots`' `FREE` and `FILLING`).
+const LIVE: u32 = 2;
+/// A watch that saw its range unmapped or discarded.
+const DEAD: u32 = 3;
 
 /// What the program did to a range, as an event says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub(crate) enum Change {
 }
 
 struct Slot {
-    state: AtomicU8,
+    state: AtomicU32,
     start: AtomicUsize,
     end: AtomicUsize,
     /// The hull of what the range lost (launch watches; empty while `lost_start >=
@@ -68,7 +68,7 @@ struct Slot {
 impl Slot {
     const fn free() -> Slot {
         Slot {
-            state: AtomicU8::new(FREE),
+            state: AtomicU32::new(FREE),
             start: AtomicUsize::new(0),
             end: AtomicUsize::new(0),
             lost_start: AtomicUsize::new(usize::MAX),
@@ -76,21 +76,14 @@ impl Slot {
         }
     }
 
-    /// Takes the slot for `range` if it is free.
-    fn take(&self, range: &Range<usize>) -> bool {
-        if self
-            .state
-            .compare_exchange(FREE, FILLING, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return false;
-        }
+    /// Fills in the slot its caller just took (`FILLING`) for `range` and publishes it.
+    fn fill(&self, range: &Range<usize>) {
+        debug_assert_eq!(self.state.load(Ordering::Relaxed), FILLING);
         self.start.store(range.start, Ordering::Relaxed);
         self.end.store(range.end, Ordering::Relaxed);
         self.lost_start.store(usize::MAX, Ordering::Relaxed);
         self.lost_end.store(0, Ordering::Relaxed);
         self.state.store(LIVE, Ordering::Release);
-        true
     }
 
     fn range(&self) -> Range<usize> {
@@ -108,7 +101,9 @@ impl Slot {
 
 /// Takes a free slot of `slots` for `range`.
 fn take(slots: &[Slot], range: &Range<usize>) -> Option<usize> {
-    slots.iter().position(|s| s.take(range))
+    let i = slots::take(slots.len(), 0, |i| &slots[i].state)?;
+    slots[i].fill(range);
+    Some(i)
 }
 
 /// The process's watches (one set, in the fault service).

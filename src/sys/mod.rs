@@ -26,6 +26,7 @@
 #![allow(dead_code)]
 
 pub mod guarded;
+pub(crate) mod slots;
 
 use std::io;
 use std::ops::Range;

@@ -85,6 +85,7 @@ use super::uffd::CopyError;
 use crate::mirror::plan::page_floor;
 use crate::mirror::PAGE;
 use crate::sys::guarded::Chained;
+use crate::sys::slots::{self, FREE};
 use crate::sys::{self, Prot};
 
 // ------------------------------------------------------------------------------------------
@@ -169,8 +170,6 @@ pub(crate) fn is_managed(span: &Range<usize>) -> bool {
 /// Faults that can wait at once; a thread finding every slot taken waits for a free one.
 pub(crate) const SLOTS: usize = 256;
 
-const FREE: u32 = 0;
-const FILLING: u32 = 1;
 const PENDING: u32 = 2;
 const TAKEN: u32 = 3;
 const DONE: u32 = 4;
@@ -222,12 +221,7 @@ fn pid() -> u32 {
 /// Hands the fault at `page` to the helper and waits until it is resolved.
 fn submit(page: usize, access: u32) {
     let first = sys::gettid() as usize % SLOTS;
-    let claimed = (0..SLOTS).map(|k| (first + k) % SLOTS).find(|&i| {
-        SLOT[i]
-            .state
-            .compare_exchange(FREE, FILLING, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-    });
+    let claimed = slots::take(SLOTS, first, |i| &SLOT[i].state);
     let Some(i) = claimed else {
         // Every slot is taken: wait (bounded) for one to be freed, then let the access
         // fault again.
