@@ -4,6 +4,7 @@
 mod bandwidth;
 mod latency;
 mod programs;
+mod workloads;
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use super::measure::Samples;
 pub(crate) use bandwidth::{chunks, sweep};
 pub(crate) use latency::{launch, touch};
 pub(crate) use programs::{oversub, resident, saxpy, thrash};
+pub(crate) use workloads::workloads;
 
 /// The median of `s`.
 fn median_of(s: &Samples) -> Duration {

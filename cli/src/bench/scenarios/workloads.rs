@@ -1,0 +1,334 @@
+//! Ordinary programs against hand-written ash (`--only workloads`): four workloads on plain
+//! `Vec`s, each alternating run by run with its twin written by hand with ash on the same
+//! transfer path (`benches/measure/workloads.rs` has both sides of each).
+
+use std::time::Duration;
+
+use vkhmm::{Runtime, Stats, TransferPath};
+
+use crate::bench::measure::workloads::{self as w, Parts, PerRun, EDITS, RESIDENT_STEPS};
+use crate::bench::measure::{self, raw_ash, size_name, Budget, MIB};
+use crate::bench::report::{Report, Row, Target, Unit};
+use crate::bench::Progress;
+
+/// How far vkhmm may be from the twin of each workload (time over time).
+const WORKLOAD_TARGET: f64 = 1.5;
+
+/// The sizes of one run (smaller under `--quick` where the figure keeps its meaning).
+struct Sizes {
+    /// Bytes of each of `x` and `y` (fresh, iterate).
+    saxpy: usize,
+    /// Bytes of the resident state.
+    resident: usize,
+    /// Bytes of the edited buffer.
+    edits: usize,
+}
+
+/// The sampling of one figure.
+struct Budgets {
+    step: Budget,
+    program: Budget,
+}
+
+/// Every workload on both paths.
+pub(crate) fn workloads(
+    r: &mut Report,
+    p: &Progress,
+    quick: bool,
+    direct: &Runtime,
+    staged: &Runtime,
+    vk: &raw_ash::Vk,
+) -> anyhow::Result<()> {
+    let s = if quick {
+        Sizes {
+            saxpy: 16 * MIB,
+            resident: 16 * MIB,
+            edits: 64 * MIB,
+        }
+    } else {
+        Sizes {
+            saxpy: 16 * MIB,
+            resident: 64 * MIB,
+            edits: 64 * MIB,
+        }
+    };
+    let budget = |min_iters, max_iters, secs| Budget {
+        min_iters,
+        max_iters,
+        time: Duration::from_secs(secs),
+    };
+    let b = if quick {
+        Budgets {
+            step: budget(3, 3, 0),
+            program: budget(2, 2, 0),
+        }
+    } else {
+        Budgets {
+            step: budget(9, 25, 3),
+            program: budget(3, 5, 4),
+        }
+    };
+    let paths = [
+        (TransferPath::Direct, direct),
+        (TransferPath::Staged, staged),
+    ];
+    for (path, rt) in paths {
+        fresh(r, p, b.step, s.saxpy, path, rt, vk)?;
+    }
+    for (path, rt) in paths {
+        iterate(r, p, b.step, s.saxpy, path, rt, vk)?;
+    }
+    for (path, rt) in paths {
+        resident(r, p, b.program, s.resident, path, rt, vk)?;
+    }
+    for (path, rt) in paths {
+        edits(r, p, b.step, s.edits, path, rt, vk)?;
+    }
+    Ok(())
+}
+
+/// The medians of one workload on one path, the phases of the median runs, and what vkhmm
+/// moved per run.
+struct Pair {
+    ms: f64,
+    twin_ms: f64,
+    parts: Parts,
+    twin_parts: Parts,
+    per: PerRun,
+}
+
+/// Samples the vkhmm side `f` and the twin `g` alternately (each returns its time and
+/// phases); `rt`'s stats over `f`'s timed runs (the warm-up left out) give the figures per
+/// run.
+fn pair(
+    rt: &Runtime,
+    b: Budget,
+    mut f: impl FnMut() -> anyhow::Result<(Duration, Parts)>,
+    mut g: impl FnMut() -> anyhow::Result<(Duration, Parts)>,
+) -> anyhow::Result<Pair> {
+    let mut warm: Option<Stats> = None;
+    let (mut runs, mut twin_runs) = (Vec::new(), Vec::new());
+    let (s, t) = measure::sample_pair(
+        b,
+        || {
+            let (d, parts) = f()?;
+            match warm {
+                None => warm = Some(rt.stats()),
+                Some(_) => runs.push((d, parts)),
+            }
+            Ok(d)
+        },
+        || {
+            let (d, parts) = g()?;
+            twin_runs.push((d, parts));
+            Ok(d)
+        },
+    )?;
+    let per = PerRun::new(rt.stats() - warm.unwrap_or_default(), runs.len());
+    twin_runs.remove(0);
+    Ok(Pair {
+        ms: ms(s.median()),
+        twin_ms: ms(t.median()),
+        parts: median_parts(runs),
+        twin_parts: median_parts(twin_runs),
+        per,
+    })
+}
+
+/// The phases of the median run (the median as [`measure::Samples::median`] picks it).
+fn median_parts(mut runs: Vec<(Duration, Parts)>) -> Parts {
+    runs.sort_by_key(|(d, _)| *d);
+    runs.get(runs.len().div_ceil(2).max(1) - 1)
+        .map_or([0.0; 4], |(_, p)| *p)
+}
+
+/// `d` in milliseconds.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// MiB of `bytes`.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB as f64
+}
+
+/// `bytes` for a person: `7.8 KiB`, `32.0 MiB`.
+fn human(bytes: f64) -> String {
+    if bytes > 0.0 && bytes < MIB as f64 {
+        format!("{:.1} KiB", bytes / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes / MIB as f64)
+    }
+}
+
+/// Milliseconds of `parts`, by phase: `write 1.0, device 2.0, read 3.0, free 0.0 ms`.
+fn phases(parts: &Parts) -> String {
+    format!(
+        "write {:.1}, device {:.1}, read {:.1}, free {:.1} ms",
+        parts[0] * 1e3,
+        parts[1] * 1e3,
+        parts[2] * 1e3,
+        parts[3] * 1e3
+    )
+}
+
+/// The row, the sub-measurements and the progress line of one workload on one path.
+fn push_workload(
+    r: &mut Report,
+    p: &Progress,
+    (key, figure): (&str, String),
+    path: TransferPath,
+    pair: &Pair,
+    twin_copied: u64,
+) {
+    let lower = format!("{path:?}").to_lowercase();
+    let per = &pair.per;
+    let twin = human(twin_copied as f64);
+    p.say(&format!(
+        "workload {figure}, {path:?}: vkhmm {:.1} ms ({}), hand-written ash {:.1} ms ({}), \
+         {:.2}x; per run {:.1} CPU faults, {:.1} MiB to device, {:.1} MiB home, {:.1} MiB \
+         zero-filled, kernels {:.1} ms; ash copies {twin}",
+        pair.ms,
+        phases(&pair.parts),
+        pair.twin_ms,
+        phases(&pair.twin_parts),
+        pair.ms / pair.twin_ms,
+        per.faults,
+        per.to_device_mib,
+        per.to_host_mib,
+        per.zero_filled_mib,
+        per.kernel_ms,
+    ));
+    let [write, device, read, free] = pair.parts.map(|s| s * 1e3);
+    let [twin_write, twin_device, twin_read, _] = pair.twin_parts.map(|s| s * 1e3);
+    for (k, v) in [
+        ("faults_per_run", per.faults),
+        ("to_device_mib_per_run", per.to_device_mib),
+        ("to_host_mib_per_run", per.to_host_mib),
+        ("zero_filled_mib_per_run", per.zero_filled_mib),
+        ("kernel_ms_per_run", per.kernel_ms),
+        ("write_ms", write),
+        ("device_ms", device),
+        ("read_ms", read),
+        ("free_ms", free),
+        ("ash_write_ms", twin_write),
+        ("ash_device_ms", twin_device),
+        ("ash_read_ms", twin_read),
+        ("ash_copied_mib_per_run", mib(twin_copied)),
+    ] {
+        r.extra.push((format!("workload_{key}_{lower}_{k}"), v));
+    }
+    r.rows.push(Row {
+        key: format!("workload_{key}_{lower}_vs_ash"),
+        figure: format!("workload {figure}, {path:?}"),
+        unit: Unit::Millis,
+        vkhmm: pair.ms,
+        baseline: "hand-written ash".into(),
+        base: Some(pair.twin_ms),
+        target: Some(Target::AtMost(WORKLOAD_TARGET)),
+        note: format!(
+            "per run {:.0} faults, {:.1}+{:.1} MiB to dev+home; ash copies {twin}",
+            per.faults, per.to_device_mib, per.to_host_mib
+        ),
+    });
+}
+
+/// Fresh `x` and `y` every step.
+fn fresh(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+    vk: &raw_ash::Vk,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut v = w::Fresh::new(rt, n)?;
+    let mut t = w::FreshTwin::new(vk, n, path)?;
+    let pair = pair(
+        rt,
+        b,
+        || Ok((v.run()?, v.parts)),
+        || Ok((t.run(vk)?, t.parts)),
+    )?;
+    let figure = format!("fresh, 2x{}", size_name(bytes));
+    push_workload(r, p, ("fresh", figure), path, &pair, t.copied);
+    Ok(())
+}
+
+/// `x` and `y` reused across steps.
+fn iterate(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+    vk: &raw_ash::Vk,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut v = w::Iterate::new(rt, n)?;
+    let mut t = w::IterateTwin::new(vk, n, path)?;
+    let pair = pair(
+        rt,
+        b,
+        || Ok((v.run()?, v.parts)),
+        || Ok((t.run(vk)?, t.parts)),
+    )?;
+    let figure = format!("iterate, 2x{}", size_name(bytes));
+    push_workload(r, p, ("iterate", figure), path, &pair, t.copied);
+    Ok(())
+}
+
+/// A state updated in place for [`RESIDENT_STEPS`] steps (one run is the whole program).
+fn resident(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+    vk: &raw_ash::Vk,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut v = w::Resident::new(rt, n)?;
+    let mut t = w::ResidentTwin::new(vk, n, path)?;
+    let pair = pair(
+        rt,
+        b,
+        || Ok((v.run()?, v.parts)),
+        || Ok((t.run(vk)?, t.parts)),
+    )?;
+    let figure = format!("resident, {} x {RESIDENT_STEPS} steps", size_name(bytes));
+    push_workload(r, p, ("resident", figure), path, &pair, t.copied);
+    Ok(())
+}
+
+/// [`EDITS`] scattered writes and reads around a whole-buffer kernel.
+fn edits(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+    vk: &raw_ash::Vk,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut v = w::Edits::new(rt, n)?;
+    let mut t = w::EditsTwin::new(vk, n, path)?;
+    let pair = pair(
+        rt,
+        b,
+        || Ok((v.run()?, v.parts)),
+        || Ok((t.run(vk)?, t.parts)),
+    )?;
+    anyhow::ensure!(
+        !v.sums.is_empty() && v.sums == t.sums,
+        "edits: vkhmm and hand-written ash read different values"
+    );
+    let figure = format!("edits, {}, {EDITS} edits", size_name(bytes));
+    push_workload(r, p, ("edits", figure), path, &pair, t.copied);
+    Ok(())
+}
