@@ -1,5 +1,6 @@
 //! Ordinary programs on ordinary `Vec`s with vkhmm, each beside its *twin*: the same program
-//! as a Vulkan expert writes it by hand with ash, with the same kernels and the same CPU work.
+//! as a Vulkan expert writes it by hand with ash, with the same kernels and the same CPU work;
+//! and the micro-patterns such programs meet, each beside the same work on plain memory.
 //!
 //! The twin allocates its buffers once and moves only what changed. On
 //! [`TransferPath::Direct`] it binds [`Mem::Mapped`] buffers that the CPU fills and reads in
@@ -23,15 +24,26 @@
 //!   [`EDITS`] scattered elements, `add_k` processes the whole buffer, the CPU reads
 //!   [`EDITS`] other scattered elements (the staged twin copies exactly those, as
 //!   [`EDITS`] regions of one `vkCmdCopyBuffer` each way).
+//!
+//! Micro-patterns (the timed part only; set-up untimed):
+//!
+//! - [`RewriteShared`] against [`Plain::rewrite`]: the CPU rewrites a buffer a kernel has
+//!   just read (its pages `Shared`, write-protected);
+//! - [`ReadResult`] against [`Plain::read`]: the CPU sums a buffer a kernel has just written
+//!   (its pages `Device`);
+//! - [`PrefetchFresh`] against [`PrefetchReused`]: `prefetch(Device)` of a newly allocated
+//!   and filled `Vec` against the same call on a reused one the CPU has just rewritten;
+//! - [`ZeroHome`] against [`PlainZero`]: the bytes copied home when the CPU writes a
+//!   `vec![0u32; n]` that a kernel has read (never written by anyone: nothing to copy).
 
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use ash::vk;
-use vkhmm::{Kernel, Push, Runtime, Stats, TransferPath};
+use vkhmm::{Kernel, Location, Push, Runtime, Stats, TransferPath};
 
 use super::raw_ash::{barrier, copy, copy_regions, fill, saxpy_groups, Buf, Mem, Pipeline, Vk};
-use super::{checksum, SaxpyParams};
+use super::{checksum, SaxpyParams, PAGE};
 
 /// Relaxation steps per run of [`Resident`].
 pub const RESIDENT_STEPS: usize = 20;
@@ -114,6 +126,13 @@ struct AddParams {
     k: u32,
 }
 
+/// Push constants of `shaders/checksum.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CountParams {
+    n: u32,
+}
+
 /// Element `i` of `x` at step `k`: small integers, so that every sum below is exact in f32
 /// and f64, and a different fill at every step.
 pub fn x_value(i: usize, k: usize) -> f32 {
@@ -179,6 +198,26 @@ fn scattered(j: usize, k: usize, what: Scatter, n: usize) -> usize {
 /// The value step `k` of [`Edits`] writes at index `w`.
 fn edit_value(w: usize, k: usize) -> u32 {
     (w as u32).wrapping_mul(0x9e37_79b9) ^ k as u32
+}
+
+/// Writes every element of `buf`, the same CPU work on every side of a micro-pattern.
+pub fn rewrite(buf: &mut [u32], k: u32) {
+    for (i, v) in buf.iter_mut().enumerate() {
+        *v = i as u32 ^ k;
+    }
+}
+
+/// Sum of `buf` in u64 (four lanes, as [`checksum`]).
+pub fn sum_u32(buf: &[u32]) -> u64 {
+    let mut acc = [0u64; 4];
+    let chunks = buf.chunks_exact(4);
+    let tail: u64 = chunks.remainder().iter().map(|&x| u64::from(x)).sum();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += u64::from(x);
+        }
+    }
+    acc.iter().sum::<u64>() + tail
 }
 
 /// What a vkhmm side moved and served per run, from the [`Stats`] over several runs.
@@ -922,6 +961,289 @@ impl EditsTwin {
         let d = t.total();
         self.parts = t.parts;
         self.sums.push(sum);
+        Ok(d)
+    }
+}
+
+/// The plain-memory side of the micro-patterns: the same CPU work on an ordinary `Vec<u32>`
+/// that no runtime has seen, every page resident.
+pub struct Plain {
+    buf: Vec<u32>,
+    k: u32,
+    /// The sum the last [`Plain::read`] found.
+    pub sum: u64,
+}
+
+impl Plain {
+    /// `n` words, written once.
+    pub fn new(n: usize) -> Plain {
+        let mut buf = vec![0; n];
+        rewrite(&mut buf, 0);
+        Plain { buf, k: 0, sum: 0 }
+    }
+
+    /// Timed: [`rewrite`] of every element.
+    pub fn rewrite(&mut self) -> anyhow::Result<Duration> {
+        self.k += 1;
+        let t = Instant::now();
+        rewrite(&mut self.buf, self.k);
+        let d = t.elapsed();
+        std::hint::black_box(&mut self.buf);
+        Ok(d)
+    }
+
+    /// Timed: [`sum_u32`] of every element.
+    pub fn read(&mut self) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        self.sum = sum_u32(std::hint::black_box(&self.buf));
+        Ok(t.elapsed())
+    }
+}
+
+/// Untimed: a kernel (`checksum`) reads the buffer, its pages become `Shared`; timed: the CPU
+/// rewrites every element.
+pub struct RewriteShared<'a> {
+    rt: &'a Runtime,
+    kernel: Kernel,
+    buf: Vec<u32>,
+    out: Vec<u32>,
+    k: u32,
+    /// Stats over the timed part of the last run.
+    pub delta: Stats,
+}
+
+impl<'a> RewriteShared<'a> {
+    /// `n` words.
+    pub fn new(rt: &'a Runtime, n: usize) -> anyhow::Result<Self> {
+        let mut buf = vec![0; n];
+        rewrite(&mut buf, 0);
+        Ok(RewriteShared {
+            rt,
+            kernel: rt.kernel_wgsl(vkhmm::shaders::CHECKSUM_WGSL, "main")?,
+            buf,
+            out: vec![0; 1],
+            k: 0,
+            delta: Stats::default(),
+        })
+    }
+
+    /// One run.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        let n = self.buf.len();
+        self.out[0] = 0;
+        self.rt.launch(
+            &self.kernel,
+            [REDUCE_GROUPS, 1, 1],
+            (&self.buf, &mut self.out, Push(&CountParams { n: n as u32 })),
+        )?;
+        let shared = self.rt.residency(&self.buf).shared;
+        ensure!(
+            shared + 2 >= n * 4 / PAGE,
+            "rewrite: only {shared} pages Shared after the kernel read them"
+        );
+        self.k += 1;
+        let before = self.rt.stats();
+        let t = Instant::now();
+        rewrite(&mut self.buf, self.k);
+        let d = t.elapsed();
+        self.delta = self.rt.stats() - before;
+        Ok(d)
+    }
+}
+
+/// Untimed: a kernel (`add_k`) adds 1 to every element, its pages become `Device`; timed: the
+/// CPU sums every element.
+pub struct ReadResult<'a> {
+    rt: &'a Runtime,
+    kernel: Kernel,
+    buf: Vec<u32>,
+    rounds: u64,
+    /// Stats over the timed part of the last run.
+    pub delta: Stats,
+}
+
+impl<'a> ReadResult<'a> {
+    /// `n` words, word i holding i.
+    pub fn new(rt: &'a Runtime, n: usize) -> anyhow::Result<Self> {
+        Ok(ReadResult {
+            rt,
+            kernel: rt.kernel_wgsl(vkhmm::shaders::ADD_K_WGSL, "main")?,
+            buf: (0..n).map(|i| i as u32).collect(),
+            rounds: 0,
+            delta: Stats::default(),
+        })
+    }
+
+    /// One run.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        let n = self.buf.len();
+        let params = AddParams { n: n as u32, k: 1 };
+        self.rt.launch(
+            &self.kernel,
+            [add_groups(n), 1, 1],
+            (&mut self.buf, Push(&params)),
+        )?;
+        self.rounds += 1;
+        let before = self.rt.stats();
+        let t = Instant::now();
+        let sum = sum_u32(&self.buf);
+        let d = t.elapsed();
+        self.delta = self.rt.stats() - before;
+        let n = n as u64;
+        ensure!(
+            sum == n * (n - 1) / 2 + n * self.rounds,
+            "read (vkhmm): wrong sum"
+        );
+        Ok(d)
+    }
+}
+
+/// Untimed: allocate and fill a new `Vec`; timed: `prefetch(Device)` of it; untimed: drop it.
+pub struct PrefetchFresh<'a> {
+    rt: &'a Runtime,
+    n: usize,
+    k: u32,
+    /// Stats over the timed part of the last run.
+    pub delta: Stats,
+}
+
+impl<'a> PrefetchFresh<'a> {
+    /// `n` words per allocation.
+    pub fn new(rt: &'a Runtime, n: usize) -> Self {
+        PrefetchFresh {
+            rt,
+            n,
+            k: 0,
+            delta: Stats::default(),
+        }
+    }
+
+    /// One run.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        self.k += 1;
+        let k = self.k;
+        let v: Vec<u32> = (0..self.n).map(|i| i as u32 ^ k).collect();
+        let before = self.rt.stats();
+        let t = Instant::now();
+        self.rt.prefetch(&v, Location::Device)?;
+        let d = t.elapsed();
+        self.delta = self.rt.stats() - before;
+        drop(v);
+        Ok(d)
+    }
+}
+
+/// Untimed: the CPU rewrites a `Vec` that lives across runs (device-resident since the last
+/// run: the writes fault it home); timed: `prefetch(Device)` of it.
+pub struct PrefetchReused<'a> {
+    rt: &'a Runtime,
+    buf: Vec<u32>,
+    k: u32,
+    /// Stats over the timed part of the last run.
+    pub delta: Stats,
+}
+
+impl<'a> PrefetchReused<'a> {
+    /// `n` words.
+    pub fn new(rt: &'a Runtime, n: usize) -> Self {
+        let mut buf = vec![0; n];
+        rewrite(&mut buf, 0);
+        PrefetchReused {
+            rt,
+            buf,
+            k: 0,
+            delta: Stats::default(),
+        }
+    }
+
+    /// One run.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        self.k += 1;
+        rewrite(&mut self.buf, self.k);
+        let before = self.rt.stats();
+        let t = Instant::now();
+        self.rt.prefetch(&self.buf, Location::Device)?;
+        let d = t.elapsed();
+        self.delta = self.rt.stats() - before;
+        Ok(d)
+    }
+
+    /// Whether the buffer holds the last run's pattern (faults it home).
+    pub fn verify(&self) -> bool {
+        self.buf
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == i as u32 ^ self.k)
+    }
+}
+
+/// Untimed: allocate `vec![0u32; n]` (pages never touched) and let a kernel (`checksum`)
+/// read it; timed: the CPU writes every element; [`ZeroHome::delta`] says what that copied
+/// home (nothing needs to: no one ever wrote the memory).
+pub struct ZeroHome<'a> {
+    rt: &'a Runtime,
+    kernel: Kernel,
+    n: usize,
+    /// Stats over the launch of the last run.
+    pub launch: Stats,
+    /// Stats over the timed part of the last run.
+    pub delta: Stats,
+}
+
+impl<'a> ZeroHome<'a> {
+    /// `n` words per allocation.
+    pub fn new(rt: &'a Runtime, n: usize) -> anyhow::Result<Self> {
+        Ok(ZeroHome {
+            rt,
+            kernel: rt.kernel_wgsl(vkhmm::shaders::CHECKSUM_WGSL, "main")?,
+            n,
+            launch: Stats::default(),
+            delta: Stats::default(),
+        })
+    }
+
+    /// One run.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        let n = self.n;
+        let mut v = vec![0u32; n];
+        let mut out = vec![0u32; 1];
+        let before = self.rt.stats();
+        self.rt.launch(
+            &self.kernel,
+            [REDUCE_GROUPS, 1, 1],
+            (&v, &mut out, Push(&CountParams { n: n as u32 })),
+        )?;
+        let mid = self.rt.stats();
+        ensure!(out[0] == 0, "zero home: the kernel read non-zero memory");
+        let t = Instant::now();
+        rewrite(&mut v, 1);
+        let d = t.elapsed();
+        self.delta = self.rt.stats() - mid;
+        self.launch = mid - before;
+        drop(v);
+        Ok(d)
+    }
+}
+
+/// The plain side of [`ZeroHome`]: allocate `vec![0u32; n]` (untimed), write every element
+/// (timed; the kernel's first-touch page faults included).
+pub struct PlainZero {
+    n: usize,
+}
+
+impl PlainZero {
+    /// `n` words per allocation.
+    pub fn new(n: usize) -> PlainZero {
+        PlainZero { n }
+    }
+
+    /// One run.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        let mut v = vec![0u32; self.n];
+        let t = Instant::now();
+        rewrite(&mut v, 1);
+        let d = t.elapsed();
+        std::hint::black_box(&mut v);
         Ok(d)
     }
 }

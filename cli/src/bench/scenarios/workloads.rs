@@ -1,13 +1,14 @@
 //! Ordinary programs against hand-written ash (`--only workloads`): four workloads on plain
 //! `Vec`s, each alternating run by run with its twin written by hand with ash on the same
-//! transfer path (`benches/measure/workloads.rs` has both sides of each).
+//! transfer path; then the micro-patterns such programs meet, each beside the same work on
+//! plain memory (`benches/measure/workloads.rs` has both sides of each).
 
 use std::time::Duration;
 
 use vkhmm::{Runtime, Stats, TransferPath};
 
 use crate::bench::measure::workloads::{self as w, Parts, PerRun, EDITS, RESIDENT_STEPS};
-use crate::bench::measure::{self, raw_ash, size_name, Budget, MIB};
+use crate::bench::measure::{self, gbps, raw_ash, size_name, Budget, MIB};
 use crate::bench::report::{Report, Row, Target, Unit};
 use crate::bench::Progress;
 
@@ -22,15 +23,18 @@ struct Sizes {
     resident: usize,
     /// Bytes of the edited buffer.
     edits: usize,
+    /// Bytes of each micro-pattern's buffer.
+    micro: usize,
 }
 
 /// The sampling of one figure.
 struct Budgets {
     step: Budget,
     program: Budget,
+    micro: Budget,
 }
 
-/// Every workload on both paths.
+/// Every workload on both paths, then every micro-pattern on both paths.
 pub(crate) fn workloads(
     r: &mut Report,
     p: &Progress,
@@ -44,12 +48,14 @@ pub(crate) fn workloads(
             saxpy: 16 * MIB,
             resident: 16 * MIB,
             edits: 64 * MIB,
+            micro: 64 * MIB,
         }
     } else {
         Sizes {
             saxpy: 16 * MIB,
             resident: 64 * MIB,
             edits: 64 * MIB,
+            micro: 64 * MIB,
         }
     };
     let budget = |min_iters, max_iters, secs| Budget {
@@ -61,11 +67,13 @@ pub(crate) fn workloads(
         Budgets {
             step: budget(3, 3, 0),
             program: budget(2, 2, 0),
+            micro: budget(3, 3, 0),
         }
     } else {
         Budgets {
             step: budget(9, 25, 3),
             program: budget(3, 5, 4),
+            micro: budget(7, 15, 2),
         }
     };
     let paths = [
@@ -83,6 +91,18 @@ pub(crate) fn workloads(
     }
     for (path, rt) in paths {
         edits(r, p, b.step, s.edits, path, rt, vk)?;
+    }
+    for (path, rt) in paths {
+        rewrite(r, p, b.micro, s.micro, path, rt)?;
+    }
+    for (path, rt) in paths {
+        read(r, p, b.micro, s.micro, path, rt)?;
+    }
+    for (path, rt) in paths {
+        prefetch(r, p, b.micro, s.micro, path, rt)?;
+    }
+    for (path, rt) in paths {
+        zero(r, p, b.micro, s.micro, path, rt)?;
     }
     Ok(())
 }
@@ -331,4 +351,256 @@ fn edits(
     let figure = format!("edits, {}, {EDITS} edits", size_name(bytes));
     push_workload(r, p, ("edits", figure), path, &pair, t.copied);
     Ok(())
+}
+
+/// A micro-pattern's row beside plain memory.
+struct Micro<'a> {
+    key: &'a str,
+    figure: String,
+    baseline: &'a str,
+    unit: Unit,
+    vkhmm: f64,
+    base: f64,
+    target: Target,
+    note: String,
+}
+
+fn push_micro(r: &mut Report, p: &Progress, path: TransferPath, m: Micro<'_>) {
+    let lower = format!("{path:?}").to_lowercase();
+    let unit = match m.unit {
+        Unit::GBps => "GB/s",
+        Unit::MiB => "MiB",
+        _ => "ms",
+    };
+    p.say(&format!(
+        "{}, {path:?}: {:.2} {unit} vs {} {:.2} {unit}; {}",
+        m.figure, m.vkhmm, m.baseline, m.base, m.note
+    ));
+    r.rows.push(Row {
+        key: format!("micro_{}_{lower}", m.key),
+        figure: format!("{}, {path:?}", m.figure),
+        unit: m.unit,
+        vkhmm: m.vkhmm,
+        baseline: m.baseline.into(),
+        base: Some(m.base),
+        target: Some(m.target),
+        note: m.note,
+    });
+}
+
+/// The sub-measurement `micro_{key}_{path}_{what}`.
+fn sub(r: &mut Report, key: &str, path: TransferPath, what: &str, v: f64) {
+    let lower = format!("{path:?}").to_lowercase();
+    r.extra.push((format!("micro_{key}_{lower}_{what}"), v));
+}
+
+/// The CPU rewrites a buffer a kernel has just read, against the same rewrite of a plain
+/// `Vec`.
+fn rewrite(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut v = w::RewriteShared::new(rt, n)?;
+    let mut plain = w::Plain::new(n);
+    let mut faults = Vec::new();
+    let (s, t) = measure::sample_pair(
+        b,
+        || {
+            let d = v.run()?;
+            faults.push(v.delta.cpu_faults);
+            Ok(d)
+        },
+        || plain.rewrite(),
+    )?;
+    let faults = median_u64(&faults);
+    sub(r, "rewrite", path, "faults", faults as f64);
+    push_micro(
+        r,
+        p,
+        path,
+        Micro {
+            key: "rewrite_shared",
+            figure: format!("CPU rewrite of kernel-read {} (Shared)", size_name(bytes)),
+            baseline: "plain Vec",
+            unit: Unit::Millis,
+            vkhmm: ms(s.median()),
+            base: ms(t.median()),
+            target: Target::AtMost(1.5),
+            note: format!("{faults} faults"),
+        },
+    );
+    Ok(())
+}
+
+/// The CPU sums a kernel's result, against the same sum of a resident `Vec`.
+fn read(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut v = w::ReadResult::new(rt, n)?;
+    let mut plain = w::Plain::new(n);
+    let mut deltas = Vec::new();
+    let (s, t) = measure::sample_pair(
+        b,
+        || {
+            let d = v.run()?;
+            deltas.push(v.delta);
+            Ok(d)
+        },
+        || plain.read(),
+    )?;
+    let faults = median_u64(&deltas.iter().map(|d| d.cpu_faults).collect::<Vec<_>>());
+    let home = mib(median_u64(
+        &deltas.iter().map(|d| d.bytes_to_host).collect::<Vec<_>>(),
+    ));
+    sub(r, "read", path, "faults", faults as f64);
+    sub(r, "read", path, "home_mib", home);
+    push_micro(
+        r,
+        p,
+        path,
+        Micro {
+            key: "read_result",
+            figure: format!("CPU sum of a kernel's {} result", size_name(bytes)),
+            baseline: "resident Vec",
+            unit: Unit::Millis,
+            vkhmm: ms(s.median()),
+            base: ms(t.median()),
+            target: Target::AtMost(3.0),
+            note: format!("{faults} faults, {home:.1} MiB home"),
+        },
+    );
+    Ok(())
+}
+
+/// `prefetch(Device)` of a fresh `Vec` against the same call on a reused one.
+fn prefetch(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut fresh = w::PrefetchFresh::new(rt, n);
+    let mut reused = w::PrefetchReused::new(rt, n);
+    let (mut fresh_moved, mut reused_moved) = (Vec::new(), Vec::new());
+    let (s, t) = measure::sample_pair(
+        b,
+        || {
+            let d = fresh.run()?;
+            fresh_moved.push(fresh.delta.bytes_to_device);
+            Ok(d)
+        },
+        || {
+            let d = reused.run()?;
+            reused_moved.push(reused.delta.bytes_to_device);
+            Ok(d)
+        },
+    )?;
+    anyhow::ensure!(reused.verify(), "prefetch (reused): lost data");
+    let (fm, rm) = (
+        mib(median_u64(&fresh_moved)),
+        mib(median_u64(&reused_moved)),
+    );
+    sub(r, "prefetch", path, "fresh_moved_mib", fm);
+    sub(r, "prefetch", path, "reused_moved_mib", rm);
+    sub(r, "prefetch", path, "fresh_ms", ms(s.median()));
+    sub(r, "prefetch", path, "reused_ms", ms(t.median()));
+    push_micro(
+        r,
+        p,
+        path,
+        Micro {
+            key: "prefetch_fresh",
+            figure: format!("prefetch(Device) of a fresh {} Vec", size_name(bytes)),
+            baseline: "reused Vec",
+            unit: Unit::GBps,
+            vkhmm: gbps(bytes, s.median()),
+            base: gbps(bytes, t.median()),
+            target: Target::AtLeast(0.8),
+            note: format!(
+                "{:.1} vs {:.1} ms, moved {fm:.1} vs {rm:.1} MiB",
+                ms(s.median()),
+                ms(t.median())
+            ),
+        },
+    );
+    Ok(())
+}
+
+/// The bytes copied home when the CPU writes a `vec![0u32; n]` a kernel has read, beside the
+/// same write to a plain one (which copies nothing).
+fn zero(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut v = w::ZeroHome::new(rt, n)?;
+    let mut plain = w::PlainZero::new(n);
+    let mut deltas: Vec<(Stats, Stats)> = Vec::new();
+    let (s, t) = measure::sample_pair(
+        b,
+        || {
+            let d = v.run()?;
+            deltas.push((v.launch, v.delta));
+            Ok(d)
+        },
+        || plain.run(),
+    )?;
+    let pick =
+        |f: &dyn Fn(&(Stats, Stats)) -> u64| median_u64(&deltas.iter().map(f).collect::<Vec<_>>());
+    let home = mib(pick(&|(_, d)| d.bytes_to_host));
+    let faults = pick(&|(_, d)| d.cpu_faults);
+    let zero_filled = mib(pick(&|(l, _)| l.bytes_zero_filled));
+    let (write_ms, plain_ms) = (ms(s.median()), ms(t.median()));
+    sub(r, "zero", path, "home_mib", home);
+    sub(r, "zero", path, "faults", faults as f64);
+    sub(r, "zero", path, "launch_zero_filled_mib", zero_filled);
+    sub(r, "zero", path, "write_ms", write_ms);
+    sub(r, "zero", path, "plain_write_ms", plain_ms);
+    push_micro(
+        r,
+        p,
+        path,
+        Micro {
+            key: "zero_home",
+            figure: format!(
+                "copied home: CPU write of kernel-read vec![0u32] {}",
+                size_name(bytes)
+            ),
+            baseline: "plain Vec",
+            unit: Unit::MiB,
+            vkhmm: home,
+            base: 0.0,
+            target: Target::ValueAtMost(0.0),
+            note: format!(
+                "write {write_ms:.1} vs {plain_ms:.1} ms plain, {faults} faults; launch \
+                 zero-filled {zero_filled:.1} MiB"
+            ),
+        },
+    );
+    Ok(())
+}
+
+/// The median of `v` (0 when empty).
+fn median_u64(v: &[u64]) -> u64 {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.get(v.len().div_ceil(2).max(1) - 1).copied().unwrap_or(0)
 }
