@@ -16,11 +16,15 @@
 //!   same SPIR-V dispatched with ash by hand;
 //! - [`Saxpy`], [`raw_ash::RawSaxpy`] (and the wgpu member `baselines/wgpu-saxpy`): upload
 //!   two `Vec<f32>`, run saxpy, the CPU reads the whole result.
+//! - [`workloads`]: ordinary programs on plain `Vec`s beside their hand-written ash twins
+//!   (fresh buffers, buffers reused across steps, a device-resident state, scattered edits),
+//!   and the micro-patterns they meet beside the same work on plain memory.
 
 #![allow(dead_code)] // each includer uses a different part
 
 pub mod raw_ash;
 pub mod raw_uffd;
+pub mod workloads;
 
 use std::time::{Duration, Instant};
 

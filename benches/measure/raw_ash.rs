@@ -1,6 +1,7 @@
 //! What an `ash` user writes by hand: one device, one queue, one command buffer and fence,
-//! explicit staging buffers and `vkCmdCopyBuffer` both ways, a compute pipeline with push
-//! constants, submit and wait.
+//! explicit staging buffers and `vkCmdCopyBuffer` both ways (or, where the device offers
+//! it, [`Mem::Mapped`] buffers that a kernel binds and the CPU reads and writes in place), a
+//! compute pipeline with push constants, submit and wait.
 //!
 //! The device is opened on the same physical device as vkhmm (matched by name) with
 //! `robustBufferAccess` on, as vkhmm opens it, so a kernel costs the same on both sides.
@@ -120,6 +121,11 @@ impl Vk {
     /// A buffer of `size` bytes; mapped when `host` (HOST_VISIBLE | HOST_COHERENT, cached if
     /// available), device-local otherwise.
     pub fn buffer(&self, size: u64, host: bool) -> anyhow::Result<Buf> {
+        self.buffer_in(size, if host { Mem::Staging } else { Mem::Device })
+    }
+
+    /// A buffer of `size` bytes in memory of kind `mem`.
+    pub fn buffer_in(&self, size: u64, mem: Mem) -> anyhow::Result<Buf> {
         let usage = vk::BufferUsageFlags::STORAGE_BUFFER
             | vk::BufferUsageFlags::TRANSFER_SRC
             | vk::BufferUsageFlags::TRANSFER_DST;
@@ -137,15 +143,20 @@ impl Vk {
             let req = d.get_buffer_memory_requirements(buffer);
             let coherent =
                 vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
-            let ty = if host {
-                self.memory_type(
-                    req.memory_type_bits,
-                    coherent | vk::MemoryPropertyFlags::HOST_CACHED,
-                )
-                .or_else(|_| self.memory_type(req.memory_type_bits, coherent))?
-            } else {
-                self.memory_type(req.memory_type_bits, vk::MemoryPropertyFlags::DEVICE_LOCAL)?
+            let cached = vk::MemoryPropertyFlags::HOST_CACHED;
+            let local = vk::MemoryPropertyFlags::DEVICE_LOCAL;
+            let bits = req.memory_type_bits;
+            let ty = match mem {
+                Mem::Staging => self
+                    .memory_type(bits, coherent | cached)
+                    .or_else(|_| self.memory_type(bits, coherent))?,
+                Mem::Device => self.memory_type(bits, local)?,
+                Mem::Mapped => self
+                    .memory_type(bits, local | coherent | cached)
+                    .or_else(|_| self.memory_type(bits, local | coherent))
+                    .or_else(|_| self.memory_type(bits, coherent))?,
             };
+            let host = mem != Mem::Device;
             let memory = d.allocate_memory(
                 &vk::MemoryAllocateInfo::default()
                     .allocation_size(req.size)
@@ -213,6 +224,19 @@ impl Drop for Vk {
     }
 }
 
+/// The memory a [`Buf`] lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mem {
+    /// Device-local, not mapped: reached through copies only.
+    Device,
+    /// Host-visible and coherent (cached where offered), mapped: a staging buffer.
+    Staging,
+    /// Device-local *and* host-visible where the device offers it (integrated GPUs, CPU
+    /// devices, resizable BAR), else host-visible; mapped: kernels bind it and the CPU reads
+    /// and writes it in place, with no copy.
+    Mapped,
+}
+
 /// A buffer with its own memory (mapped when host-visible). Drop it before its `Vk`.
 pub struct Buf {
     device: ash::Device,
@@ -232,6 +256,11 @@ impl Buf {
         // is in flight while the caller holds this borrow (every submit is waited for).
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.size as usize) }
     }
+
+    /// The mapped memory as `T`s (host buffers only; the size must be a multiple of `T`'s).
+    pub fn typed<T: bytemuck::Pod>(&mut self) -> &mut [T] {
+        bytemuck::cast_slice_mut(self.bytes())
+    }
 }
 
 impl Drop for Buf {
@@ -245,7 +274,8 @@ impl Drop for Buf {
     }
 }
 
-fn copy(d: &ash::Device, cmd: vk::CommandBuffer, src: vk::Buffer, dst: vk::Buffer, size: u64) {
+/// Records a copy of `size` bytes from the start of `src` to the start of `dst`.
+pub fn copy(d: &ash::Device, cmd: vk::CommandBuffer, src: vk::Buffer, dst: vk::Buffer, size: u64) {
     // SAFETY: called while `cmd` is recording; both buffers hold at least `size` bytes.
     unsafe {
         d.cmd_copy_buffer(
@@ -261,7 +291,27 @@ fn copy(d: &ash::Device, cmd: vk::CommandBuffer, src: vk::Buffer, dst: vk::Buffe
     };
 }
 
-fn barrier(
+/// Records the copies `regions` from `src` to `dst` (`vkCmdCopyBuffer` with many regions).
+pub fn copy_regions(
+    d: &ash::Device,
+    cmd: vk::CommandBuffer,
+    src: vk::Buffer,
+    dst: vk::Buffer,
+    regions: &[vk::BufferCopy],
+) {
+    // SAFETY: called while `cmd` is recording; the caller's regions lie inside both buffers
+    // and the destination regions do not overlap.
+    unsafe { d.cmd_copy_buffer(cmd, src, dst, regions) };
+}
+
+/// Records `vkCmdFillBuffer` of all of `buf` with the word `value`.
+pub fn fill(d: &ash::Device, cmd: vk::CommandBuffer, buf: vk::Buffer, value: u32) {
+    // SAFETY: called while `cmd` is recording; `buf` allows transfer writes.
+    unsafe { d.cmd_fill_buffer(cmd, buf, 0, vk::WHOLE_SIZE, value) };
+}
+
+/// Records a memory barrier from the stage `from` (accesses `src`) to `to` (accesses `dst`).
+pub fn barrier(
     d: &ash::Device,
     cmd: vk::CommandBuffer,
     from: vk::PipelineStageFlags,

@@ -100,6 +100,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.wants("thrash") {
         scenarios::thrash(&mut r, &p, args.quick)?;
     }
+    if args.wants("workloads") {
+        scenarios::workloads(&mut r, &p, args.quick, &direct, &staged, &vk)?;
+    }
     drop(vk);
     drop((direct, staged));
     if !args.no_wgpu && args.wants("wgpu") {

@@ -8,27 +8,33 @@ use serde::{Serialize, Serializer};
 use super::measure::size_name;
 use super::TARGET_SIZE;
 
-/// How a ratio is judged.
+/// How a figure is judged: most by their ratio to the baseline.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Target {
     /// vkhmm's rate over the baseline's, at least this.
     AtLeast(f64),
     /// vkhmm's time over the baseline's, at most this.
     AtMost(f64),
+    /// vkhmm's own figure, in its unit, at most this (where the baseline is zero, as the
+    /// bytes plain memory copies).
+    ValueAtMost(f64),
 }
 
 impl Target {
-    fn met(self, ratio: f64) -> bool {
+    /// Whether `row` meets it; `None` when it needs a ratio and the row has none.
+    fn met(self, row: &Row) -> Option<bool> {
         match self {
-            Target::AtLeast(t) => ratio >= t,
-            Target::AtMost(t) => ratio <= t,
+            Target::AtLeast(t) => row.ratio().map(|x| x >= t),
+            Target::AtMost(t) => row.ratio().map(|x| x <= t),
+            Target::ValueAtMost(t) => Some(row.vkhmm <= t),
         }
     }
 
-    fn text(self) -> String {
+    fn text(self, unit: Unit) -> String {
         match self {
             Target::AtLeast(t) => format!(">= {t:.2}x"),
             Target::AtMost(t) => format!("<= {t:.2}x"),
+            Target::ValueAtMost(t) => format!("<= {t} {}", unit.name()),
         }
     }
 }
@@ -240,10 +246,16 @@ pub(crate) fn table(r: &Report, elapsed: f64) -> String {
             .base
             .map_or_else(|| "-".to_string(), |b| fmt_value(b, row.unit));
         let ratio = row.ratio().map_or("-".into(), |x| format!("{x:.2}x"));
-        let (target, met) = match (row.target, row.ratio()) {
-            (Some(t), Some(x)) => (t.text(), if t.met(x) { "yes" } else { "NO" }),
-            (Some(t), None) => (t.text(), "n/a"),
-            (None, _) => (String::new(), ""),
+        let (target, met) = match row.target {
+            Some(t) => (
+                t.text(row.unit),
+                match t.met(row) {
+                    Some(true) => "yes",
+                    Some(false) => "NO",
+                    None => "n/a",
+                },
+            ),
+            None => (String::new(), ""),
         };
         let _ = writeln!(
             out,
@@ -312,8 +324,8 @@ pub(crate) fn json(r: &Report, quick: bool, elapsed: f64) -> String {
                 baseline: &row.baseline,
                 baseline_value: row.base,
                 ratio,
-                target: row.target.map(Target::text),
-                met: row.target.zip(ratio).map(|(t, x)| t.met(x)),
+                target: row.target.map(|t| t.text(row.unit)),
+                met: row.target.and_then(|t| t.met(row)),
                 note: &row.note,
             };
             (row.key.as_str(), figure)
@@ -423,5 +435,46 @@ mod tests {
     fn json_keeps_its_shape() {
         let expected = r#"{"device":"llvmpipe \"x\" (LLVM)","quick":true,"elapsed_s":1.5,"wgpu":null,"figures":{"a_64mib_vs_memcpy":{"figure":"prefetch to device, 64 MiB, Direct","unit":"GB/s","vkhmm":2.5,"baseline":"memcpy","baseline_value":5.0,"ratio":0.5,"target":">= 0.85x","met":false,"note":""},"saxpy_direct_vs_wgpu":{"figure":"saxpy 2x64 MiB end to end, Direct","unit":"ms","vkhmm":12.25,"baseline":"wgpu","baseline_value":null,"ratio":null,"target":"<= 0.80x","met":null,"note":"not built: run `cargo build --release -p wgpu-saxpy`"},"touch_4_direct_p50":{"figure":"isolated touch p50, 4K chunk, Direct","unit":"us","vkhmm":3.75,"baseline":"raw uffd p50","baseline_value":2.5,"ratio":1.5,"target":null,"met":null,"note":"p5 1.5 vs 1.25 us"}},"series_gbps":{"memcpy":[[65536,10.5],[4194304,null]],"wgpu_upload":[[65536,0.75]]},"sub":{"x_faults":7.5,"inf":null}}"#;
         assert_eq!(json(&sample(), true, 1.5), expected);
+    }
+
+    /// A figure judged on its own value: met or not whatever its baseline, which may be zero
+    /// (no ratio then).
+    #[test]
+    fn value_targets_are_judged_without_a_ratio() {
+        let row = |vkhmm| Row {
+            key: "zero_home".into(),
+            figure: "bytes home".into(),
+            unit: Unit::MiB,
+            vkhmm,
+            baseline: "plain Vec".into(),
+            base: Some(0.0),
+            target: Some(Target::ValueAtMost(0.0)),
+            note: String::new(),
+        };
+        let r = Report {
+            rows: vec![row(64.0), row(0.0)],
+            ..Report::default()
+        };
+        let lines: Vec<String> = table(&r, 1.0)
+            .lines()
+            .filter(|l| l.starts_with("bytes home"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "bytes home 64.00 MiB plain Vec 0.00 MiB - <= 0 MiB NO",
+                "bytes home 0.00 MiB plain Vec 0.00 MiB - <= 0 MiB yes",
+            ]
+        );
+        let j = json(&r, false, 1.0);
+        assert!(
+            j.contains(r#""ratio":null,"target":"<= 0 MiB","met":false"#),
+            "{j}"
+        );
+        assert!(
+            j.contains(r#""ratio":null,"target":"<= 0 MiB","met":true"#),
+            "{j}"
+        );
     }
 }

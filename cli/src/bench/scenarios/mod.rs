@@ -3,6 +3,7 @@
 
 mod bandwidth;
 mod latency;
+mod programs;
 mod workloads;
 
 use std::time::Duration;
@@ -11,7 +12,8 @@ use super::measure::Samples;
 
 pub(crate) use bandwidth::{chunks, sweep};
 pub(crate) use latency::{launch, touch};
-pub(crate) use workloads::{oversub, resident, saxpy, thrash};
+pub(crate) use programs::{oversub, resident, saxpy, thrash};
+pub(crate) use workloads::workloads;
 
 /// The median of `s`.
 fn median_of(s: &Samples) -> Duration {

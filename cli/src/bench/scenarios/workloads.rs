@@ -1,277 +1,606 @@
-//! Whole programs: saxpy end to end against hand-written ash, host memory after a
-//! migration, saxpy at twice the budget, and a launch-and-read loop with thrash detection
-//! on and off.
+//! Ordinary programs against hand-written ash (`--only workloads`): four workloads on plain
+//! `Vec`s, each alternating run by run with its twin written by hand with ash on the same
+//! transfer path; then the micro-patterns such programs meet, each beside the same work on
+//! plain memory (`benches/measure/workloads.rs` has both sides of each).
 
 use std::time::Duration;
 
-use vkhmm::{Runtime, TransferPath};
+use vkhmm::{Runtime, Stats, TransferPath};
 
-use super::us;
-use crate::bench::measure::{self, raw_ash, size_name, Budget, MIB};
+use crate::bench::measure::workloads::{self as w, Parts, PerRun, EDITS, RESIDENT_STEPS};
+use crate::bench::measure::{self, gbps, raw_ash, size_name, Budget, MIB};
 use crate::bench::report::{Report, Row, Target, Unit};
 use crate::bench::Progress;
 
-/// End-to-end saxpy: vkhmm on both paths, each alternating with hand-written ash (wgpu
-/// comes later, from its own process).
-pub(crate) fn saxpy(
+/// How far vkhmm may be from the twin of each workload (time over time).
+const WORKLOAD_TARGET: f64 = 1.5;
+
+/// The sizes of one run (smaller under `--quick` where the figure keeps its meaning).
+struct Sizes {
+    /// Bytes of each of `x` and `y` (fresh, iterate).
+    saxpy: usize,
+    /// Bytes of the resident state.
+    resident: usize,
+    /// Bytes of the edited buffer.
+    edits: usize,
+    /// Bytes of each micro-pattern's buffer.
+    micro: usize,
+}
+
+/// The sampling of one figure.
+struct Budgets {
+    step: Budget,
+    program: Budget,
+    micro: Budget,
+}
+
+/// Every workload on both paths, then every micro-pattern on both paths.
+pub(crate) fn workloads(
     r: &mut Report,
     p: &Progress,
     quick: bool,
-    n: usize,
     direct: &Runtime,
     staged: &Runtime,
     vk: &raw_ash::Vk,
 ) -> anyhow::Result<()> {
-    let b = Budget {
-        min_iters: if quick { 2 } else { 5 },
-        max_iters: if quick { 2 } else { 8 },
-        time: Duration::from_secs(3),
-    };
-    let mut raw = raw_ash::RawSaxpy::new(vk, n)?;
-    let (mut x, mut y) = (vec![0f32; n], vec![0f32; n]);
-    let mut it = 0;
-    for (path, rt) in [("Direct", direct), ("Staged", staged)] {
-        let mut s = measure::Saxpy::new(rt, n)?;
-        let mut all = Vec::new();
-        let mut raw_runs = Vec::new();
-        let before = rt.stats();
-        let (samples, raw_s) = measure::sample_pair(
-            b,
-            || {
-                let d = s.run()?;
-                anyhow::ensure!(
-                    s.sum == measure::saxpy_expect(n, 2.0, s.iteration()),
-                    "vkhmm saxpy: wrong sum"
-                );
-                all.push((d, s.parts.to_vec()));
-                Ok(d)
-            },
-            || {
-                it += 1;
-                measure::saxpy_fill(&mut x, &mut y, it);
-                let (d, sum) = raw.run(vk, &x, &y, 2.0)?;
-                anyhow::ensure!(
-                    sum == measure::saxpy_expect(n, 2.0, it),
-                    "ash saxpy: wrong sum"
-                );
-                raw_runs.push((d, raw.parts.to_vec()));
-                Ok(d)
-            },
-        )?;
-        let stats = rt.stats() - before;
-        let runs = all.len() as f64;
-        let parts = median_parts(all);
-        let raw_parts = median_parts(raw_runs);
-        let ms = samples.median().as_secs_f64() * 1e3;
-        let raw_ms = raw_s.median().as_secs_f64() * 1e3;
-        let lower = path.to_lowercase();
-        let kernel = stats.kernel_time.as_secs_f64() / runs * 1e3;
-        let faults = stats.cpu_faults as f64 / runs;
-        for (k, v) in [
-            ("launch_ms", parts[0] * 1e3),
-            ("read_ms", parts[1] * 1e3),
-            ("kernel_ms", kernel),
-            ("faults_per_run", faults),
-            ("ms", ms),
-        ] {
-            r.extra.push((format!("vkhmm_saxpy_{lower}_{k}"), v));
+    let s = if quick {
+        Sizes {
+            saxpy: 16 * MIB,
+            resident: 16 * MIB,
+            edits: 64 * MIB,
+            micro: 64 * MIB,
         }
-        for (k, v) in [
-            ("memcpy_to_staging_ms", raw_parts[0] * 1e3),
-            ("submit_copy_kernel_copy_ms", raw_parts[1] * 1e3),
-            ("cpu_sum_ms", raw_parts[2] * 1e3),
-            ("ms", raw_ms),
-        ] {
-            r.extra.push((format!("ash_saxpy_{k}_beside_{lower}"), v));
+    } else {
+        Sizes {
+            saxpy: 16 * MIB,
+            resident: 64 * MIB,
+            edits: 64 * MIB,
+            micro: 64 * MIB,
         }
-        p.say(&format!(
-            "saxpy 2x{}: vkhmm {path} {ms:.1} ms (launch {:.1}, CPU read {:.1}; kernel {kernel:.1}; \
-             {faults:.0} faults per run incl. refill); hand-written ash {raw_ms:.1} ms (staging \
-             {:.1}, submit {:.1}, sum {:.1})",
-            size_name(n * 4),
-            parts[0] * 1e3,
-            parts[1] * 1e3,
-            raw_parts[0] * 1e3,
-            raw_parts[1] * 1e3,
-            raw_parts[2] * 1e3,
-        ));
-        r.rows.push(Row {
-            key: format!("saxpy_{lower}_vs_ash"),
-            figure: format!("saxpy 2x{} end to end, {path}", size_name(n * 4)),
-            unit: Unit::Millis,
-            vkhmm: ms,
-            baseline: "hand-written ash".into(),
-            base: Some(raw_ms),
-            target: (path == "Direct").then_some(Target::AtMost(1.2)),
-            note: String::new(),
-        });
-    }
-    Ok(())
-}
-
-/// The size the resident-memory target is stated at.
-const RSS_SIZE: usize = 256 * MIB;
-
-/// Resident host memory of a written 256 MiB `Vec` before and after `prefetch(Device)`, on
-/// both paths (one run each: the figure is a page count, not a time).
-pub(crate) fn resident(
-    r: &mut Report,
-    p: &Progress,
-    direct: &Runtime,
-    staged: &Runtime,
-) -> anyhow::Result<()> {
-    for (path, rt) in [("Direct", direct), ("Staged", staged)] {
-        let mut m = measure::ResidentAfterMigrate::new(rt, RSS_SIZE);
-        let d = m.run()?;
-        let (before, after) = (m.before as f64 / MIB as f64, m.after as f64 / MIB as f64);
-        anyhow::ensure!(m.verify(), "resident-memory run ({path}) lost data");
-        p.say(&format!(
-            "resident memory of a written 256 MiB Vec, {path}: {before:.1} MiB before, \
-             {after:.2} MiB after prefetch(Device) ({:.0} ms)",
-            d.as_secs_f64() * 1e3
-        ));
-        r.rows.push(Row {
-            key: format!("resident_after_migrate_{}_256mib", path.to_lowercase()),
-            figure: format!("host memory after migrating 256 MiB written, {path}"),
-            unit: Unit::MiB,
-            vkhmm: after,
-            baseline: "before migration".into(),
-            base: Some(before),
-            target: (path == "Direct").then_some(Target::AtMost(0.05)),
-            note: "pagemap of the buffer".into(),
-        });
-    }
-    Ok(())
-}
-
-/// Saxpy over a working set of twice the device budget against the same program with a
-/// budget that holds it: same data, same slices, runs alternating.
-pub(crate) fn oversub(r: &mut Report, p: &Progress, quick: bool) -> anyhow::Result<()> {
-    let b = Budget {
-        min_iters: if quick { 2 } else { 5 },
-        max_iters: if quick { 2 } else { 10 },
-        time: Duration::from_secs(3),
     };
-    let working_set = if quick { 32 * MIB } else { 64 * MIB };
-    let n = working_set / 2 / 4; // x and y, f32
-    for path in [TransferPath::Direct, TransferPath::Staged] {
-        let fits = Runtime::builder()
-            .transfer(path)
-            .budget(2 * working_set as u64)
-            .build()?;
-        let over = Runtime::builder()
-            .transfer(path)
-            .budget(working_set as u64 / 2)
-            .build()?;
-        let mut f = measure::OversubSaxpy::new(&fits, n)?;
-        let mut o = measure::OversubSaxpy::new(&over, n)?;
-        let before = over.stats();
-        let (fs, os) = measure::sample_pair(
-            b,
-            || {
-                let d = f.run()?;
-                anyhow::ensure!(f.sum == f.expect(), "fitting saxpy: wrong sum");
-                Ok(d)
-            },
-            || {
-                let d = o.run()?;
-                anyhow::ensure!(o.sum == o.expect(), "oversubscribed saxpy: wrong sum");
-                Ok(d)
-            },
-        )?;
-        let evictions = (over.stats() - before).evictions;
-        anyhow::ensure!(evictions > 0, "oversubscribed saxpy evicted nothing");
-        let (fms, oms) = (
-            fs.median().as_secs_f64() * 1e3,
-            os.median().as_secs_f64() * 1e3,
-        );
-        p.say(&format!(
-            "saxpy over {} at 2x the budget, {path:?}: {oms:.1} ms ({evictions} evictions) vs \
-             {fms:.1} ms with a budget that holds it",
-            size_name(working_set)
-        ));
-        r.rows.push(Row {
-            key: format!("saxpy_oversubscribed_{path:?}_vs_fitting").to_lowercase(),
-            figure: format!(
-                "saxpy {} at 2x budget, 2 passes, {path:?}",
-                size_name(working_set)
-            ),
-            unit: Unit::Millis,
-            vkhmm: oms,
-            baseline: "budget holds it".into(),
-            base: Some(fms),
-            target: (path == TransferPath::Direct).then_some(Target::AtMost(3.0)),
-            note: format!("{evictions} evictions"),
-        });
-    }
-    Ok(())
-}
-
-/// A launch-and-read loop on one 4 MiB buffer with thrash detection on (settled in place
-/// after three rounds) against the same loop with it off (migrated every round).
-pub(crate) fn thrash(r: &mut Report, p: &Progress, quick: bool) -> anyhow::Result<()> {
-    let b = Budget {
-        min_iters: if quick { 10 } else { 50 },
-        max_iters: if quick { 10 } else { 200 },
-        time: Duration::from_secs(2),
+    let budget = |min_iters, max_iters, secs| Budget {
+        min_iters,
+        max_iters,
+        time: Duration::from_secs(secs),
     };
-    let n = 4 * MIB / 4;
-    for path in [TransferPath::Direct, TransferPath::Staged] {
-        let on = Runtime::builder().transfer(path).build()?;
-        let off = Runtime::builder()
-            .transfer(path)
-            .thrash_detection(false)
-            .build()?;
-        let mut a = measure::PingPong::new(&on, n)?;
-        let mut z = measure::PingPong::new(&off, n)?;
-        // Past the first rounds, where detection is still watching.
-        for _ in 0..4 {
-            a.run()?;
+    let b = if quick {
+        Budgets {
+            step: budget(3, 3, 0),
+            program: budget(2, 2, 0),
+            micro: budget(3, 3, 0),
         }
-        let (sa, sz) = measure::sample_pair(
-            b,
-            || {
-                let d = a.run()?;
-                anyhow::ensure!(a.sum == a.expect(), "ping-pong (detection on): wrong sum");
-                Ok(d)
-            },
-            || {
-                let d = z.run()?;
-                anyhow::ensure!(z.sum == z.expect(), "ping-pong (detection off): wrong sum");
-                Ok(d)
-            },
-        )?;
-        let settled = on.stats().thrash_settled;
-        anyhow::ensure!(
-            settled == 1,
-            "ping-pong: {settled} bindings settled, expected 1"
-        );
-        let (us_on, us_off) = (us(sa.median()), us(sz.median()));
-        p.say(&format!(
-            "launch + CPU read of 4 MiB, {path:?}: {us_on:.0} us settled in place vs {us_off:.0} \
-             us migrated each round"
-        ));
-        r.rows.push(Row {
-            key: format!("pingpong_{path:?}_thrash_on_vs_off").to_lowercase(),
-            figure: format!("launch + CPU read, 4 MiB, {path:?}, thrash detection"),
-            unit: Unit::Micros,
-            vkhmm: us_on,
-            baseline: "detection off".into(),
-            base: Some(us_off),
-            target: None,
-            note: "settled in place after 3 rounds".into(),
-        });
+    } else {
+        Budgets {
+            step: budget(9, 25, 3),
+            program: budget(3, 5, 4),
+            micro: budget(7, 15, 2),
+        }
+    };
+    let paths = [
+        (TransferPath::Direct, direct),
+        (TransferPath::Staged, staged),
+    ];
+    for (path, rt) in paths {
+        fresh(r, p, b.step, s.saxpy, path, rt, vk)?;
+    }
+    for (path, rt) in paths {
+        iterate(r, p, b.step, s.saxpy, path, rt, vk)?;
+    }
+    for (path, rt) in paths {
+        resident(r, p, b.program, s.resident, path, rt, vk)?;
+    }
+    for (path, rt) in paths {
+        edits(r, p, b.step, s.edits, path, rt, vk)?;
+    }
+    for (path, rt) in paths {
+        rewrite(r, p, b.micro, s.micro, path, rt)?;
+    }
+    for (path, rt) in paths {
+        read(r, p, b.micro, s.micro, path, rt)?;
+    }
+    for (path, rt) in paths {
+        prefetch(r, p, b.micro, s.micro, path, rt)?;
+    }
+    for (path, rt) in paths {
+        zero(r, p, b.micro, s.micro, path, rt)?;
     }
     Ok(())
 }
 
-/// The parts of the run whose total is the median (the warm-up run, first, is left out).
-fn median_parts(mut runs: Vec<(Duration, Vec<f64>)>) -> Vec<f64> {
-    if runs.len() > 1 {
-        runs.remove(0);
-    }
+/// The medians of one workload on one path, the phases of the median runs, and what vkhmm
+/// moved per run.
+struct Pair {
+    ms: f64,
+    twin_ms: f64,
+    parts: Parts,
+    twin_parts: Parts,
+    per: PerRun,
+}
+
+/// Samples the vkhmm side `f` and the twin `g` alternately (each returns its time and
+/// phases); `rt`'s stats over `f`'s timed runs (the warm-up left out) give the figures per
+/// run.
+fn pair(
+    rt: &Runtime,
+    b: Budget,
+    mut f: impl FnMut() -> anyhow::Result<(Duration, Parts)>,
+    mut g: impl FnMut() -> anyhow::Result<(Duration, Parts)>,
+) -> anyhow::Result<Pair> {
+    let mut warm: Option<Stats> = None;
+    let (mut runs, mut twin_runs) = (Vec::new(), Vec::new());
+    let (s, t) = measure::sample_pair(
+        b,
+        || {
+            let (d, parts) = f()?;
+            match warm {
+                None => warm = Some(rt.stats()),
+                Some(_) => runs.push((d, parts)),
+            }
+            Ok(d)
+        },
+        || {
+            let (d, parts) = g()?;
+            twin_runs.push((d, parts));
+            Ok(d)
+        },
+    )?;
+    let per = PerRun::new(rt.stats() - warm.unwrap_or_default(), runs.len());
+    twin_runs.remove(0);
+    Ok(Pair {
+        ms: ms(s.median()),
+        twin_ms: ms(t.median()),
+        parts: median_parts(runs),
+        twin_parts: median_parts(twin_runs),
+        per,
+    })
+}
+
+/// The phases of the median run (the median as [`measure::Samples::median`] picks it).
+fn median_parts(mut runs: Vec<(Duration, Parts)>) -> Parts {
     runs.sort_by_key(|(d, _)| *d);
     runs.get(runs.len().div_ceil(2).max(1) - 1)
-        .map(|(_, p)| p.clone())
-        .unwrap_or_else(|| vec![0.0; 3])
+        .map_or([0.0; 4], |(_, p)| *p)
+}
+
+/// `d` in milliseconds.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// MiB of `bytes`.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB as f64
+}
+
+/// `bytes` for a person: `7.8 KiB`, `32.0 MiB`.
+fn human(bytes: f64) -> String {
+    if bytes > 0.0 && bytes < MIB as f64 {
+        format!("{:.1} KiB", bytes / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes / MIB as f64)
+    }
+}
+
+/// Milliseconds of `parts`, by phase: `write 1.0, device 2.0, read 3.0, free 0.0 ms`.
+fn phases(parts: &Parts) -> String {
+    format!(
+        "write {:.1}, device {:.1}, read {:.1}, free {:.1} ms",
+        parts[0] * 1e3,
+        parts[1] * 1e3,
+        parts[2] * 1e3,
+        parts[3] * 1e3
+    )
+}
+
+/// The row, the sub-measurements and the progress line of one workload on one path.
+fn push_workload(
+    r: &mut Report,
+    p: &Progress,
+    (key, figure): (&str, String),
+    path: TransferPath,
+    pair: &Pair,
+    twin_copied: u64,
+) {
+    let lower = format!("{path:?}").to_lowercase();
+    let per = &pair.per;
+    let twin = human(twin_copied as f64);
+    p.say(&format!(
+        "workload {figure}, {path:?}: vkhmm {:.1} ms ({}), hand-written ash {:.1} ms ({}), \
+         {:.2}x; per run {:.1} CPU faults, {:.1} MiB to device, {:.1} MiB home, {:.1} MiB \
+         zero-filled, kernels {:.1} ms; ash copies {twin}",
+        pair.ms,
+        phases(&pair.parts),
+        pair.twin_ms,
+        phases(&pair.twin_parts),
+        pair.ms / pair.twin_ms,
+        per.faults,
+        per.to_device_mib,
+        per.to_host_mib,
+        per.zero_filled_mib,
+        per.kernel_ms,
+    ));
+    let [write, device, read, free] = pair.parts.map(|s| s * 1e3);
+    let [twin_write, twin_device, twin_read, _] = pair.twin_parts.map(|s| s * 1e3);
+    for (k, v) in [
+        ("faults_per_run", per.faults),
+        ("to_device_mib_per_run", per.to_device_mib),
+        ("to_host_mib_per_run", per.to_host_mib),
+        ("zero_filled_mib_per_run", per.zero_filled_mib),
+        ("kernel_ms_per_run", per.kernel_ms),
+        ("write_ms", write),
+        ("device_ms", device),
+        ("read_ms", read),
+        ("free_ms", free),
+        ("ash_write_ms", twin_write),
+        ("ash_device_ms", twin_device),
+        ("ash_read_ms", twin_read),
+        ("ash_copied_mib_per_run", mib(twin_copied)),
+    ] {
+        r.extra.push((format!("workload_{key}_{lower}_{k}"), v));
+    }
+    r.rows.push(Row {
+        key: format!("workload_{key}_{lower}_vs_ash"),
+        figure: format!("workload {figure}, {path:?}"),
+        unit: Unit::Millis,
+        vkhmm: pair.ms,
+        baseline: "hand-written ash".into(),
+        base: Some(pair.twin_ms),
+        target: Some(Target::AtMost(WORKLOAD_TARGET)),
+        note: format!(
+            "per run {:.0} faults, {:.1}+{:.1} MiB to dev+home; ash copies {twin}",
+            per.faults, per.to_device_mib, per.to_host_mib
+        ),
+    });
+}
+
+/// Fresh `x` and `y` every step.
+fn fresh(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+    vk: &raw_ash::Vk,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut v = w::Fresh::new(rt, n)?;
+    let mut t = w::FreshTwin::new(vk, n, path)?;
+    let pair = pair(
+        rt,
+        b,
+        || Ok((v.run()?, v.parts)),
+        || Ok((t.run(vk)?, t.parts)),
+    )?;
+    let figure = format!("fresh, 2x{}", size_name(bytes));
+    push_workload(r, p, ("fresh", figure), path, &pair, t.copied);
+    Ok(())
+}
+
+/// `x` and `y` reused across steps.
+fn iterate(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+    vk: &raw_ash::Vk,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut v = w::Iterate::new(rt, n)?;
+    let mut t = w::IterateTwin::new(vk, n, path)?;
+    let pair = pair(
+        rt,
+        b,
+        || Ok((v.run()?, v.parts)),
+        || Ok((t.run(vk)?, t.parts)),
+    )?;
+    let figure = format!("iterate, 2x{}", size_name(bytes));
+    push_workload(r, p, ("iterate", figure), path, &pair, t.copied);
+    Ok(())
+}
+
+/// A state updated in place for [`RESIDENT_STEPS`] steps (one run is the whole program).
+fn resident(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+    vk: &raw_ash::Vk,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut v = w::Resident::new(rt, n)?;
+    let mut t = w::ResidentTwin::new(vk, n, path)?;
+    let pair = pair(
+        rt,
+        b,
+        || Ok((v.run()?, v.parts)),
+        || Ok((t.run(vk)?, t.parts)),
+    )?;
+    let figure = format!("resident, {} x {RESIDENT_STEPS} steps", size_name(bytes));
+    push_workload(r, p, ("resident", figure), path, &pair, t.copied);
+    Ok(())
+}
+
+/// [`EDITS`] scattered writes and reads around a whole-buffer kernel.
+fn edits(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+    vk: &raw_ash::Vk,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut v = w::Edits::new(rt, n)?;
+    let mut t = w::EditsTwin::new(vk, n, path)?;
+    let pair = pair(
+        rt,
+        b,
+        || Ok((v.run()?, v.parts)),
+        || Ok((t.run(vk)?, t.parts)),
+    )?;
+    anyhow::ensure!(
+        !v.sums.is_empty() && v.sums == t.sums,
+        "edits: vkhmm and hand-written ash read different values"
+    );
+    let figure = format!("edits, {}, {EDITS} edits", size_name(bytes));
+    push_workload(r, p, ("edits", figure), path, &pair, t.copied);
+    Ok(())
+}
+
+/// A micro-pattern's row beside plain memory.
+struct Micro<'a> {
+    key: &'a str,
+    figure: String,
+    baseline: &'a str,
+    unit: Unit,
+    vkhmm: f64,
+    base: f64,
+    target: Target,
+    note: String,
+}
+
+fn push_micro(r: &mut Report, p: &Progress, path: TransferPath, m: Micro<'_>) {
+    let lower = format!("{path:?}").to_lowercase();
+    let unit = match m.unit {
+        Unit::GBps => "GB/s",
+        Unit::MiB => "MiB",
+        _ => "ms",
+    };
+    p.say(&format!(
+        "{}, {path:?}: {:.2} {unit} vs {} {:.2} {unit}; {}",
+        m.figure, m.vkhmm, m.baseline, m.base, m.note
+    ));
+    r.rows.push(Row {
+        key: format!("micro_{}_{lower}", m.key),
+        figure: format!("{}, {path:?}", m.figure),
+        unit: m.unit,
+        vkhmm: m.vkhmm,
+        baseline: m.baseline.into(),
+        base: Some(m.base),
+        target: Some(m.target),
+        note: m.note,
+    });
+}
+
+/// The sub-measurement `micro_{key}_{path}_{what}`.
+fn sub(r: &mut Report, key: &str, path: TransferPath, what: &str, v: f64) {
+    let lower = format!("{path:?}").to_lowercase();
+    r.extra.push((format!("micro_{key}_{lower}_{what}"), v));
+}
+
+/// The CPU rewrites a buffer a kernel has just read, against the same rewrite of a plain
+/// `Vec`.
+fn rewrite(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut v = w::RewriteShared::new(rt, n)?;
+    let mut plain = w::Plain::new(n);
+    let mut faults = Vec::new();
+    let (s, t) = measure::sample_pair(
+        b,
+        || {
+            let d = v.run()?;
+            faults.push(v.delta.cpu_faults);
+            Ok(d)
+        },
+        || plain.rewrite(),
+    )?;
+    let faults = median_u64(&faults);
+    sub(r, "rewrite", path, "faults", faults as f64);
+    push_micro(
+        r,
+        p,
+        path,
+        Micro {
+            key: "rewrite_shared",
+            figure: format!("CPU rewrite of kernel-read {} (Shared)", size_name(bytes)),
+            baseline: "plain Vec",
+            unit: Unit::Millis,
+            vkhmm: ms(s.median()),
+            base: ms(t.median()),
+            target: Target::AtMost(1.5),
+            note: format!("{faults} faults"),
+        },
+    );
+    Ok(())
+}
+
+/// The CPU sums a kernel's result, against the same sum of a resident `Vec`.
+fn read(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut v = w::ReadResult::new(rt, n)?;
+    let mut plain = w::Plain::new(n);
+    let mut deltas = Vec::new();
+    let (s, t) = measure::sample_pair(
+        b,
+        || {
+            let d = v.run()?;
+            deltas.push(v.delta);
+            Ok(d)
+        },
+        || plain.read(),
+    )?;
+    let faults = median_u64(&deltas.iter().map(|d| d.cpu_faults).collect::<Vec<_>>());
+    let home = mib(median_u64(
+        &deltas.iter().map(|d| d.bytes_to_host).collect::<Vec<_>>(),
+    ));
+    sub(r, "read", path, "faults", faults as f64);
+    sub(r, "read", path, "home_mib", home);
+    push_micro(
+        r,
+        p,
+        path,
+        Micro {
+            key: "read_result",
+            figure: format!("CPU sum of a kernel's {} result", size_name(bytes)),
+            baseline: "resident Vec",
+            unit: Unit::Millis,
+            vkhmm: ms(s.median()),
+            base: ms(t.median()),
+            target: Target::AtMost(3.0),
+            note: format!("{faults} faults, {home:.1} MiB home"),
+        },
+    );
+    Ok(())
+}
+
+/// `prefetch(Device)` of a fresh `Vec` against the same call on a reused one.
+fn prefetch(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut fresh = w::PrefetchFresh::new(rt, n);
+    let mut reused = w::PrefetchReused::new(rt, n);
+    let (mut fresh_moved, mut reused_moved) = (Vec::new(), Vec::new());
+    let (s, t) = measure::sample_pair(
+        b,
+        || {
+            let d = fresh.run()?;
+            fresh_moved.push(fresh.delta.bytes_to_device);
+            Ok(d)
+        },
+        || {
+            let d = reused.run()?;
+            reused_moved.push(reused.delta.bytes_to_device);
+            Ok(d)
+        },
+    )?;
+    anyhow::ensure!(reused.verify(), "prefetch (reused): lost data");
+    let (fm, rm) = (
+        mib(median_u64(&fresh_moved)),
+        mib(median_u64(&reused_moved)),
+    );
+    sub(r, "prefetch", path, "fresh_moved_mib", fm);
+    sub(r, "prefetch", path, "reused_moved_mib", rm);
+    sub(r, "prefetch", path, "fresh_ms", ms(s.median()));
+    sub(r, "prefetch", path, "reused_ms", ms(t.median()));
+    push_micro(
+        r,
+        p,
+        path,
+        Micro {
+            key: "prefetch_fresh",
+            figure: format!("prefetch(Device) of a fresh {} Vec", size_name(bytes)),
+            baseline: "reused Vec",
+            unit: Unit::GBps,
+            vkhmm: gbps(bytes, s.median()),
+            base: gbps(bytes, t.median()),
+            target: Target::AtLeast(0.8),
+            note: format!(
+                "{:.1} vs {:.1} ms, moved {fm:.1} vs {rm:.1} MiB",
+                ms(s.median()),
+                ms(t.median())
+            ),
+        },
+    );
+    Ok(())
+}
+
+/// The bytes copied home when the CPU writes a `vec![0u32; n]` a kernel has read, beside the
+/// same write to a plain one (which copies nothing).
+fn zero(
+    r: &mut Report,
+    p: &Progress,
+    b: Budget,
+    bytes: usize,
+    path: TransferPath,
+    rt: &Runtime,
+) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut v = w::ZeroHome::new(rt, n)?;
+    let mut plain = w::PlainZero::new(n);
+    let mut deltas: Vec<(Stats, Stats)> = Vec::new();
+    let (s, t) = measure::sample_pair(
+        b,
+        || {
+            let d = v.run()?;
+            deltas.push((v.launch, v.delta));
+            Ok(d)
+        },
+        || plain.run(),
+    )?;
+    let pick =
+        |f: &dyn Fn(&(Stats, Stats)) -> u64| median_u64(&deltas.iter().map(f).collect::<Vec<_>>());
+    let home = mib(pick(&|(_, d)| d.bytes_to_host));
+    let faults = pick(&|(_, d)| d.cpu_faults);
+    let zero_filled = mib(pick(&|(l, _)| l.bytes_zero_filled));
+    let (write_ms, plain_ms) = (ms(s.median()), ms(t.median()));
+    sub(r, "zero", path, "home_mib", home);
+    sub(r, "zero", path, "faults", faults as f64);
+    sub(r, "zero", path, "launch_zero_filled_mib", zero_filled);
+    sub(r, "zero", path, "write_ms", write_ms);
+    sub(r, "zero", path, "plain_write_ms", plain_ms);
+    push_micro(
+        r,
+        p,
+        path,
+        Micro {
+            key: "zero_home",
+            figure: format!(
+                "copied home: CPU write of kernel-read vec![0u32] {}",
+                size_name(bytes)
+            ),
+            baseline: "plain Vec",
+            unit: Unit::MiB,
+            vkhmm: home,
+            base: 0.0,
+            target: Target::ValueAtMost(0.0),
+            note: format!(
+                "write {write_ms:.1} vs {plain_ms:.1} ms plain, {faults} faults; launch \
+                 zero-filled {zero_filled:.1} MiB"
+            ),
+        },
+    );
+    Ok(())
+}
+
+/// The median of `v` (0 when empty).
+fn median_u64(v: &[u64]) -> u64 {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.get(v.len().div_ceil(2).max(1) - 1).copied().unwrap_or(0)
 }
