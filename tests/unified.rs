@@ -192,9 +192,10 @@ fn mixed_residency_copies_only_what_the_cpu_changed() {
             *x += 10;
         }
         let r = rt.residency(&v);
-        // A write moves its whole chunk to Host, up to one chunk past the half.
+        // Sequential writes lift protection in windows that double: the last one may reach
+        // past the half, but never lifts more than twice the pages written.
         assert!(
-            r.host >= pages / 2 && r.host < pages / 2 + 16,
+            r.host >= pages / 2 && r.host <= 2 * (pages / 2),
             "{path:?}: {r:?}"
         );
         let before = rt.stats();

@@ -6,8 +6,8 @@
 //!   device bytes (in two halves at once when large, `pages::halves`), release the pages
 //!   `Shared` (or `Host` for the written page), count and wake; a stream that reached the
 //!   largest window reads ahead;
-//! - a write to a `Shared` page ([`release_shared`]): the chunk's `Shared` pages lose write
-//!   protection and become `Host`.
+//! - a write to a `Shared` page ([`release_shared`]): the `Shared` pages of the window around
+//!   it (one page, grown on sequential writes) lose write protection and become `Host`.
 //!
 //! A page someone else holds (`BUSY`) is deferred ([`Outcome::Wait`]); a failed or refused
 //! install releases the pages as they were and retries ([`Outcome::Retry`]). Nothing here
@@ -19,7 +19,7 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::device::Transfer;
 use crate::mirror::page::{PageBits, Residence};
-use crate::mirror::policy::fault_window;
+use crate::mirror::policy::{fault_window, Access};
 use crate::mirror::PAGE;
 use crate::pages::halves::{install_halves, Job};
 use crate::pages::install::{install_in_place, InstallStop, Installed, Kind};
@@ -37,15 +37,26 @@ pub(crate) enum Outcome {
     Retry,
 }
 
-/// A write to a `Shared` page: the chunk's `Shared` pages become `Host` (their device
-/// copies are stale from now on).
+/// A write to a `Shared` page: the `Shared` pages of the window around it (one page, grown
+/// on sequential writes, `mirror::policy::fault_window`) become `Host` (their device copies
+/// are stale from now on).
 pub(crate) fn release_shared(space: &AddressSpace, ext: &Ext, idx: usize) -> Outcome {
     let ctx = &ext.device().owner;
+    let first = ext.start() / PAGE;
+    let w = fault_window(
+        &ctx.policy,
+        Access::Unprotect,
+        first + idx,
+        first..first + ext.pages(),
+        ext.stream(Access::Unprotect),
+    );
     let shared = |b: PageBits| b.residence() == Residence::Shared;
-    let (a, b) = match claim_around(ext, idx, ctx.policy.base, shared) {
-        Some(r) => r,
-        None => return Outcome::Wait,
+    let Some((a, b)) = claim_within(ext, idx, w.pages.start - first..w.pages.end - first, shared)
+    else {
+        return Outcome::Wait;
     };
+    // The next fault of a sequential writer comes where the pages lifted now end.
+    ext.set_stream(Access::Unprotect, first + b, w.size);
     let r = space
         .backend
         .write_protect(ext.page_addr(a), (b - a) * PAGE, false, false);
@@ -112,15 +123,16 @@ pub(crate) fn copy_back(space: &AddressSpace, ext: &Ext, idx: usize, write: bool
     let first = ext.start() / PAGE;
     let w = fault_window(
         &ctx.policy,
+        Access::Copy,
         first + idx,
         first..first + ext.pages(),
-        ext.stream(),
+        ext.stream(Access::Copy),
     );
     let Some((a, b)) = claim_within(ext, idx, w.pages.start - first..w.pages.end - first, device)
     else {
         return Outcome::Wait;
     };
-    ext.set_stream(w.next, w.size);
+    ext.set_stream(Access::Copy, w.next, w.size);
     let (done, outcome) = install_window(space, ext, a..b, write.then_some(idx));
     if done > 0 {
         // Counted before the wake, so the faulting thread sees its own fault in `stats`.
@@ -148,16 +160,17 @@ fn device(b: PageBits) -> bool {
 fn read_ahead(space: &AddressSpace, ext: &Ext) {
     let ctx = &ext.device().owner;
     let first = ext.start() / PAGE;
-    let (next, size) = ext.stream();
+    let (next, size) = ext.stream(Access::Copy);
     if next < first || next >= first + ext.pages() {
         return;
     }
-    let w = fault_window(&ctx.policy, next, first..first + ext.pages(), (next, size));
+    let extent = first..first + ext.pages();
+    let w = fault_window(&ctx.policy, Access::Copy, next, extent, (next, size));
     let idx = next - first;
     let Some((a, b)) = claim_within(ext, idx, idx..w.pages.end - first, device) else {
         return;
     };
-    ext.set_stream(w.next, w.size);
+    ext.set_stream(Access::Copy, w.next, w.size);
     let (done, _) = install_window(space, ext, a..b, None);
     if done > 0 {
         // A thread that touched these pages meanwhile waits on them.
@@ -260,21 +273,6 @@ pub(crate) fn assist_install(space: &AddressSpace, job: &Job) -> Result<Installe
             source: std::io::ErrorKind::Unsupported.into(),
         }),
     }
-}
-
-/// Claims page `idx` and the contiguous pages around it that `want` accepts, within the
-/// aligned window of `chunk` pages. Returns the claimed index range.
-pub(crate) fn claim_around(
-    ext: &Ext,
-    idx: usize,
-    chunk: usize,
-    want: impl Fn(PageBits) -> bool + Copy,
-) -> Option<(usize, usize)> {
-    let first = ext.start() / PAGE;
-    let abs = first + idx;
-    let lo = (abs - abs % chunk.max(1)).max(first) - first;
-    let hi = (lo + first + chunk.max(1)).min(first + ext.pages()) - first;
-    claim_within(ext, idx, lo..hi, want)
 }
 
 /// Claims page `idx`, then extends the claim backwards and forwards within `limit` over

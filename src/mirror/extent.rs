@@ -12,6 +12,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::page::{PageCell, Residence};
+use super::policy::Access;
 use super::{Residency, PAGE};
 
 /// A contiguous run of mirrored pages and its device copy.
@@ -20,8 +21,8 @@ pub struct Extent<D> {
     cells: Box<[PageCell]>,
     device: D,
     last_use: AtomicU64,
-    stream_next: AtomicUsize,
-    stream_pages: AtomicUsize,
+    copy_stream: Stream,
+    unprotect_stream: Stream,
     cpu_faults: AtomicU64,
 }
 
@@ -35,8 +36,8 @@ impl<D> Extent<D> {
             cells: (0..pages).map(|i| PageCell::with(init(i))).collect(),
             device,
             last_use: AtomicU64::new(0),
-            stream_next: AtomicUsize::new(usize::MAX),
-            stream_pages: AtomicUsize::new(0),
+            copy_stream: Stream::new(),
+            unprotect_stream: Stream::new(),
             cpu_faults: AtomicU64::new(0),
         }
     }
@@ -163,19 +164,44 @@ impl<D> Extent<D> {
         })
     }
 
-    /// The fault handler's streaming state: (the page a sequential reader would fault on
-    /// next, the chunk size in pages last used). Only the fault handler reads and writes it.
-    pub fn stream(&self) -> (usize, usize) {
+    /// The fault handler's streaming state for faults of kind `access`: (the page a
+    /// sequential toucher would fault on next, the window size in pages last used). Only the
+    /// fault handler reads and writes it.
+    pub fn stream(&self, access: Access) -> (usize, usize) {
+        let s = self.stream_of(access);
         (
-            self.stream_next.load(Ordering::Relaxed),
-            self.stream_pages.load(Ordering::Relaxed),
+            s.next.load(Ordering::Relaxed),
+            s.pages.load(Ordering::Relaxed),
         )
     }
 
-    /// Stores the fault handler's streaming state.
-    pub fn set_stream(&self, next: usize, pages: usize) {
-        self.stream_next.store(next, Ordering::Relaxed);
-        self.stream_pages.store(pages, Ordering::Relaxed);
+    /// Stores the fault handler's streaming state for faults of kind `access`.
+    pub fn set_stream(&self, access: Access, next: usize, pages: usize) {
+        let s = self.stream_of(access);
+        s.next.store(next, Ordering::Relaxed);
+        s.pages.store(pages, Ordering::Relaxed);
+    }
+
+    fn stream_of(&self, access: Access) -> &Stream {
+        match access {
+            Access::Copy => &self.copy_stream,
+            Access::Unprotect => &self.unprotect_stream,
+        }
+    }
+}
+
+/// Where a run of sequential faults of one kind stands.
+struct Stream {
+    next: AtomicUsize,
+    pages: AtomicUsize,
+}
+
+impl Stream {
+    fn new() -> Stream {
+        Stream {
+            next: AtomicUsize::new(usize::MAX),
+            pages: AtomicUsize::new(0),
+        }
     }
 }
 
