@@ -17,7 +17,7 @@ use crate::mirror::page::Residence;
 use crate::mirror::PAGE;
 use crate::pages::halves::install_halves;
 use crate::pages::install::{install_in_place, InstallStop, Kind};
-use crate::pages::{claim_all, release_all, runs, write_protect};
+use crate::pages::{claim_all, next_run, release_all, write_protect};
 use crate::space::{AddressSpace, Counters, DeviceCopy, Ext};
 use crate::Result;
 
@@ -79,7 +79,9 @@ pub(crate) fn to_host_claimed(
             *s = Residence::Host;
         }
     }
-    for run in runs(states, |r| r == Residence::Device) {
+    // Nothing allocates while the pages are claimed (`pages::claim_all`): runs are walked.
+    let mut at = 0;
+    while let Some(run) = next_run(states, &mut at, |r| r == Residence::Device) {
         let (a, b) = (first + run.start, first + run.end);
         // A large run is installed in two halves at once, the upper one by the fault
         // handler's assistant when it is free (`fault::assist`).
@@ -121,7 +123,8 @@ pub(crate) fn to_host_claimed(
         }
     }
     if !keep_device {
-        for run in runs(states, |r| r == Residence::Shared) {
+        let mut at = 0;
+        while let Some(run) = next_run(states, &mut at, |r| r == Residence::Shared) {
             let (a, b) = (first + run.start, first + run.end);
             write_protect(trap, ext.page_addr(a), (b - a) * PAGE, false)?;
             for s in &mut states[run] {

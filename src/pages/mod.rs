@@ -19,6 +19,10 @@ use crate::{Error, Result};
 /// Claims pages `pages` of `ext` whatever their state, waiting for current owners (the fault
 /// handler holds a page for one chunk copy; a launcher for one kernel).
 ///
+/// A thread holding claims on pages outside live borrows (moving a dead or foreign extent
+/// home, evicting, merging) must not allocate until it releases them: `malloc` may hand out
+/// exactly those pages, and touching one would fault on a page the thread itself holds.
+///
 /// With `revalidate`, a page whose host memory vanished earlier (`GONE`) is treated as live
 /// `Host` memory again — for launches, which read it afresh from the binding. Moves home
 /// leave it `GONE`: there is nothing to bring back, and a dead extent must stay dead so that
@@ -28,21 +32,25 @@ pub(crate) fn claim_all<D>(
     pages: Range<usize>,
     revalidate: bool,
 ) -> Vec<Residence> {
-    pages
-        .map(|i| {
-            let cell = ext.cell(i);
-            let mut spins = 0u32;
-            loop {
-                if let Some(bits) = cell.try_claim(|_| true) {
-                    if bits.gone() && revalidate {
-                        cell.revalidate();
-                    }
-                    return bits.residence();
+    // Every byte of the result is written before the first claim: the allocation may lie in
+    // the very pages about to be claimed (a freed heap chunk whose pages are still mirrored),
+    // and once they are claimed a fault on them would wait for this thread for ever. Written
+    // now, such pages come home first; a page already at home stays writable when claimed.
+    let mut states = vec![Residence::Host; pages.len()];
+    for (s, i) in states.iter_mut().zip(pages) {
+        let cell = ext.cell(i);
+        let mut spins = 0u32;
+        *s = loop {
+            if let Some(bits) = cell.try_claim(|_| true) {
+                if bits.gone() && revalidate {
+                    cell.revalidate();
                 }
-                backoff(&mut spins);
+                break bits.residence();
             }
-        })
-        .collect()
+            backoff(&mut spins);
+        };
+    }
+    states
 }
 
 pub(crate) fn backoff(spins: &mut u32) {
