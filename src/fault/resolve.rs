@@ -234,7 +234,7 @@ fn settle(
     let (done, outcome) = match installed {
         Ok(g) => {
             Counters::add(&ctx.counters.bytes_to_host, g.bytes);
-            let done = ((g.bytes as usize) / PAGE + g.already_present as usize).min(b - a);
+            let done = g.pages_done().min(b - a);
             match g.stop {
                 None => (b - a, Outcome::Done),
                 Some(InstallStop::Again) => (done, Outcome::Retry),

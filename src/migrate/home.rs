@@ -105,7 +105,7 @@ pub(crate) fn to_host_claimed(
             };
             bytes += got.bytes;
             let done = if got.stop.is_some() {
-                (got.bytes as usize).div_ceil(PAGE).min(half.len())
+                got.pages_done().min(half.len())
             } else {
                 half.len()
             };

@@ -45,6 +45,7 @@ pub(crate) fn move_pages<'e>(
         let idx = ext.page_span(run);
         let mut states = claim_all(ext, idx.clone(), true);
         let drop_host = *write || purpose == Purpose::Prefetch;
+        let held = *write && purpose == Purpose::Kernel;
         let moved = replay(space, watch, ext, idx.clone()).and_then(|()| {
             migrate_run(
                 space,
@@ -57,14 +58,25 @@ pub(crate) fn move_pages<'e>(
                 watch,
             )
         });
-        if let Err(e) = moved {
-            release_all(ext, idx.start, &states);
-            return Err(e);
-        }
-        if *write && purpose == Purpose::Kernel {
+        let zero_runs = match moved {
+            Ok(z) => z,
+            Err(e) => {
+                release_all(ext, idx.start, &states);
+                return Err(e);
+            }
+        };
+        if held {
             launch.held.push((Arc::clone(ext), idx));
         } else {
             release_all(ext, idx.start, &states);
+            // Nothing wrote the zero-filled pages and nothing will: no kernel writes them.
+            // (Launches are serialized by the worker lock; a fault that claimed one since
+            // the release leaves it alone.)
+            for r in zero_runs {
+                for k in r {
+                    ext.cell(idx.start + k).mark_zero();
+                }
+            }
         }
     }
     if purpose == Purpose::Prefetch {
@@ -151,7 +163,8 @@ fn replay(space: &AddressSpace, watch: &LaunchWatch, ext: &Ext, pages: Range<usi
 
 /// Moves one claimed interior run (pages `first..first + states.len()` of `ext`) to the
 /// device: `Shared` (read) or `Device` (`drop_host`). Updates `states` as it goes, so that on
-/// error they describe reality.
+/// error they describe reality. Returns the runs (indices into `states`) of pages that were
+/// never touched, zero-filled on the device and now `Device`.
 #[allow(clippy::too_many_arguments)]
 fn migrate_run(
     space: &AddressSpace,
@@ -162,7 +175,7 @@ fn migrate_run(
     states: &mut [Residence],
     drop_host: bool,
     watch: &LaunchWatch,
-) -> Result<()> {
+) -> Result<Vec<Range<usize>>> {
     let n = states.len();
     let mut present = vec![sys::PageEntry::default(); n];
     space
@@ -270,7 +283,7 @@ fn migrate_run(
             space.sync_events();
         }
     }
-    Ok(())
+    Ok(zero_runs)
 }
 
 /// Marks `GONE` in the new extents `added` every page whose host memory vanished while an

@@ -1,6 +1,6 @@
 //! One byte of state per mirrored host page, changed only by compare-and-swap.
 //!
-//! The byte packs the page's [`Residence`] with two flags:
+//! The byte packs the page's [`Residence`] with three flags:
 //!
 //! - `BUSY`: some thread owns the page — a launcher moving it or running a kernel that writes
 //!   it, or the fault handler copying it back. Whoever sets `BUSY` (by a successful
@@ -10,6 +10,10 @@
 //!   `UNMAP`/`REMOVE`). The residence is forced to `Host` (the device copy is dead) and an owner
 //!   that releases a `GONE` page leaves it `Host|GONE` whatever it meant to set, so a racing
 //!   `munmap` can never be undone by a migration that was already under way.
+//! - `ZERO`: on a `Device` page only, its device copy is all zero because nothing ever wrote
+//!   it: the page was never touched when a launch that only read it (or a prefetch) moved it,
+//!   and no writing kernel has bound it since. Bringing it home copies nothing from the device.
+//!   Set only by [`PageCell::mark_zero`]; every other change of state clears it.
 //!
 //! `GONE` is set by [`PageCell::mark_gone`] even on a `BUSY` page; it is cleared only by an
 //! owner that re-validates the page from host memory ([`PageCell::revalidate`]).
@@ -53,6 +57,7 @@ impl Residence {
 const RES_MASK: u8 = 0b11;
 const BUSY: u8 = 1 << 2;
 const GONE: u8 = 1 << 3;
+const ZERO: u8 = 1 << 4;
 
 /// A snapshot of one page's state byte.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -73,6 +78,11 @@ impl PageBits {
     pub const fn gone(self) -> bool {
         self.0 & GONE != 0
     }
+
+    /// A `Device` page whose device copy nothing ever wrote: it is all zero.
+    pub const fn zero(self) -> bool {
+        self.0 & ZERO != 0
+    }
 }
 
 impl std::fmt::Debug for PageBits {
@@ -83,6 +93,9 @@ impl std::fmt::Debug for PageBits {
         }
         if self.gone() {
             f.write_str("|GONE")?;
+        }
+        if self.zero() {
+            f.write_str("|ZERO")?;
         }
         Ok(())
     }
@@ -173,6 +186,15 @@ impl PageCell {
         )
     }
 
+    /// Records that the device copy of a `Device` page nobody owns is all zero (nothing ever
+    /// wrote it), if it is still exactly that. Returns whether it was recorded.
+    pub fn mark_zero(&self) -> bool {
+        let device = Residence::Device.bits();
+        self.0
+            .compare_exchange(device, device | ZERO, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
     /// Marks the page `GONE` unless somebody owns it, in one atomic step. For `REMOVE`
     /// events: an owned page is being moved by the runtime itself (its own `MADV_DONTNEED`)
     /// or belongs to a live borrow, so the discard is not the user's.
@@ -236,6 +258,32 @@ mod tests {
         assert_eq!(left.residence(), Residence::Host);
         assert!(left.gone());
         assert!(!left.busy());
+    }
+
+    #[test]
+    fn zero_only_on_an_idle_device_page_and_lost_on_any_change() {
+        let c = PageCell::with(Residence::Shared);
+        assert!(!c.mark_zero(), "not a Device page");
+        let c = PageCell::with(Residence::Device);
+        assert!(c.mark_zero());
+        let seen = c.try_claim(|b| b.residence() == Residence::Device).unwrap();
+        assert!(
+            seen.zero() && c.load().zero(),
+            "a claim keeps it: {:?}",
+            c.load()
+        );
+        assert!(!c.mark_zero(), "owned");
+        assert_eq!(
+            c.release(Residence::Device),
+            PageCell::with(Residence::Device).load()
+        );
+        assert!(c.mark_zero());
+        c.mark_gone();
+        assert!(!c.load().zero());
+        assert_eq!(
+            format!("{:?}", PageCell::with(Residence::Device).load()),
+            "Device"
+        );
     }
 
     #[test]

@@ -272,6 +272,7 @@ mod tests {
                 };
                 Ok(Installed {
                     bytes: (job.pages.len() * crate::mirror::PAGE) as u64,
+                    zeroed: 0,
                     already_present: writable.map_or(0, |w| w as u64),
                     stop: None,
                 })

@@ -46,12 +46,22 @@ pub(crate) enum InstallStop {
     Gone,
 }
 
-/// Result of an [`install`]: bytes installed, pages found already present, or a stop.
+/// Result of an [`install`]: bytes installed from the device copy, bytes installed as
+/// zeros (pages known to be zero), pages found already present, or a stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Installed {
     pub bytes: u64,
+    pub zeroed: u64,
     pub already_present: u64,
     pub stop: Option<InstallStop>,
+}
+
+impl Installed {
+    /// Pages from the start of the range that are in place: installed either way, or
+    /// found present.
+    pub fn pages_done(&self) -> usize {
+        ((self.bytes + self.zeroed) as usize) / PAGE + self.already_present as usize
+    }
 }
 
 /// [`install`] of the claimed, absent pages `pages` of `ext` at their own addresses, as
@@ -103,43 +113,62 @@ pub(crate) fn install(
 ) -> Result<Installed> {
     let mut out = Installed {
         bytes: 0,
+        zeroed: 0,
         already_present: 0,
         stop: None,
     };
+    // Each run of pages alike in protection and in being known zero is copied in one go.
+    let zero = |i: usize| ext.cell(i).load().zero();
     let mut i = pages.start;
     while i < pages.end && out.stop.is_none() {
-        let flag = wp(i);
+        let (flag, zeros) = (wp(i), zero(i));
         let mut j = i + 1;
-        while j < pages.end && wp(j) == flag {
+        while j < pages.end && wp(j) == flag && zero(j) == zeros {
             j += 1;
         }
         let run_dst = dst + (i - pages.start) * PAGE;
         let offset = ext.offset_of(ext.page_addr(i));
         let len = (j - i) * PAGE;
         let mut stop = None;
-        // SAFETY: pages `i..j` are claimed by the caller, so nothing else reads or writes
-        // their device copy (claims are the mirror's exclusion rule for device ranges).
-        let r = unsafe {
-            transfer.download(
-                &ext.device().block,
-                &[(offset, len)],
-                &mut |_, at, bytes| match match events {
-                    None => copy_piece(trap, run_dst + at, bytes, flag, wake, &mut out),
-                    Some(space) => {
-                        let _held = space.hold_events();
-                        copy_live(trap, ext, run_dst + at, bytes, flag, wake, &mut out)
-                    }
-                } {
-                    Ok(()) => Ok(()),
-                    Err(s) => {
-                        stop = Some(s);
-                        Err(Error::Os {
-                            op: "UFFDIO_COPY",
-                            source: std::io::ErrorKind::Interrupted.into(),
-                        })
-                    }
-                },
-            )
+        let mut place = |at: usize, bytes: &[u8]| {
+            let before = out.bytes;
+            let r = match events {
+                None => copy_piece(trap, run_dst + at, bytes, flag, wake, &mut out),
+                Some(space) => {
+                    let _held = space.hold_events();
+                    copy_live(trap, ext, run_dst + at, bytes, flag, wake, &mut out)
+                }
+            };
+            if zeros {
+                // Zeros nobody wrote are not bytes from the device.
+                out.zeroed += out.bytes - before;
+                out.bytes = before;
+            }
+            r.map_err(|s| {
+                stop = Some(s);
+                Error::Os {
+                    op: "UFFDIO_COPY",
+                    source: std::io::ErrorKind::Interrupted.into(),
+                }
+            })
+        };
+        let r = if zeros {
+            // A page nothing ever wrote: zeros from memory no one writes, nothing read from
+            // the device. (`UFFDIO_ZEROPAGE` cannot write-protect atomically: a write between
+            // it and the protection would be lost.)
+            (0..len)
+                .step_by(ZEROS.len())
+                .try_for_each(|at| place(at, &ZEROS[..ZEROS.len().min(len - at)]))
+        } else {
+            // SAFETY: pages `i..j` are claimed by the caller, so nothing else reads or writes
+            // their device copy (claims are the mirror's exclusion rule for device ranges).
+            unsafe {
+                transfer.download(
+                    &ext.device().block,
+                    &[(offset, len)],
+                    &mut |_, at, bytes| place(at, bytes),
+                )
+            }
         };
         match (r, stop) {
             (_, Some(s)) => out.stop = Some(s),
@@ -150,6 +179,10 @@ pub(crate) fn install(
     }
     Ok(out)
 }
+
+/// The source of pages known to be zero: never written, so it stays zero (and shares the
+/// kernel's zero page).
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// [`copy_piece`] of the pages of `ext` at `dst` that are not `GONE`; gone ones are counted
 /// as already present. Call holding the gate.
