@@ -55,3 +55,66 @@ fn fork_child_reads_device_resident_data() {
         );
     });
 }
+
+/// A fork while pages are in every state the newer mechanisms leave: never-written pages
+/// whose device copy is known zero, pages a sequential write lifted in a grown window (Host),
+/// pages read back (Shared), and device-only data. Parent and child each see exactly their
+/// own memory.
+#[test]
+fn fork_with_zero_grown_window_and_shared_pages() {
+    common::each_path(|rt, path| {
+        let k = common::kernels(rt);
+        let words = 1024 * 256; // 256 pages
+        let mut zero = rt.alloc::<u32>(words).unwrap();
+        let mut sum = [0u32; 4];
+        let n = words as u32;
+        // Never written: read by a kernel, its device copy known zero.
+        rt.launch(&k.sum, groups(words, 256), (&*zero, &mut sum, Push(&[n])))
+            .unwrap();
+        // Written by a kernel, then half read back (Shared), a quarter rewritten in order
+        // (grown write windows: Host), the rest left on the device.
+        let mut data = rt.alloc::<u32>(words).unwrap();
+        rt.launch(
+            &k.fill,
+            groups(words, 64),
+            (&mut *data, Push(&Fill { n, mul: 2, add: 1 })),
+        )
+        .unwrap();
+        assert!(data[..words / 2]
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == i as u32 * 2 + 1));
+        for x in &mut data[..words / 4] {
+            *x += 1;
+        }
+        zero[3] = 4; // one write into the zero pages
+        let expect_data = |i: usize| i as u32 * 2 + 1 + u32::from(i < words / 4);
+        let expect_zero = |i: usize| if i == 3 { 4 } else { 0 };
+        // SAFETY: the child only reads memory and calls `_exit`; no locks are taken there.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let ok = (0..words).all(|i| data[i] == expect_data(i) && zero[i] == expect_zero(i));
+            // SAFETY: `_exit` ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{path:?}: child saw wrong data"
+        );
+        let wrong = (0..words).find(|&i| data[i] != expect_data(i) || zero[i] != expect_zero(i));
+        assert_eq!(wrong, None, "{path:?}: parent");
+        // The parent goes on: a kernel sees both buffers as they are.
+        rt.launch(
+            &k.add,
+            groups(words, 64),
+            (&mut *zero, Push(&AddK { n, k: 1 })),
+        )
+        .unwrap();
+        let wrong = (0..words).find(|&i| zero[i] != expect_zero(i) + 1);
+        assert_eq!(wrong, None, "{path:?}: parent after");
+    });
+}

@@ -14,6 +14,10 @@
 //! full comparison would fault every page home and hide most page states from the next
 //! step); steps marked `full` compare everything, and so does the end of every case.
 //!
+//! The page states the newer mechanisms add come up by themselves: a slot allocated with
+//! seed 0 is memory nothing wrote, which a read kernel leaves known-zero on the device; a
+//! `Write` walks its span in order, so the write-protect windows of `Shared` pages grow.
+//!
 //! 500 cases per transfer path (`PROPTEST_CASES` overrides); one runtime per path, made once
 //! and reused by every case. A failing case shrinks to a minimal program, which proptest
 //! prints.

@@ -7,7 +7,9 @@
 //! pages, which straddle a slice boundary. Mover threads take one slice (a run of pages)
 //! exclusively, prefetch it to the device, launch `ADD_K` (every word of the slice += k, k
 //! even so the lock word stays "unlocked"), add k to the slice's shadow words, and sometimes
-//! prefetch it home or check it against the shadow at once. After each pass every word must
+//! prefetch it home, check it against the shadow at once, or let a kernel only read it (its
+//! pages turn `Shared`, or stay known-zero on the device) and rewrite all of it in order on
+//! the CPU (write-protect windows that grow past the slice, into pages other threads write). After each pass every word must
 //! equal its shadow.
 //!
 //! Locking, so that the expected values are exact: each slice has an `RwLock`. CPU threads
@@ -375,8 +377,17 @@ fn cpu_thread(p: &Pass, w: &Watch, seed: u64) {
     p.increments.fetch_add(local, Ordering::Relaxed);
 }
 
-fn mover_thread(p: &Pass, w: &Watch, rt: &Runtime, add: &Kernel, seed: u64, id: usize) {
+fn mover_thread(
+    p: &Pass,
+    w: &Watch,
+    rt: &Runtime,
+    (add, copy): (&Kernel, &Kernel),
+    seed: u64,
+    id: usize,
+) {
     let mut rng = Rng(seed | 1);
+    // Runtime-owned, so that the signal backend serves it too.
+    let mut scratch: Managed<u32> = rt.alloc(SLICE_WORDS).unwrap();
     while !p.stop.load(Ordering::Relaxed) {
         // Movers own disjoint halves of the slices so that two movers launch concurrently.
         let movers = p.mode.movers;
@@ -435,6 +446,35 @@ fn mover_thread(p: &Pass, w: &Watch, rt: &Runtime, add: &Kernel, seed: u64, id: 
                         p.shadow[i].load(Ordering::Relaxed)
                     ));
                     return;
+                }
+            }
+            2 => {
+                // A kernel only reads the slice (its pages turn Shared; pages nothing wrote
+                // yet stay on the device, known zero), then the CPU rewrites all of it in
+                // order: write-protect windows grow, and may reach into neighbouring slices
+                // whose pages other threads are writing.
+                let n = SLICE_WORDS as u32;
+                if let Err(e) = rt.launch(copy, [64, 1, 1], (&*data, &mut *scratch, Push(&N { n })))
+                {
+                    p.fail(format!("{what}: read-only launch: {e}"));
+                    return;
+                }
+                let bad = scratch
+                    .iter()
+                    .zip(&p.shadow[first..])
+                    .position(|(d, s)| *d != s.load(Ordering::Relaxed));
+                if let Some(j) = bad {
+                    p.fail(format!(
+                        "{what}: a read-only kernel saw word {} as {} but the shadow says {}",
+                        first + j,
+                        scratch[j],
+                        p.shadow[first + j].load(Ordering::Relaxed)
+                    ));
+                    return;
+                }
+                for (d, s) in data.iter_mut().zip(&p.shadow[first..first + SLICE_WORDS]) {
+                    *d += 2;
+                    s.fetch_add(2, Ordering::Relaxed);
                 }
             }
             _ => {}
@@ -594,7 +634,9 @@ fn run_pass(
         }
         for m in 0..mode.movers {
             let (p, w) = (&pass, watch);
-            s.spawn(move || mover_thread(p, w, rt, add, pass_no * 1000 + 100 + m as u64, m));
+            let kernels = (add, copy);
+            let seed = pass_no * 1000 + 100 + m as u64;
+            s.spawn(move || mover_thread(p, w, rt, kernels, seed, m));
         }
         if mode.remap {
             let (p, w) = (&pass, watch);
