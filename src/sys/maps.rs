@@ -191,6 +191,7 @@ fn classify_in(
 /// ([`MemoryReason::FileBacked`]), missing read or write permission
 /// ([`MemoryReason::Protection`]), a gap ([`MemoryReason::NotMapped`]). Reads `/proc/self/maps`
 /// (allocates; not for the fault handler).
+#[allow(dead_code, reason = "only tests call it today")]
 pub fn classify(addr: usize, len: usize) -> Result<(), MemoryReason> {
     Maps::read()?.classify(addr, len)
 }
@@ -248,6 +249,7 @@ fn vma_containing(addr: usize) -> Option<Range<usize>> {
 /// (`[stack]` on the main thread, an anonymous mapping for other threads; the guard page
 /// below it is a separate mapping and not included.) Reads `/proc/self/maps`.
 #[inline(never)]
+#[allow(dead_code, reason = "only tests call it today")]
 pub fn stack_vma_of_current_thread() -> Option<Range<usize>> {
     let local = 0u8;
     let addr = core::hint::black_box(&local) as *const u8 as usize;

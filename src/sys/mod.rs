@@ -32,9 +32,6 @@
 //! [`MemoryReason`]: crate::MemoryReason
 //! [`MemoryReason::NotMapped`]: crate::MemoryReason::NotMapped
 
-// Several helpers are for the fault service and migration path, which land after this room.
-#![allow(dead_code)]
-
 pub mod guarded;
 mod maps;
 mod mm;

@@ -29,6 +29,7 @@ pub struct PageEntry(u64);
 
 impl PageEntry {
     /// The raw entry.
+    #[cfg(test)]
     pub fn raw(self) -> u64 {
         self.0
     }
@@ -42,6 +43,7 @@ impl PageEntry {
         self.0 & (1 << 62) != 0
     }
     /// Bit 61: a file page or shared anonymous page.
+    #[cfg(test)]
     pub fn file_or_shared(self) -> bool {
         self.0 & (1 << 61) != 0
     }
@@ -50,6 +52,7 @@ impl PageEntry {
         self.0 & (1 << 57) != 0
     }
     /// Neither present nor swapped: for private anonymous memory, a page that reads as zero.
+    #[cfg(test)]
     pub fn absent(self) -> bool {
         !self.present() && !self.swapped()
     }
