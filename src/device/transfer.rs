@@ -27,6 +27,10 @@
 //! The ring is allocated apart from the pool's budget (it is a few MiB per `Transfer`, and
 //! in host memory on a discrete GPU).
 //!
+//! Each of [`Transfer`]'s four operations checks its ranges, then hands an `Op` (the blocks
+//! and the caller's regions, borrowed) to `Transfer::run`, the one place where the path is
+//! chosen; the path then loops over the regions with no further dispatch.
+//!
 //! Which path: Direct iff the pool memory type is host-visible, coherent and cached;
 //! `DeviceConfig::transfer` forces either, and forcing Direct on memory the CPU cannot map
 //! coherently is [`Error::InvalidConfig`].
@@ -81,8 +85,41 @@ pub(crate) fn choose_path(
 /// Moves bytes between host memory and blocks of one device, on one path.
 pub(crate) struct Transfer {
     device: Arc<Device>,
-    /// The ring; `None` on the Direct path.
-    staging: Option<Staging>,
+    path: Path,
+}
+
+/// The path a [`Transfer`] takes, fixed when it is created.
+enum Path {
+    /// Through the blocks' mappings: nothing to own.
+    Direct,
+    /// Through a staging ring.
+    Staged(Staging),
+}
+
+/// One operation of a [`Transfer`], as its methods hand it to the path: the blocks and the
+/// caller's regions, borrowed, so making one allocates nothing.
+enum Op<'a> {
+    /// Writes each `(offset, bytes)` into `dst`.
+    Upload {
+        dst: &'a DeviceBlock,
+        regions: &'a [(u64, &'a [u8])],
+    },
+    /// Reads each `(offset, len)` of `src` into the sink.
+    Download {
+        src: &'a DeviceBlock,
+        regions: &'a [(u64, usize)],
+    },
+    /// Zeroes each `(offset, len)` of `dst`.
+    Zero {
+        dst: &'a DeviceBlock,
+        ranges: &'a [(u64, u64)],
+    },
+    /// Copies each `(src offset, dst offset, len)` from `src` to `dst`.
+    Copy {
+        src: &'a DeviceBlock,
+        dst: &'a DeviceBlock,
+        regions: &'a [(u64, u64, u64)],
+    },
 }
 
 impl Transfer {
@@ -100,13 +137,13 @@ impl Transfer {
         staging_bytes: u64,
     ) -> Result<Self> {
         choose_path(device.pool().memory_flags(), Some(path))?;
-        let staging = match path {
-            TransferPath::Direct => None,
-            TransferPath::Staged => Some(Staging::new(device, staging_bytes)?),
+        let path = match path {
+            TransferPath::Direct => Path::Direct,
+            TransferPath::Staged => Path::Staged(Staging::new(device, staging_bytes)?),
         };
         Ok(Transfer {
             device: Arc::clone(device),
-            staging,
+            path,
         })
     }
 
@@ -114,24 +151,26 @@ impl Transfer {
     /// open recordings are abandoned and everything in flight is waited for (an operation
     /// that returns an error does this itself).
     pub(crate) fn recover(&mut self) {
-        if let Some(s) = &mut self.staging {
+        if let Path::Staged(s) = &mut self.path {
             s.abort(&self.device);
         }
     }
 
     /// The path this transfer takes.
     pub(crate) fn path(&self) -> TransferPath {
-        if self.staging.is_some() {
-            TransferPath::Staged
-        } else {
-            TransferPath::Direct
+        match self.path {
+            Path::Direct => TransferPath::Direct,
+            Path::Staged(_) => TransferPath::Staged,
         }
     }
 
     /// Queue submissions this transfer has made (always 0 on the Direct path): how well
     /// regions are batched.
     pub(crate) fn submissions(&self) -> u64 {
-        self.staging.as_ref().map_or(0, |s| s.submissions)
+        match &self.path {
+            Path::Direct => 0,
+            Path::Staged(s) => s.submissions,
+        }
     }
 
     /// Writes each `(offset, bytes)` region into `dst` at `offset`; returns when done.
@@ -156,30 +195,8 @@ impl Transfer {
             dst,
             regions.iter().map(|&(at, bytes)| (at, bytes.len() as u64)),
         );
-        match &mut self.staging {
-            None => {
-                let base = mapping(dst);
-                for &(at, bytes) in regions {
-                    // SAFETY: in bounds (checked); the caller rules out other access; `bytes` is
-                    // host memory outside the mapping (a guarded copy: should a buggy program
-                    // unmap it meanwhile, the copy fails instead of the process).
-                    unsafe { guarded::copy(base.add(at as usize), bytes.as_ptr(), bytes.len()) }
-                        .map_err(|f| vanished(bytes, f))?;
-                }
-                Ok(())
-            }
-            Some(s) => s.run(
-                &self.device,
-                s.ring.raw(),
-                dst.raw(),
-                &mut discard,
-                |s, dev, sink| {
-                    regions
-                        .iter()
-                        .try_for_each(|&(at, bytes)| s.upload(dev, sink, at, bytes))
-                },
-            ),
-        }
+        // SAFETY: the regions lie inside `dst` (checked); the caller rules out other access.
+        unsafe { self.run(Op::Upload { dst, regions }, &mut discard) }
     }
 
     /// Reads each `(offset, len)` region of `src` and hands the bytes to `sink` in order, in
@@ -202,29 +219,8 @@ impl Transfer {
         sink: &mut Sink<'_>,
     ) -> Result<()> {
         self.check(src, regions.iter().map(|&(at, len)| (at, len as u64)));
-        match &mut self.staging {
-            None => {
-                let base = mapping(src);
-                regions.iter().enumerate().try_for_each(|(i, &(at, len))| {
-                    // SAFETY: in bounds (checked); nobody writes the range meanwhile (caller).
-                    sink(i, 0, unsafe {
-                        std::slice::from_raw_parts(base.add(at as usize), len)
-                    })
-                })
-            }
-            Some(s) => s.run(
-                &self.device,
-                src.raw(),
-                s.ring.raw(),
-                sink,
-                |s, dev, sink| {
-                    regions
-                        .iter()
-                        .enumerate()
-                        .try_for_each(|(i, &(at, len))| s.download(dev, sink, i, at, len))
-                },
-            ),
-        }
+        // SAFETY: the regions lie inside `src` (checked); the caller rules out writers.
+        unsafe { self.run(Op::Download { src, regions }, sink) }
     }
 
     /// Sets each `(offset, len)` range of `dst` to zero; returns when done.
@@ -238,27 +234,8 @@ impl Transfer {
     /// If a range reaches past the end of `dst`, or `dst` belongs to another device.
     pub(crate) unsafe fn zero(&mut self, dst: &DeviceBlock, ranges: &[(u64, u64)]) -> Result<()> {
         self.check(dst, ranges.iter().copied());
-        match &mut self.staging {
-            None => {
-                let base = mapping(dst);
-                for &(at, len) in ranges {
-                    // SAFETY: in bounds (checked); the caller rules out other access.
-                    unsafe { base.add(at as usize).write_bytes(0, len as usize) };
-                }
-                Ok(())
-            }
-            Some(s) => s.run(
-                &self.device,
-                s.ring.raw(),
-                dst.raw(),
-                &mut discard,
-                |s, dev, sink| {
-                    ranges
-                        .iter()
-                        .try_for_each(|&(at, len)| s.zero(dev, sink, at, len))
-                },
-            ),
-        }
+        // SAFETY: the ranges lie inside `dst` (checked); the caller rules out other access.
+        unsafe { self.run(Op::Zero { dst, ranges }, &mut discard) }
     }
 
     /// Copies each `(src offset, dst offset, len)` region from `src` to `dst` on the device;
@@ -282,27 +259,29 @@ impl Transfer {
     ) -> Result<()> {
         self.check(src, regions.iter().map(|&(s, _, len)| (s, len)));
         self.check(dst, regions.iter().map(|&(_, d, len)| (d, len)));
-        match &mut self.staging {
-            None => {
-                let (from, to) = (mapping(src), mapping(dst));
-                for &(s, d, len) in regions {
-                    // SAFETY: both in bounds (checked); `ptr::copy` allows overlap; the caller
-                    // rules out other access.
-                    unsafe { ptr::copy(from.add(s as usize), to.add(d as usize), len as usize) };
-                }
-                Ok(())
-            }
-            Some(s) => s.run(
-                &self.device,
-                src.raw(),
-                dst.raw(),
-                &mut discard,
-                |s, dev, sink| {
-                    regions
-                        .iter()
-                        .try_for_each(|&(from, to, len)| s.copy(dev, sink, from, to, len))
-                },
-            ),
+        // SAFETY: the regions lie inside both blocks (checked); the caller rules out other
+        // access and overlap within one block.
+        unsafe { self.run(Op::Copy { src, dst, regions }, &mut discard) }
+    }
+
+    /// Runs `op` on this transfer's path: the one place where the path is chosen, once per
+    /// operation. Each path then loops over the regions with no further dispatch.
+    ///
+    /// This and each path's entry are `#[inline(always)]`: every public method builds its
+    /// `Op` as a constant, so once inlined the match on the operation folds away and each
+    /// method compiles to its own loops, as when each spelled out both paths. The fault
+    /// handler's `download` pays no extra dispatch.
+    ///
+    /// # Safety
+    ///
+    /// Every range of `op` lies inside its block, and the caller rules out other access to
+    /// them as the public method that built `op` states.
+    #[inline(always)]
+    unsafe fn run(&mut self, op: Op<'_>, sink: &mut Sink<'_>) -> Result<()> {
+        match &mut self.path {
+            // SAFETY: forwarded from the caller.
+            Path::Direct => unsafe { direct(op, sink) },
+            Path::Staged(s) => s.execute(&self.device, op, sink),
         }
     }
 
@@ -321,6 +300,52 @@ impl Transfer {
             );
         }
     }
+}
+
+/// The Direct path: `memcpy`, `memset` and `memmove` through the blocks' mappings.
+///
+/// # Safety
+///
+/// As for [`Transfer::run`].
+#[inline(always)]
+unsafe fn direct(op: Op<'_>, sink: &mut Sink<'_>) -> Result<()> {
+    match op {
+        Op::Upload { dst, regions } => {
+            let base = mapping(dst);
+            for &(at, bytes) in regions {
+                // SAFETY: in bounds and no other access (caller); `bytes` is host memory
+                // outside the mapping (a guarded copy: should a buggy program unmap it
+                // meanwhile, the copy fails instead of the process).
+                unsafe { guarded::copy(base.add(at as usize), bytes.as_ptr(), bytes.len()) }
+                    .map_err(|f| vanished(bytes, f))?;
+            }
+        }
+        Op::Download { src, regions } => {
+            let base = mapping(src);
+            for (i, &(at, len)) in regions.iter().enumerate() {
+                // SAFETY: in bounds and nobody writes the range meanwhile (caller).
+                sink(i, 0, unsafe {
+                    std::slice::from_raw_parts(base.add(at as usize), len)
+                })?;
+            }
+        }
+        Op::Zero { dst, ranges } => {
+            let base = mapping(dst);
+            for &(at, len) in ranges {
+                // SAFETY: in bounds and no other access (caller).
+                unsafe { base.add(at as usize).write_bytes(0, len as usize) };
+            }
+        }
+        Op::Copy { src, dst, regions } => {
+            let (from, to) = (mapping(src), mapping(dst));
+            for &(s, d, len) in regions {
+                // SAFETY: both in bounds and no other access (caller); `ptr::copy` allows
+                // overlap.
+                unsafe { ptr::copy(from.add(s as usize), to.add(d as usize), len as usize) };
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The sink of operations that download nothing.
@@ -433,6 +458,40 @@ impl Staging {
     /// Offset in the ring of the zero bytes.
     fn zero_at(&self) -> u64 {
         self.slot_bytes * SLOTS as u64
+    }
+
+    /// The Staged path of `op`: the ring stands in for host memory, and each region is cut
+    /// into copies of at most one slot.
+    #[inline(always)]
+    fn execute(&mut self, dev: &Device, op: Op<'_>, sink: &mut Sink<'_>) -> Result<()> {
+        let ring = self.ring.raw();
+        match op {
+            Op::Upload { dst, regions } => self.run(dev, ring, dst.raw(), sink, |s, dev, sink| {
+                regions
+                    .iter()
+                    .try_for_each(|&(at, bytes)| s.upload(dev, sink, at, bytes))
+            }),
+            Op::Download { src, regions } => {
+                self.run(dev, src.raw(), ring, sink, |s, dev, sink| {
+                    regions
+                        .iter()
+                        .enumerate()
+                        .try_for_each(|(i, &(at, len))| s.download(dev, sink, i, at, len))
+                })
+            }
+            Op::Zero { dst, ranges } => self.run(dev, ring, dst.raw(), sink, |s, dev, sink| {
+                ranges
+                    .iter()
+                    .try_for_each(|&(at, len)| s.zero(dev, sink, at, len))
+            }),
+            Op::Copy { src, dst, regions } => {
+                self.run(dev, src.raw(), dst.raw(), sink, |s, dev, sink| {
+                    regions
+                        .iter()
+                        .try_for_each(|&(from, to, len)| s.copy(dev, sink, from, to, len))
+                })
+            }
+        }
     }
 
     /// Runs one operation: `body` packs its copies into slots (submitting full ones), then
@@ -731,10 +790,10 @@ mod tests {
     /// Downloads `regions`, checking that pieces come in order, contiguous, and no larger than
     /// a staging slot.
     fn read(t: &mut Transfer, block: &DeviceBlock, regions: &[(u64, usize)]) -> Vec<Vec<u8>> {
-        let slot = t
-            .staging
-            .as_ref()
-            .map_or(usize::MAX, |s| s.slot_bytes as usize);
+        let slot = match &t.path {
+            Path::Direct => usize::MAX,
+            Path::Staged(s) => s.slot_bytes as usize,
+        };
         let mut out: Vec<Vec<u8>> = regions
             .iter()
             .map(|&(_, len)| Vec::with_capacity(len))
