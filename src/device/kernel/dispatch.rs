@@ -212,6 +212,7 @@ impl Dispatcher {
     ///
     /// As for [`submit`](Self::submit), for the duration of this call (the blocks outlive it
     /// by construction).
+    #[cfg(test)]
     pub(crate) unsafe fn dispatch(
         &mut self,
         pipeline: &Pipeline,

@@ -46,6 +46,7 @@ struct PipelineObjects {
     set_layout: vk::DescriptorSetLayout,
     kinds: Vec<BindingKind>,
     push_constant_size: u32,
+    #[cfg(test)]
     workgroup_size: [u32; 3],
 }
 
@@ -79,6 +80,7 @@ impl Pipeline {
             set_layout: vk::DescriptorSetLayout::null(),
             kinds: info.bindings.iter().map(|b| b.kind).collect(),
             push_constant_size: info.push_constant_size,
+            #[cfg(test)]
             workgroup_size: info.workgroup_size,
         };
         objects.create_layouts()?;
@@ -99,6 +101,7 @@ impl Pipeline {
     }
 
     /// The kernel's workgroup size.
+    #[cfg(test)]
     pub(crate) fn workgroup_size(&self) -> [u32; 3] {
         self.shared.workgroup_size
     }

@@ -154,6 +154,7 @@ impl Transfer {
     }
 
     /// The path this transfer takes.
+    #[cfg(test)]
     pub(crate) fn path(&self) -> TransferPath {
         match self.path {
             Path::Direct => TransferPath::Direct,
@@ -163,6 +164,7 @@ impl Transfer {
 
     /// Queue submissions this transfer has made (always 0 on the Direct path): how well
     /// regions are batched.
+    #[cfg(test)]
     pub(crate) fn submissions(&self) -> u64 {
         match &self.path {
             Path::Direct => 0,
