@@ -92,8 +92,6 @@ pub mod inject;
 mod inject;
 mod managed;
 mod migrate;
-// A few page and extent helpers serve only the mirror's unit tests.
-#[allow(dead_code)]
 pub(crate) mod mirror;
 mod runtime;
 mod scope;

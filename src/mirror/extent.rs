@@ -103,6 +103,7 @@ impl<D> Extent<D> {
     }
 
     /// All state cells.
+    #[cfg(test)]
     pub fn cells(&self) -> &[PageCell] {
         &self.cells
     }
@@ -156,6 +157,7 @@ impl<D> Extent<D> {
     }
 
     /// True when no page holds data that exists only on the device, and nobody owns any.
+    #[cfg(test)]
     pub fn holds_no_device_only_data(&self) -> bool {
         self.cells.iter().all(|c| {
             let b = c.load();

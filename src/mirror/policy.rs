@@ -42,6 +42,7 @@ impl Default for ChunkPolicy {
 
 impl ChunkPolicy {
     /// A fixed chunk of `pages` pages (no growth).
+    #[cfg(test)]
     pub fn fixed(pages: usize) -> Self {
         ChunkPolicy {
             base: pages.max(1),
