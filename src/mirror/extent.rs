@@ -6,7 +6,7 @@
 //! ([`super::map`]), so a reader holding an extent never sees its geometry move.
 //!
 //! `D` is the device copy (a `DeviceBlock` with its device in the runtime, a plain value in
-//! the tests): this room never looks inside it.
+//! the tests): this module never looks inside it.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

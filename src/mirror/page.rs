@@ -16,7 +16,8 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// Where a page's valid data lives (the rows of the state table in the design brief).
+/// Where a page's valid data lives (the residence rows of the page-state table in
+/// docs/architecture.md, "The mirror: extents and page states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Residence {
     /// The host copy is valid; the device copy, if any, is stale.

@@ -34,9 +34,9 @@
 //!
 //! - **Nothing is allocated after [`Transfer::new`].** The fault handler calls
 //!   [`Transfer::download`], and a heap allocation there could land on a page that lives on
-//!   the device (architecture.md, "Rules that keep the handler deadlock-free"). An `Op` is a
-//!   few borrowed words on the stack; the ring, its batches and command buffers are made in
-//!   `new`.
+//!   the device (docs/architecture.md, "Rules that keep the handler deadlock-free"). An `Op`
+//!   is a few borrowed words on the stack; the ring, its batches and command buffers are made
+//!   in `new`.
 //! - **Ranges are checked before anything is touched.** A range past a block's end, or a
 //!   block of another device, panics in the public method; the paths rely on it.
 //! - **An operation ends with nothing in flight**, whether it succeeds or fails;
@@ -121,8 +121,8 @@ enum Op<'a> {
 
 impl Transfer {
     /// Creates a transfer on `path`. For `Staged`, allocates a staging ring of about
-    /// `staging_bytes` (split into [`SLOTS`](ring::SLOTS) slots of whole pages, at least one page each) and
-    /// its command buffers; nothing is allocated after this.
+    /// `staging_bytes` (split into [`SLOTS`](ring::SLOTS) slots of whole pages, at least one
+    /// page each) and its command buffers; nothing is allocated after this.
     ///
     /// # Errors
     ///
