@@ -2,7 +2,7 @@
 //!
 //! A memory runtime is only as good as its failure paths, and the interesting failures
 //! (the driver out of memory half-way through a migration, a submission refused, the fault
-//! handler panicking) never happen on a healthy lavapipe. This room lets a test make them
+//! handler panicking) never happen on a healthy lavapipe. This module lets a test make them
 //! happen: [`arm`] a [`Site`] with how many hits to let through first and how many to fail,
 //! run the program, and check that the failure ended in a typed error or a correct retry,
 //! with the data intact and the pool empty afterwards (`tests/inject.rs`).

@@ -92,10 +92,8 @@ pub mod inject;
 mod inject;
 mod managed;
 mod migrate;
-mod pages;
-// A few page and extent helpers serve only the mirror's unit tests.
-#[allow(dead_code)]
 pub(crate) mod mirror;
+mod pages;
 mod runtime;
 mod scope;
 pub mod shader;

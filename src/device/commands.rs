@@ -1,4 +1,4 @@
-//! Persistent command buffers with one fence each: the one way this room records and submits.
+//! Persistent command buffers with one fence each: the one way `device` records and submits.
 //!
 //! Every user of the queue (a [`Transfer`](super::Transfer)'s staging ring, the
 //! [`Dispatcher`](super::Dispatcher), the pool's zero-fill) owns a [`CommandSlots`]: its own

@@ -53,10 +53,6 @@
 //!
 //! [`KernelInfo`]: crate::shader::KernelInfo
 
-// A few accessors (the pipeline's workgroup size, a transfer's path and submission count,
-// the pool's budget setter, ...) serve only the tests of this module.
-#![allow(dead_code)]
-
 mod commands;
 mod config;
 mod import;
@@ -231,20 +227,21 @@ impl DeviceInfo {
     }
 }
 
-/// An opened Vulkan device: instance, physical device, logical device, its one compute queue
-/// and its memory pool. Always shared as `Arc<Device>`.
+/// An opened Vulkan device: instance, logical device, its one compute queue and its memory
+/// pool (what was learnt of the physical device is in [`DeviceInfo`]). Always shared as
+/// `Arc<Device>`.
 pub(crate) struct Device {
     /// The logical device (function table and handle).
     pub(crate) raw: ash::Device,
     instance: ash::Instance,
-    physical: vk::PhysicalDevice,
     /// The compute queue; locked around `vkQueueSubmit` and `vkDeviceWaitIdle` only.
     queue: Mutex<vk::Queue>,
     /// A command buffer for the device's own one-shot work (zero-filling blocks).
     one_shot: Mutex<CommandSlots>,
     pool: DevicePool,
     info: DeviceInfo,
-    /// `DeviceConfig::staging_bytes`, for the transfers made on this device.
+    /// `DeviceConfig::staging_bytes`, which the tests check was recorded.
+    #[cfg(test)]
     staging_bytes: u64,
     /// Keeps the loader loaded; dropped after everything above.
     _entry: ash::Entry,
@@ -324,11 +321,11 @@ impl Device {
         Ok(Arc::new(Device {
             raw,
             instance,
-            physical: phys.handle,
             queue: Mutex::new(opened.queue),
             one_shot: Mutex::new(one_shot),
             pool,
             info,
+            #[cfg(test)]
             staging_bytes: config.staging_bytes,
             _entry: entry,
         }))
@@ -339,16 +336,6 @@ impl Device {
         &self.info
     }
 
-    /// The instance the device was created from.
-    pub(crate) fn instance(&self) -> &ash::Instance {
-        &self.instance
-    }
-
-    /// The physical device.
-    pub(crate) fn physical(&self) -> vk::PhysicalDevice {
-        self.physical
-    }
-
     /// The device-memory pool (budget and accounting).
     pub(crate) fn pool(&self) -> &DevicePool {
         &self.pool
@@ -356,6 +343,7 @@ impl Device {
 
     /// The staging ring size the device was configured with
     /// ([`DeviceConfig::staging_bytes`]), for [`Transfer::new`].
+    #[cfg(test)]
     pub(crate) fn staging_bytes(&self) -> u64 {
         self.staging_bytes
     }

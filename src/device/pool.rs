@@ -123,6 +123,7 @@ impl DevicePool {
 
     /// Changes the budget. Blocks already allocated stay; a budget below `in_use` makes every
     /// new request fail until enough blocks are dropped.
+    #[cfg(test)]
     pub(crate) fn set_budget(&self, bytes: u64) {
         self.budget.store(bytes, Ordering::Relaxed);
     }
@@ -403,6 +404,7 @@ impl DeviceBlock {
     }
 
     /// The `VkDeviceMemory` and the offset in it where the block starts.
+    #[cfg(test)]
     pub(crate) fn memory(&self) -> (vk::DeviceMemory, u64) {
         let allocation = &self.buffer.allocation;
         // SAFETY: the handle is only reported, never freed or rebound through it.

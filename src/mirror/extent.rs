@@ -6,7 +6,7 @@
 //! ([`super::map`]), so a reader holding an extent never sees its geometry move.
 //!
 //! `D` is the device copy (a `DeviceBlock` with its device in the runtime, a plain value in
-//! the tests): this room never looks inside it.
+//! the tests): this module never looks inside it.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -104,6 +104,7 @@ impl<D> Extent<D> {
     }
 
     /// All state cells.
+    #[cfg(test)]
     pub fn cells(&self) -> &[PageCell] {
         &self.cells
     }
@@ -157,6 +158,7 @@ impl<D> Extent<D> {
     }
 
     /// True when no page holds data that exists only on the device, and nobody owns any.
+    #[cfg(test)]
     pub fn holds_no_device_only_data(&self) -> bool {
         self.cells.iter().all(|c| {
             let b = c.load();

@@ -1,6 +1,6 @@
 //! The mirror: pure policy over host pages, with no system call and no Vulkan call.
 //!
-//! This room holds what vkhmm knows about host memory — which pages are mirrored, where each
+//! This module holds what vkhmm knows about host memory — which pages are mirrored, where each
 //! page's valid data lives, which extents a launch needs, how much a fault brings back, what
 //! to evict — and nothing that acts on it. `migrate` and the fault service read these
 //! decisions and carry them out with `device/` and `fault/`. Keeping the policy here, free of

@@ -20,7 +20,8 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// Where a page's valid data lives (the rows of the state table in the design brief).
+/// Where a page's valid data lives (the residence rows of the page-state table in
+/// docs/architecture.md, "The mirror: extents and page states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Residence {
     /// The host copy is valid; the device copy, if any, is stale.
@@ -107,6 +108,7 @@ pub struct PageCell(AtomicU8);
 
 impl PageCell {
     /// A page whose host copy is valid and nobody owns.
+    #[cfg(test)]
     pub const fn new() -> Self {
         PageCell(AtomicU8::new(0))
     }
@@ -161,12 +163,14 @@ impl PageCell {
     }
 
     /// Changes the residence of a page the caller owns, keeping it owned.
+    #[cfg(test)]
     pub fn set_owned(&self, residence: Residence) {
         self.update(|cur| (cur & GONE) | BUSY | if cur & GONE != 0 { 0 } else { residence.bits() });
     }
 
     /// Changes the residence of a page nobody owns, if it is still `from` and not owned.
     /// Returns whether it changed.
+    #[cfg(test)]
     pub fn transition(&self, from: Residence, to: Residence) -> bool {
         let from_bits = from.bits();
         self.0

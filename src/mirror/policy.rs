@@ -68,6 +68,7 @@ impl Default for ChunkPolicy {
 
 impl ChunkPolicy {
     /// A fixed chunk of `pages` pages (no growth, for copies and write protection alike).
+    #[cfg(test)]
     pub fn fixed(pages: usize) -> Self {
         ChunkPolicy {
             base: pages.max(1),

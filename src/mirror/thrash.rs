@@ -11,7 +11,7 @@
 //! (`Advice::AccessInPlace`) where the range allows; where it does not, the range is given
 //! up on and watched no more.
 //!
-//! This room only counts: the runtime passes each binding's span, the sum of the fault
+//! This module only counts: the runtime passes each binding's span, the sum of the fault
 //! counters of the extents under it, and the time; the answer is whether to settle it.
 
 use std::ops::Range;

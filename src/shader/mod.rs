@@ -7,7 +7,7 @@
 //! push-constant block size and the workgroup size. The runtime trusts this, not guesswork,
 //! to decide which host pages become `Shared` and which become `Device` at launch.
 //!
-//! This room touches no device and holds no `unsafe`.
+//! This module touches no device and holds no `unsafe`.
 //!
 //! # Pieces
 //!
