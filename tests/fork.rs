@@ -1,7 +1,8 @@
 //! `fork()` with device-resident data: pages are copied home first, the child reads them.
 //!
 //! In its own test binary: the fork hook brings every device-resident page of the process
-//! home, which would disturb the counters other tests assert.
+//! home, which would disturb the counters other tests assert — and the tests here take turns
+//! for the same reason.
 
 mod common;
 
@@ -10,8 +11,18 @@ use common::push::{AddK, Fill};
 use common::{each_path_foreign, groups};
 use vkhmm::{shaders, Push};
 
+/// Held by each test for its whole run: a fork in one would bring the other's pages home.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ALONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn fork_child_reads_device_resident_data() {
+    let _alone = alone();
     each_path_foreign(|rt, path| {
         let fill_k = rt.kernel_wgsl(shaders::FILL_INDEX_WGSL, "main").unwrap();
         let add_k = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
@@ -62,6 +73,7 @@ fn fork_child_reads_device_resident_data() {
 /// own memory.
 #[test]
 fn fork_with_zero_grown_window_and_shared_pages() {
+    let _alone = alone();
     common::each_path(|rt, path| {
         let k = common::kernels(rt);
         let words = 1024 * 256; // 256 pages
