@@ -409,7 +409,7 @@ impl Drop for Device {
             .unwrap_or_else(PoisonError::into_inner);
         // SAFETY: the slots were created with `self.raw` and are not used again.
         unsafe { one_shot.destroy(&self.raw) };
-        self.pool.destroy();
+        self.pool.destroy(&self.raw);
         // SAFETY: the device is idle; every object created from it is gone (blocks,
         // transfers and pipelines hold an `Arc<Device>`; the allocator was dropped above).
         unsafe { self.raw.destroy_device(None) };

@@ -14,6 +14,17 @@
 //! with [`Error::OutOfDeviceMemory`] before any Vulkan call, so the runtime can evict and
 //! retry. Sizes are rounded up to whole 4 KiB pages; that rounded size is what counts.
 //! Freed space goes back to gpu-allocator's free lists and is reused by later blocks.
+//!
+//! **Recycled blocks.** A program that allocates and frees buffers of one size each step would
+//! get fresh device memory for each: a new `vkAllocateMemory` when gpu-allocator has freed the
+//! empty memory block meanwhile, and, wherever device memory is ordinary host memory (lavapipe,
+//! integrated GPUs), a page fault on the first write of every 4 KiB of it. So a dropped block
+//! is kept, whole, for the next request of exactly its size — as CUDA's caching allocators
+//! keep freed blocks — up to [`RECYCLE_CAP`] bytes and a quarter of the budget, oldest dropped
+//! first. Kept blocks do not count in `in_use`, but a request that needs new memory first
+//! drops kept blocks until `in_use` and the kept bytes together leave it room in the budget,
+//! so the device never holds more than the budget. A reused block is zeroed again when asked
+//! for [`BlockInit::Zeroed`].
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +42,9 @@ use crate::error::{Error, Result};
 
 /// Granularity of block sizes.
 pub(crate) const PAGE: u64 = 4096;
+
+/// The most bytes of dropped blocks kept for reuse (and at most a quarter of the budget).
+pub(crate) const RECYCLE_CAP: u64 = 256 << 20;
 
 /// What a new block holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +64,23 @@ pub(crate) struct DevicePool {
     usage: vk::BufferUsageFlags,
     budget: AtomicU64,
     in_use: AtomicU64,
+    /// Dropped blocks kept for reuse, oldest first.
+    kept: Mutex<Kept>,
+}
+
+/// Dropped blocks kept for reuse, and their bytes.
+#[derive(Default)]
+struct Kept {
+    blocks: std::collections::VecDeque<KeptBlock>,
+    bytes: u64,
+}
+
+/// A dropped block's buffer and memory, kept whole. Holds no `Arc<Device>` (the pool lives in
+/// the device): [`DevicePool::destroy`] frees what is still kept.
+struct KeptBlock {
+    raw: vk::Buffer,
+    allocation: Allocation,
+    size: u64,
 }
 
 impl DevicePool {
@@ -103,6 +134,7 @@ impl DevicePool {
             usage,
             budget: AtomicU64::new(budget.unwrap_or(heap / 5 * 4)),
             in_use: AtomicU64::new(0),
+            kept: Mutex::new(Kept::default()),
         })
     }
 
@@ -172,9 +204,83 @@ impl DevicePool {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Drops the allocator, freeing all its memory. The device calls this before it
-    /// destroys itself.
-    pub(super) fn destroy(&self) {
+    /// Bytes of dropped blocks kept for reuse.
+    #[cfg(test)]
+    pub(crate) fn kept_bytes(&self) -> u64 {
+        self.kept_lock().bytes
+    }
+
+    fn kept_lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a kept block of exactly `size` bytes (the most recently dropped one).
+    fn take_kept(&self, size: u64) -> Option<KeptBlock> {
+        let mut kept = self.kept_lock();
+        let i = kept.blocks.iter().rposition(|b| b.size == size)?;
+        let block = kept.blocks.remove(i)?;
+        kept.bytes -= size;
+        Some(block)
+    }
+
+    /// Keeps a dropped block for reuse if it fits under the cap, dropping the oldest kept
+    /// blocks to make room; gives it back when it does not fit at all.
+    fn keep(&self, raw: &ash::Device, block: KeptBlock) -> Option<KeptBlock> {
+        let cap = RECYCLE_CAP.min(self.budget() / 4);
+        if block.size > cap {
+            return Some(block);
+        }
+        let mut kept = self.kept_lock();
+        kept.bytes += block.size;
+        kept.blocks.push_back(block);
+        let mut freed = Vec::new();
+        while kept.bytes > cap {
+            let old = kept
+                .blocks
+                .pop_front()
+                .expect("kept bytes count kept blocks");
+            kept.bytes -= old.size;
+            freed.push(old);
+        }
+        drop(kept);
+        for old in freed {
+            self.destroy_kept(raw, old);
+        }
+        None
+    }
+
+    /// Drops kept blocks, oldest first, until `in_use` (which counts a request already
+    /// reserved) and the kept bytes together fit in the budget, or none is left.
+    fn trim_kept(&self, raw: &ash::Device) {
+        loop {
+            let mut kept = self.kept_lock();
+            if self.in_use() + kept.bytes <= self.budget() {
+                return;
+            }
+            let Some(old) = kept.blocks.pop_front() else {
+                return;
+            };
+            kept.bytes -= old.size;
+            drop(kept);
+            self.destroy_kept(raw, old);
+        }
+    }
+
+    fn destroy_kept(&self, raw: &ash::Device, block: KeptBlock) {
+        // SAFETY: a kept block's buffer is used by nothing (its `DeviceBlock` was dropped,
+        // and dropping one waits for no device work: none uses it any more) and belongs to
+        // the device `raw` is.
+        unsafe { raw.destroy_buffer(block.raw, None) };
+        self.free(block.allocation);
+    }
+
+    /// Frees every kept block and drops the allocator, freeing all its memory. The device
+    /// calls this before it destroys itself.
+    pub(super) fn destroy(&self, raw: &ash::Device) {
+        let kept = std::mem::take(&mut *self.kept_lock());
+        for block in kept.blocks {
+            self.destroy_kept(raw, block);
+        }
         drop(self.lock().take());
     }
 }
@@ -288,6 +394,16 @@ impl RawBuffer {
         self.raw
     }
 
+    /// Takes the buffer apart without destroying it.
+    fn into_parts(self) -> (vk::Buffer, Allocation) {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        let allocation = std::mem::take(&mut this.allocation);
+        // SAFETY: `this` is never used or dropped again: its `Arc<Device>` is read out once
+        // and dropped here, the other fields are plain handles already copied or taken.
+        drop(unsafe { std::ptr::read(&this.device) });
+        (this.raw, allocation)
+    }
+
     /// The start of the memory's mapping, when its type is host-visible.
     pub(super) fn mapped(&self) -> Option<NonNull<u8>> {
         self.allocation.mapped_ptr().map(NonNull::cast)
@@ -315,7 +431,8 @@ impl Drop for RawBuffer {
 /// destination (and device-address when enabled). Dropping it destroys the buffer, frees the
 /// memory and returns its size to the budget.
 pub(crate) struct DeviceBlock {
-    buffer: RawBuffer,
+    /// `None` only while the block is being dropped.
+    buffer: Option<RawBuffer>,
     size: u64,
     mapped: Option<NonNull<u8>>,
 }
@@ -359,8 +476,18 @@ impl Device {
                 in_use: pool.in_use(),
             })?;
         pool.reserve(size)?;
-        let buffer = RawBuffer::new(self, size, pool.usage, MemoryLocation::GpuOnly, name)
-            .inspect_err(|_| pool.release(size))?;
+        let buffer = match pool.take_kept(size) {
+            Some(kept) => RawBuffer {
+                raw: kept.raw,
+                allocation: kept.allocation,
+                device: Arc::clone(self),
+            },
+            None => {
+                pool.trim_kept(&self.raw);
+                RawBuffer::new(self, size, pool.usage, MemoryLocation::GpuOnly, name)
+                    .inspect_err(|_| pool.release(size))?
+            }
+        };
         debug_assert_eq!(
             buffer.allocation.memory_properties(),
             pool.flags,
@@ -368,7 +495,7 @@ impl Device {
         );
         let block = DeviceBlock {
             mapped: buffer.mapped(),
-            buffer,
+            buffer: Some(buffer),
             size,
         };
         if init == BlockInit::Zeroed {
@@ -379,9 +506,15 @@ impl Device {
 }
 
 impl DeviceBlock {
+    fn buffer(&self) -> &RawBuffer {
+        self.buffer
+            .as_ref()
+            .expect("a block is used only while alive")
+    }
+
     /// The buffer covering the whole block.
     pub(crate) fn raw(&self) -> vk::Buffer {
-        self.buffer.raw
+        self.buffer().raw
     }
 
     /// Size in bytes (a multiple of 4 KiB).
@@ -400,13 +533,13 @@ impl DeviceBlock {
 
     /// The device the block belongs to.
     pub(crate) fn device(&self) -> &Arc<Device> {
-        &self.buffer.device
+        &self.buffer().device
     }
 
     /// The `VkDeviceMemory` and the offset in it where the block starts.
     #[cfg(test)]
     pub(crate) fn memory(&self) -> (vk::DeviceMemory, u64) {
-        let allocation = &self.buffer.allocation;
+        let allocation = &self.buffer().allocation;
         // SAFETY: the handle is only reported, never freed or rebound through it.
         (unsafe { allocation.memory() }, allocation.offset())
     }
@@ -434,8 +567,20 @@ impl DeviceBlock {
 
 impl Drop for DeviceBlock {
     fn drop(&mut self) {
-        // The memory itself is freed right after, when `buffer` drops.
-        self.device().pool.release(self.size);
+        let Some(buffer) = self.buffer.take() else {
+            return;
+        };
+        let device = Arc::clone(&buffer.device);
+        let (raw, allocation) = buffer.into_parts();
+        let kept = KeptBlock {
+            raw,
+            allocation,
+            size: self.size,
+        };
+        if let Some(unkept) = device.pool.keep(&device.raw, kept) {
+            device.pool.destroy_kept(&device.raw, unkept);
+        }
+        device.pool.release(self.size);
     }
 }
 
@@ -507,6 +652,68 @@ mod tests {
             }
             assert_eq!(dev.pool().in_use(), PAGE);
             drop(keep);
+        }
+    }
+
+    #[test]
+    fn dropped_blocks_serve_the_next_request_of_their_size() {
+        for dev in devices() {
+            let pool = dev.pool();
+            let a = dev.alloc_block(1 << 20, BlockInit::Uninit, "a").unwrap();
+            let (raw, memory) = (a.raw(), a.memory());
+            if let Some(p) = a.mapped() {
+                // SAFETY: the block is this test's alone; 1 MiB is mapped at `p`.
+                unsafe { p.as_ptr().write_bytes(0xab, 1 << 20) };
+            }
+            drop(a);
+            assert_eq!((pool.in_use(), pool.kept_bytes()), (0, 1 << 20));
+            // Another size gets other memory; the same size gets the kept block itself.
+            let other = dev.alloc_block(2 << 20, BlockInit::Uninit, "b").unwrap();
+            assert_ne!(other.raw(), raw);
+            let again = dev.alloc_block(1 << 20, BlockInit::Zeroed, "c").unwrap();
+            assert_eq!((again.raw(), again.memory()), (raw, memory));
+            assert_eq!(pool.kept_bytes(), 0);
+            // Kept or not, a Zeroed block shows no earlier byte.
+            let mut t =
+                Transfer::new(&dev, dev.info().transfer_path, DEFAULT_STAGING_BYTES).unwrap();
+            let mut zero = true;
+            // SAFETY: the block is this test's alone.
+            unsafe {
+                t.download(&again, &[(0, 1 << 20)], &mut |_, _, b| {
+                    zero &= b.iter().all(|&x| x == 0);
+                    Ok(())
+                })
+            }
+            .unwrap();
+            assert!(zero);
+            drop((other, again));
+            assert_eq!(pool.in_use(), 0);
+            assert_eq!(pool.kept_bytes(), 3 << 20);
+        }
+    }
+
+    #[test]
+    fn kept_blocks_stay_under_their_cap_and_give_way_to_the_budget() {
+        for dev in devices() {
+            let pool = dev.pool();
+            pool.set_budget(8 << 20); // a quarter: 2 MiB may be kept
+            let blocks: Vec<_> = (0..3)
+                .map(|_| dev.alloc_block(1 << 20, BlockInit::Uninit, "k").unwrap())
+                .collect();
+            let newest = blocks[2].raw();
+            drop(blocks);
+            assert_eq!(pool.kept_bytes(), 2 << 20, "the oldest went");
+            let big = dev.alloc_block(4 << 20, BlockInit::Uninit, "big").unwrap();
+            drop(big);
+            assert_eq!(pool.kept_bytes(), 2 << 20, "over the cap: freed at once");
+            // New memory that needs the budget's room drops kept blocks, oldest first.
+            let six = dev.alloc_block(7 << 20, BlockInit::Uninit, "six").unwrap();
+            assert_eq!(pool.kept_bytes(), 1 << 20);
+            let one = dev.alloc_block(1 << 20, BlockInit::Uninit, "one").unwrap();
+            assert_eq!(one.raw(), newest, "the newest kept block served it");
+            assert_eq!(pool.in_use() + pool.kept_bytes(), 8 << 20);
+            drop((six, one));
+            pool.set_budget(u64::MAX);
         }
     }
 
