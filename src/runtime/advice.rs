@@ -179,11 +179,15 @@ impl Runtime {
         forget_all()?;
         let mut worker = self.ctx.lock_worker();
         worker.in_place.remove_overlapping(&range);
-        let watch = self
-            .space
-            .watches
-            .add_in_place(range.clone())
-            .ok_or_else(|| unsupported(MemoryReason::TooManyInPlace))?;
+        // Added once no event is unread: the address space frees an unmapped range before
+        // the handler reads its UNMAP, so the unmap of a mapping that lived here before this
+        // one could otherwise be processed after the watch began, and taken for an unmap of
+        // this one (as a launch's watch does, `AddressSpace::watch_launch`).
+        let watch = {
+            let _quiet = self.space.quiesce();
+            self.space.watches.add_in_place(range.clone())
+        }
+        .ok_or_else(|| unsupported(MemoryReason::TooManyInPlace))?;
         // SAFETY: `range` is mapped private read-write memory of this process (classified
         // above), aligned as the device requires; the import is dropped under the worker lock
         // (no launch in flight) when the advice ends or the watch reports the pages gone.
