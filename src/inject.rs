@@ -12,7 +12,7 @@
 //!
 //! | site | where | fails as |
 //! |---|---|---|
-//! | [`Site::PoolAlloc`] | gpu-allocator's `allocate` of a device block | `OUT_OF_DEVICE_MEMORY` from the allocator |
+//! | [`Site::PoolAlloc`] | the allocation of a device block (new or kept) | `OUT_OF_DEVICE_MEMORY` from the allocator |
 //! | [`Site::StagingSlot`] | readying a staging-ring slot (Staged path) | `vkBeginCommandBuffer` → `OUT_OF_DEVICE_MEMORY` |
 //! | [`Site::Submit`] | `vkQueueSubmit` (launches, transfers, fills) | `OUT_OF_DEVICE_MEMORY` |
 //! | [`Site::FaultHandler`] | the fault handler, before it reads device memory for a CPU fault | a panic |

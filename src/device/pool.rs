@@ -355,18 +355,15 @@ impl RawBuffer {
         let allocator = guard
             .as_mut()
             .expect("the pool is used after the device was dropped");
-        let allocation = if crate::inject::hit(crate::inject::Site::PoolAlloc) {
-            Err(gpu_allocator::AllocationError::OutOfMemory)
-        } else {
-            allocator.allocate(&AllocationCreateDesc {
+        let allocation = allocator
+            .allocate(&AllocationCreateDesc {
                 name,
                 requirements,
                 location,
                 linear: true,
                 allocation_scheme: AllocationScheme::GpuAllocatorManaged,
             })
-        }
-        .map_err(map_allocator_oom(needed, budget, in_use))?;
+            .map_err(map_allocator_oom(needed, budget, in_use))?;
         drop(guard);
         // SAFETY: the allocation satisfies the buffer's requirements (size, alignment, type
         // bits) and is used by nothing else; `memory()` is only read here, not freed.
@@ -476,6 +473,12 @@ impl Device {
                 in_use: pool.in_use(),
             })?;
         pool.reserve(size)?;
+        if crate::inject::hit(crate::inject::Site::PoolAlloc) {
+            pool.release(size);
+            return Err(map_allocator_oom(size, pool.budget(), pool.in_use())(
+                gpu_allocator::AllocationError::OutOfMemory,
+            ));
+        }
         let buffer = match pool.take_kept(size) {
             Some(kept) => RawBuffer {
                 raw: kept.raw,
