@@ -247,14 +247,15 @@ fn settle(
         }
     };
     for i in a..b {
-        let settled = if i - a >= done {
-            Residence::Device
+        let cell = ext.cell(i);
+        if i - a >= done {
+            // Not installed: still `Device`, and still known zero if it was.
+            cell.unclaim();
         } else if kind.write_protects(i) {
-            Residence::Shared
+            cell.release(Residence::Shared);
         } else {
-            Residence::Host
-        };
-        ext.cell(i).release(settled);
+            cell.release(Residence::Host);
+        }
     }
     (done, outcome)
 }

@@ -17,7 +17,7 @@ use crate::mirror::page::Residence;
 use crate::mirror::PAGE;
 use crate::pages::halves::install_halves;
 use crate::pages::install::{install_in_place, InstallStop, Kind};
-use crate::pages::{claim_all, next_run, release_all, write_protect};
+use crate::pages::{claim_all, next_run, release_after_reading, write_protect};
 use crate::space::{AddressSpace, Counters, DeviceCopy, Ext};
 use crate::Result;
 
@@ -37,7 +37,7 @@ pub(crate) fn to_host(
         let first = pages.start;
         let mut states = claim_all(ext, pages.clone(), false);
         let r = to_host_claimed(space, transfer, ext, first, &mut states, keep_device);
-        release_all(ext, first, &states);
+        release_after_reading(ext, first, &states);
         match r {
             Ok((b, None)) => break Ok(bytes + b),
             Ok((b, Some(InstallStop::Again))) if attempts < 100 => {

@@ -155,6 +155,12 @@ impl PageCell {
         })
     }
 
+    /// Ends ownership of a page the owner left as it found it: its state stays what it was
+    /// when claimed (`ZERO` included), or `Host|GONE` if the host range vanished meanwhile.
+    pub fn unclaim(&self) -> PageBits {
+        self.update(|cur| if cur & GONE != 0 { GONE } else { cur & !BUSY })
+    }
+
     /// Forgets an earlier `GONE` on a page the caller owns, because the caller is about to
     /// re-read it from live host memory. Call it right after claiming, before any copy: a
     /// `mark_gone` that lands later sets `GONE` again and wins at [`release`](Self::release).
@@ -288,6 +294,22 @@ mod tests {
             format!("{:?}", PageCell::with(Residence::Device).load()),
             "Device"
         );
+    }
+
+    #[test]
+    fn unclaim_keeps_what_was_found_unless_gone() {
+        let c = PageCell::with(Residence::Device);
+        assert!(c.mark_zero());
+        c.try_claim(|_| true).unwrap();
+        let left = c.unclaim();
+        assert!(left.zero() && !left.busy(), "{left:?}");
+        assert_eq!(left.residence(), Residence::Device);
+
+        c.try_claim(|_| true).unwrap();
+        c.mark_gone();
+        let left = c.unclaim();
+        assert!(left.gone() && !left.zero() && !left.busy(), "{left:?}");
+        assert_eq!(left.residence(), Residence::Host);
     }
 
     #[test]

@@ -71,6 +71,20 @@ pub(crate) fn release_all<D>(ext: &Extent<D>, first: usize, states: &[Residence]
     }
 }
 
+/// Releases pages claimed by a move that only read their device copies (a move home): those
+/// it left `Device` keep the state they were claimed in, `ZERO` included; the others go to
+/// the residences in `states`.
+pub(crate) fn release_after_reading<D>(ext: &Extent<D>, first: usize, states: &[Residence]) {
+    for (k, &r) in states.iter().enumerate() {
+        let cell = ext.cell(first + k);
+        if r == Residence::Device {
+            cell.unclaim();
+        } else {
+            cell.release(r);
+        }
+    }
+}
+
 /// `UFFDIO_WRITEPROTECT` on the launch path. The kernel refuses it with `EAGAIN` while a
 /// non-cooperative event (another thread's `munmap`, `madvise`, `mremap`) waits to be read;
 /// the handler reads events promptly, so a short wait and a retry succeed.
