@@ -45,7 +45,7 @@
 //! The i-th buffer argument is `@group(0) @binding(i)`. A binding the shader only reads
 //! (`var<storage, read>`) takes `&`; one it writes (`read_write`) takes `&mut`. After the
 //! launch `x`'s pages are `Shared` (readable, still valid on the device) and `y`'s are `Device`
-//! (host copies dropped); reading `y[n / 2]` faults a 64 KiB chunk back (`y[3]` would not: the
+//! (host copies dropped); reading `y[n / 2]` faults its page back (`y[3]` would not: the
 //! first and last page of a `Vec` are edge pages, whose results come home before `launch`
 //! returns). [`Runtime::residency`]
 //! counts pages in each state and [`Runtime::stats`] says what moved.

@@ -36,6 +36,7 @@ impl RuntimeBuilder {
                 .ok()
                 .filter(|&b| b >= PAGE as u64 && b % PAGE as u64 == 0)
                 .map(|b| ChunkPolicy {
+                    isolated: b as usize / PAGE,
                     base: b as usize / PAGE,
                     ..ChunkPolicy::default()
                 })
@@ -82,13 +83,17 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Sets how much a CPU fault brings back at least (bytes, a multiple of 4096; default
-    /// 64 KiB). Sequential access grows it toward 2 MiB unless [`fixed_chunks`] is set.
+    /// Sets how much a CPU fault brings back at least (bytes, a multiple of 4096). By
+    /// default a fault far from the last one brings back its page and one near it the
+    /// aligned 64 KiB around it; with a chunk size set, every fault brings back at least
+    /// that aligned chunk. Sequential access grows it toward 2 MiB unless [`fixed_chunks`]
+    /// is set.
     ///
     /// [`fixed_chunks`]: Self::fixed_chunks
     pub fn chunk_size(mut self, bytes: usize) -> Self {
         self.chunk = if bytes >= PAGE && bytes.is_multiple_of(PAGE) {
             self.chunk.map(|c| ChunkPolicy {
+                isolated: bytes / PAGE,
                 base: bytes / PAGE,
                 max: c.max.max(bytes / PAGE),
                 ..c
