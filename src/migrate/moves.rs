@@ -19,7 +19,7 @@ use crate::mirror::page::Residence;
 use crate::mirror::plan::PageRoles;
 use crate::mirror::PAGE;
 use crate::pages::install::InstallStop;
-use crate::pages::{backoff, claim_all, release_all, runs, runs_where, write_protect};
+use crate::pages::{backoff, claim_all, release_all, runs_where, spans_across, write_protect};
 use crate::space::parking::Dropped;
 use crate::space::watch::{self, LaunchWatch};
 use crate::space::{AddressSpace, Counters, Ext};
@@ -258,7 +258,11 @@ fn migrate_run(
         states[r.clone()].fill(Residence::Device);
     }
     if drop_host {
-        for r in runs(&droppable, |d| d) {
+        // A page absent on the host loses nothing to a drop, and both ways of dropping pass
+        // over holes: runs apart only by absent pages go in one call, so that a buffer
+        // scattered with host pages (a thousand CPU edits) costs a few calls, not one per
+        // run, each flushing the TLBs of every CPU the process runs on.
+        for r in spans_across(n, |k| droppable[k], |k| !filled(k)) {
             let addr = ext.page_addr(first + r.start);
             // SAFETY: interior pages of a live borrow, claimed, valid on the device:
             // dropping the host copy loses nothing; the next touch faults and copies it back.

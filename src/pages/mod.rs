@@ -142,6 +142,29 @@ pub(crate) fn runs<T: Copy>(items: &[T], pred: impl Fn(T) -> bool) -> Vec<Range<
     out
 }
 
+/// Maximal spans of `0..n` that begin and end where `want` holds and hold only indices where
+/// `want` or `gap` does: the runs of `want`, joined across gaps that `gap` lets them span.
+pub(crate) fn spans_across(
+    n: usize,
+    want: impl Fn(usize) -> bool,
+    gap: impl Fn(usize) -> bool,
+) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    let mut open = false;
+    for k in 0..n {
+        if want(k) {
+            match out.last_mut() {
+                Some(last) if open => last.end = k + 1,
+                _ => out.push(k..k + 1),
+            }
+            open = true;
+        } else if !gap(k) {
+            open = false;
+        }
+    }
+    out
+}
+
 /// Maximal runs of `0..n` where `pred` holds.
 pub(crate) fn runs_where(n: usize, pred: impl Fn(usize) -> bool) -> Vec<Range<usize>> {
     let idx: Vec<usize> = (0..n).collect();
@@ -161,6 +184,16 @@ mod tests {
         assert_eq!(next_run(&v, &mut at, |b| !b), Some(2..3));
         assert_eq!(next_run(&v, &mut at, |b| !b), Some(4..6));
         assert_eq!(next_run(&v, &mut at, |b| !b), None);
+    }
+
+    #[test]
+    fn spans_join_runs_across_gaps_only() {
+        // w: wanted, g: gap, x: neither.
+        let s = b"gwgwwxwgg xgw";
+        let want = |k: usize| s[k] == b'w';
+        let gap = |k: usize| s[k] == b'g';
+        assert_eq!(spans_across(s.len(), want, gap), vec![1..5, 6..7, 12..13]);
+        assert!(spans_across(3, |_| false, |_| true).is_empty());
     }
 
     #[test]
