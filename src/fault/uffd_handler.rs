@@ -3,6 +3,7 @@
 //! ```text
 //! loop {
 //!     idle  → poll(uffd, wake eventfd)            // holds no reference into the mirror
+//!             (after serving faults: polled without sleeping for 100 µs first)
 //!     busy  → a round (`AddressSpace::begin_round`: the gate, the mirror's busy epoch)
 //!             read every pending message; handle REMOVE/UNMAP/REMAP first, then faults
 //!             retry deferred faults
@@ -55,6 +56,14 @@ const BATCH: usize = 64;
 /// Faults that can wait at once (one per blocked thread).
 const MAX_DEFERRED: usize = 4096;
 
+/// How long the handler keeps polling without sleeping after a round that served faults
+/// (only where it has a CPU of its own). A program that touches scattered device pages faults
+/// again within microseconds of being woken; a handler still running takes that fault at
+/// once, where a sleeping one must first be woken on its CPU: a cross-CPU wake-up that costs
+/// 20-40 µs on a virtual machine (docs/performance.md, "Workloads"), on top of the fault's
+/// own few microseconds. Spinning costs CPU only in the moments after a fault.
+const SPIN_AFTER_FAULTS: Duration = Duration::from_micros(100);
+
 /// One CPU fault waiting to be resolved.
 #[derive(Clone, Copy, Debug)]
 struct Fault {
@@ -82,6 +91,8 @@ pub(crate) struct Handler {
     /// `EAGAIN` while an event (the `UNMAP` of the old range that follows a `REMAP`) is
     /// unread, so device-only pages are copied to the new place after the read loop.
     remaps: [Option<Remap>; MAX_REMAPS],
+    /// Whether to spin after faults ([`SPIN_AFTER_FAULTS`]): two CPUs or more.
+    spin: bool,
 }
 
 impl Handler {
@@ -91,6 +102,7 @@ impl Handler {
             uffd,
             deferred: Deferred::with_capacity(MAX_DEFERRED),
             remaps: [None; MAX_REMAPS],
+            spin: std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2,
         }
     }
 
@@ -98,8 +110,10 @@ impl Handler {
         self.space.warm_reader();
         let mut msgs = [UffdMsg::ZEROED; BATCH];
         let mut faults: [Option<Fault>; BATCH] = [None; BATCH];
+        let mut served = false;
         loop {
-            self.wait();
+            self.wait(served && self.spin);
+            served = false;
             let round = self.space.begin_round();
             loop {
                 let n = match self.uffd.read_events(&mut msgs) {
@@ -143,6 +157,7 @@ impl Handler {
                         other => tracing::warn!(event = ?other, "unexpected userfaultfd event"),
                     }
                 }
+                served |= nf > 0;
                 for f in faults[..nf].iter_mut().filter_map(Option::take) {
                     self.resolve_or_defer(f);
                 }
@@ -152,8 +167,9 @@ impl Handler {
         }
     }
 
-    /// Blocks in `poll` until a message, a poke, or (with deferred faults) a short timer.
-    fn wait(&self) {
+    /// Blocks in `poll` until a message, a poke, or (with deferred faults) a short timer;
+    /// with `spin`, polls without sleeping for [`SPIN_AFTER_FAULTS`] first.
+    fn wait(&self, spin: bool) {
         use rustix::event::{PollFd, PollFlags};
         let timeout = self
             .deferred
@@ -167,6 +183,19 @@ impl Handler {
             PollFd::new(&uffd, PollFlags::IN),
             PollFd::new(&self.space.wake, PollFlags::IN),
         ];
+        if spin {
+            let until = std::time::Instant::now() + SPIN_AFTER_FAULTS;
+            let now = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            while std::time::Instant::now() < until {
+                if matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0) {
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+        }
         let _ = rustix::event::poll(&mut fds, timeout.as_ref());
     }
 
