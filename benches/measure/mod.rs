@@ -12,6 +12,8 @@
 //!   sequential or random page order;
 //! - [`TouchLatency`] and [`raw_uffd::RawUffd`]: one isolated 4 KiB touch, vkhmm vs a raw
 //!   userfaultfd round trip;
+//! - [`bounds`]: the kernel primitives under two micro-patterns of [`workloads`] (lifting
+//!   write protection, installing pages with `UFFDIO_COPY`), with nothing of vkhmm in them;
 //! - [`Launch`] and [`raw_ash::RawDispatch`]: a saxpy launch with all data resident vs the
 //!   same SPIR-V dispatched with ash by hand;
 //! - [`Saxpy`], [`raw_ash::RawSaxpy`] (and the wgpu member `baselines/wgpu-saxpy`): upload
@@ -22,6 +24,7 @@
 
 #![allow(dead_code)] // each includer uses a different part
 
+pub mod bounds;
 pub mod raw_ash;
 pub mod raw_uffd;
 pub mod workloads;

@@ -1,14 +1,16 @@
 //! Ordinary programs against hand-written ash (`--only workloads`): four workloads on plain
 //! `Vec`s, each alternating run by run with its twin written by hand with ash on the same
 //! transfer path; then the micro-patterns such programs meet, each beside the same work on
-//! plain memory (`benches/measure/workloads.rs` has both sides of each).
+//! plain memory (`benches/measure/workloads.rs` has both sides of each), and beside two of
+//! them the kernel primitive that bounds them (`benches/measure/bounds.rs`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vkhmm::{Runtime, Stats, TransferPath};
 
+use crate::bench::measure::bounds::{self, Lift};
 use crate::bench::measure::workloads::{self as w, Parts, PerRun, EDITS, RESIDENT_STEPS};
-use crate::bench::measure::{self, gbps, raw_ash, size_name, Budget, MIB};
+use crate::bench::measure::{self, gbps, raw_ash, size_name, Budget, Samples, MIB};
 use crate::bench::report::{Report, Row, Target, Unit};
 use crate::bench::Progress;
 
@@ -95,9 +97,11 @@ pub(crate) fn workloads(
     for (path, rt) in paths {
         rewrite(r, p, b.micro, s.micro, path, rt)?;
     }
+    rewrite_bound(r, p, b.micro, s.micro)?;
     for (path, rt) in paths {
         read(r, p, b.micro, s.micro, path, rt)?;
     }
+    read_bound(r, p, b.micro, s.micro)?;
     for (path, rt) in paths {
         prefetch(r, p, b.micro, s.micro, path, rt)?;
     }
@@ -480,6 +484,191 @@ fn read(
             note: format!("{faults} faults, {home:.1} MiB home"),
         },
     );
+    Ok(())
+}
+
+/// Samples each of `fs` in turn, run by run, after one untimed warm-up run of each (as
+/// [`measure::sample_pair`] does for two).
+fn sample_each(
+    b: Budget,
+    fs: &mut [&mut dyn FnMut() -> anyhow::Result<Duration>],
+) -> anyhow::Result<Vec<Samples>> {
+    for f in fs.iter_mut() {
+        f()?;
+    }
+    let start = Instant::now();
+    let mut out = vec![Vec::new(); fs.len()];
+    while out[0].len() < b.min_iters || (out[0].len() < b.max_iters && start.elapsed() < b.time) {
+        for (f, o) in fs.iter_mut().zip(out.iter_mut()) {
+            o.push(f()?);
+        }
+    }
+    Ok(out.into_iter().map(Samples).collect())
+}
+
+/// A kernel bound's row: no vkhmm in it, no target, a ratio against the baseline of the
+/// vkhmm row it bounds.
+fn push_bound(
+    r: &mut Report,
+    p: &Progress,
+    key: &str,
+    figure: String,
+    base: (&str, f64),
+    v: f64,
+    note: String,
+) {
+    p.say(&format!(
+        "{figure}: {v:.2} ms vs {} {:.2} ms, {:.2}x; {note}",
+        base.0,
+        base.1,
+        v / base.1
+    ));
+    r.rows.push(Row {
+        key: format!("micro_bound_{key}"),
+        figure,
+        unit: Unit::Millis,
+        vkhmm: v,
+        baseline: base.0.into(),
+        base: Some(base.1),
+        target: None,
+        note,
+    });
+}
+
+/// The median of the timed runs' `values` (the warm-up run's, first, left out).
+fn median_after_warmup(values: &[f64]) -> f64 {
+    let mut v = values.get(1..).unwrap_or_default().to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len().div_ceil(2).max(1) - 1)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// The kernel's floor under [`rewrite`]: lifting write protection from a filled mapping
+/// (in one piece, in doubling pieces ahead of the writes, in doubling windows on write
+/// faults), then the same rewrite, against the rewrite of a plain `Vec`.
+fn rewrite_bound(r: &mut Report, p: &Progress, b: Budget, bytes: usize) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut plain = w::Plain::new(n);
+    let lifts = [Lift::OnePiece, Lift::DoublingAhead, Lift::DoublingOnFault];
+    let mut wp = lifts
+        .iter()
+        .map(|&l| bounds::WpLift::new(n, l))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Per contender and run: (ioctl ms, clears, faults).
+    let mut parts: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); wp.len()];
+    let samples = {
+        let mut fs: Vec<Box<dyn FnMut() -> anyhow::Result<Duration> + '_>> = wp
+            .iter_mut()
+            .zip(parts.iter_mut())
+            .map(|(x, ps)| {
+                Box::new(move || {
+                    let d = x.run()?;
+                    ps.push((ms(x.lift_time), x.lifts as f64, x.faults as f64));
+                    Ok(d)
+                }) as Box<dyn FnMut() -> anyhow::Result<Duration>>
+            })
+            .collect();
+        fs.push(Box::new(|| plain.rewrite()));
+        let mut refs: Vec<&mut dyn FnMut() -> anyhow::Result<Duration>> =
+            fs.iter_mut().map(|f| &mut **f as _).collect();
+        sample_each(b, &mut refs)?
+    };
+    anyhow::ensure!(
+        wp.iter().all(bounds::WpLift::verify),
+        "rewrite bound: a word lost its value"
+    );
+    let base = ms(samples[lifts.len()].median());
+    let size = size_name(bytes);
+    for (i, lift) in lifts.into_iter().enumerate() {
+        let pick = |f: fn(&(f64, f64, f64)) -> f64| {
+            median_after_warmup(&parts[i].iter().map(f).collect::<Vec<_>>())
+        };
+        let (lift_ms, clears, faults) = (pick(|x| x.0), pick(|x| x.1), pick(|x| x.2));
+        let (key, figure, note) = match lift {
+            Lift::OnePiece => (
+                "rewrite_wp_one_piece",
+                format!("bound: lift WP on {size} in one piece, then rewrite"),
+                format!("lift {lift_ms:.2} ms in 1 ioctl, {faults:.0} faults"),
+            ),
+            Lift::DoublingAhead => (
+                "rewrite_wp_doubling_ahead",
+                format!("bound: lift WP on {size}, doubling ahead, rewrite"),
+                format!("lift {lift_ms:.2} ms in {clears:.0} ioctls, {faults:.0} faults"),
+            ),
+            Lift::DoublingOnFault => (
+                "rewrite_wp_doubling_on_fault",
+                format!("bound: lift WP on {size}, doubling on fault, rewrite"),
+                format!("{faults:.0} faults, each lifted by a handler thread"),
+            ),
+        };
+        r.extra
+            .push((format!("micro_bound_{key}_lift_ms"), lift_ms));
+        r.extra.push((format!("micro_bound_{key}_ioctls"), clears));
+        r.extra.push((format!("micro_bound_{key}_faults"), faults));
+        push_bound(
+            r,
+            p,
+            key,
+            figure,
+            ("plain Vec", base),
+            ms(samples[i].median()),
+            note,
+        );
+    }
+    Ok(())
+}
+
+/// The kernel's floor under [`read`]: installing every page with `UFFDIO_COPY` (write-
+/// protected) in 2 MiB pieces on one thread or two, then the same sum, against the sum of a
+/// resident `Vec`.
+fn read_bound(r: &mut Report, p: &Progress, b: Budget, bytes: usize) -> anyhow::Result<()> {
+    let n = bytes / 4;
+    let mut plain = w::Plain::new(n);
+    let threads = [1, 2];
+    let mut copies = threads
+        .iter()
+        .map(|&t| bounds::CopyThenSum::new(n, t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut copy_ms: Vec<Vec<f64>> = vec![Vec::new(); copies.len()];
+    let samples = {
+        let mut fs: Vec<Box<dyn FnMut() -> anyhow::Result<Duration> + '_>> = copies
+            .iter_mut()
+            .zip(copy_ms.iter_mut())
+            .map(|(x, cs)| {
+                Box::new(move || {
+                    let d = x.run()?;
+                    cs.push(ms(x.copy_time));
+                    Ok(d)
+                }) as Box<dyn FnMut() -> anyhow::Result<Duration>>
+            })
+            .collect();
+        fs.push(Box::new(|| plain.read()));
+        let mut refs: Vec<&mut dyn FnMut() -> anyhow::Result<Duration>> =
+            fs.iter_mut().map(|f| &mut **f as _).collect();
+        sample_each(b, &mut refs)?
+    };
+    let base = ms(samples[threads.len()].median());
+    let (size, piece) = (size_name(bytes), size_name(bounds::COPY_PIECE));
+    for (i, t) in threads.into_iter().enumerate() {
+        let copy = median_after_warmup(&copy_ms[i]);
+        let all = ms(samples[i].median());
+        let (key, them) = if t == 1 {
+            ("read_copy_1_thread".to_string(), "1 thread".to_string())
+        } else {
+            (format!("read_copy_{t}_threads"), format!("{t} threads"))
+        };
+        r.extra.push((format!("micro_bound_{key}_copy_ms"), copy));
+        push_bound(
+            r,
+            p,
+            &key,
+            format!("bound: UFFDIO_COPY {size} by {piece}, {them}, sum"),
+            ("resident Vec", base),
+            all,
+            format!("copies alone {copy:.2} ms (median)"),
+        );
+    }
     Ok(())
 }
 
