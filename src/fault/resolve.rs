@@ -55,8 +55,6 @@ pub(crate) fn release_shared(space: &AddressSpace, ext: &Ext, idx: usize) -> Out
     else {
         return Outcome::Wait;
     };
-    // The next fault of a sequential writer comes where the pages lifted now end.
-    ext.set_stream(Access::Unprotect, first + b, w.size);
     let r = space
         .backend
         .write_protect(ext.page_addr(a), (b - a) * PAGE, false, false);
@@ -70,6 +68,9 @@ pub(crate) fn release_shared(space: &AddressSpace, ext: &Ext, idx: usize) -> Out
     }
     match r {
         Ok(()) => {
+            // The next fault of a sequential writer comes where the pages lifted now end. (A
+            // refused lift leaves the stream alone: its retry is the same fault again.)
+            ext.set_stream(Access::Unprotect, first + b, w.size);
             // Bookkeeping before the wake: the writer may read the counters next.
             Counters::add(&ctx.counters.cpu_faults, 1);
             ext.note_cpu_fault();
@@ -132,8 +133,12 @@ pub(crate) fn copy_back(space: &AddressSpace, ext: &Ext, idx: usize, write: bool
     else {
         return Outcome::Wait;
     };
-    ext.set_stream(Access::Copy, w.next, w.size);
     let (done, outcome) = install_window(space, ext, a..b, write.then_some(idx));
+    if outcome == Outcome::Done {
+        // A retried fault is the same fault again, not the next one of a stream: only a
+        // window installed whole moves the stream on.
+        ext.set_stream(Access::Copy, w.next, w.size);
+    }
     if done > 0 {
         // Counted before the wake, so the faulting thread sees its own fault in `stats`.
         Counters::add(&ctx.counters.cpu_faults, 1);
