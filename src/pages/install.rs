@@ -135,7 +135,7 @@ pub(crate) fn install(
             let r = match events {
                 None => copy_piece(trap, run_dst + at, bytes, flag, wake, &mut out),
                 Some(space) => {
-                    let _held = space.hold_events();
+                    let _held = space.hold_events_shared();
                     copy_live(trap, ext, run_dst + at, bytes, flag, wake, &mut out)
                 }
             };

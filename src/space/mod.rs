@@ -17,6 +17,12 @@
 //! unread. While holding it, a thread must not wait for a claimed page, allocate or free
 //! (a `malloc` may carve a freed chunk whose pages are on the device), or first-touch
 //! memory: each could wait for the handler, which waits for the gate.
+//!
+//! The gate is a read-write lock held for writing by all of them, so they exclude each other
+//! as a mutex would. Only threads that copy pages home in bulk hold it for reading
+//! ([`AddressSpace::hold_events_shared`]), piece by piece: they need no event processed while
+//! a piece is copied, but not each other out, so the two halves of a large move home (the
+//! caller's and the assistant's) copy at once.
 
 pub(crate) mod owner;
 pub(crate) mod parking;
@@ -24,10 +30,15 @@ pub(crate) mod watch;
 
 pub(crate) use owner::{Counters, DeviceCopy, Ext, Owner};
 
+/// The gate (module doc).
+pub(crate) type Gate = RwLock<()>;
+/// The gate held exclusively.
+pub(crate) type GateGuard<'a> = RwLockWriteGuard<'a, ()>;
+
 use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use crate::mirror::map::MirrorMap;
@@ -57,7 +68,7 @@ pub(crate) struct AddressSpace {
     deferring: AtomicBool,
     /// The eventfd the thread that resolves faults polls beside its backend's messages.
     pub wake: OwnedFd,
-    gate: Mutex<()>,
+    gate: Gate,
 }
 
 impl AddressSpace {
@@ -98,7 +109,7 @@ impl AddressSpace {
             pid: rustix::process::getpid().as_raw_nonzero().get() as u32,
             deferring: AtomicBool::new(false),
             wake,
-            gate: Mutex::new(()),
+            gate: RwLock::new(()),
         })
     }
 
@@ -176,8 +187,14 @@ impl AddressSpace {
     ///
     /// While holding it, never wait for a claimed page, and never touch memory that may
     /// fault into the handler (module doc, "The gate").
-    pub(crate) fn hold_events(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn hold_events(&self) -> GateGuard<'_> {
+        self.gate.write().unwrap_or_else(PoisonError::into_inner)
+    }
+    /// Holds the gate against the thread that resolves faults and every
+    /// [`hold_events`](Self::hold_events), but not against other holders of this: for copying
+    /// claimed pages home piece by piece (module doc, "The gate"). The same rules apply.
+    pub(crate) fn hold_events_shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(PoisonError::into_inner)
     }
     /// [`hold_events`](Self::hold_events) once no event is unread either: every `munmap`,
     /// `mremap` or `madvise` of a registered range that began before has been read and
@@ -185,7 +202,7 @@ impl AddressSpace {
     /// only read after the address space changed: without this, the event of an unmap that
     /// happened before a new mapping was made at the same address could be processed after a
     /// launch on the new mapping began, and taken for an unmap of it.)
-    pub(crate) fn quiesce(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn quiesce(&self) -> GateGuard<'_> {
         let mut spins = 0u32;
         loop {
             let held = self.hold_events();
@@ -273,7 +290,7 @@ impl AddressSpace {
 /// held and the mirror's busy epoch entered until it drops.
 pub(crate) struct Round<'a> {
     space: &'a AddressSpace,
-    gate: Option<MutexGuard<'a, ()>>,
+    gate: Option<GateGuard<'a>>,
 }
 
 impl Round<'_> {

@@ -87,7 +87,7 @@ impl Parking {
     pub(crate) fn drop_pages(
         &self,
         uffd: &Uffd,
-        gate: &Mutex<()>,
+        gate: &super::Gate,
         watch: &LaunchWatch,
         range: Range<usize>,
     ) -> std::io::Result<Dropped> {
@@ -103,7 +103,7 @@ impl Parking {
             let done = at - range.start;
             let len = (range.end - at).min(limit);
             let dst = self.base + at % HUGE;
-            let held = gate.lock().unwrap_or_else(PoisonError::into_inner);
+            let held = gate.write().unwrap_or_else(PoisonError::into_inner);
             if !watch.intact_while(&held) {
                 return Ok(Dropped::Lost { done });
             }

@@ -30,7 +30,9 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::PoisonError;
+
+use super::{Gate, GateGuard};
 use std::time::{Duration, Instant};
 
 use crate::sys::slots::{self, FILLING, FREE};
@@ -212,7 +214,7 @@ impl Watches {
 /// watch.
 pub(crate) struct LaunchWatch {
     watches: &'static Watches,
-    gate: &'static Mutex<()>,
+    gate: &'static Gate,
     slots: Vec<usize>,
 }
 
@@ -223,8 +225,8 @@ impl LaunchWatch {
     /// slot is taken.
     pub(crate) fn new<'g>(
         watches: &'static Watches,
-        gate: &'static Mutex<()>,
-        hold: impl Fn() -> MutexGuard<'g, ()>,
+        gate: &'static Gate,
+        hold: impl Fn() -> GateGuard<'g>,
         spans: &[Range<usize>],
     ) -> Result<LaunchWatch> {
         let mut spans = spans.to_vec();
@@ -276,14 +278,14 @@ impl LaunchWatch {
     /// is held: a `malloc` may carve a freed chunk whose pages only the fault handler can
     /// bring back) with what the watched spans lost so far, read under `_gate` (the fault
     /// service's gate, held by the caller: no event is being processed).
-    pub(crate) fn lost_into(&self, _gate: &MutexGuard<'_, ()>, out: &mut Vec<Range<usize>>) {
+    pub(crate) fn lost_into(&self, _gate: &GateGuard<'_>, out: &mut Vec<Range<usize>>) {
         out.clear();
         debug_assert!(out.capacity() >= self.slots.len());
         out.extend(self.watches.lost(&self.slots));
     }
 
     /// Whether the watched spans lost nothing so far, read under `_gate`.
-    pub(crate) fn intact_while(&self, _gate: &MutexGuard<'_, ()>) -> bool {
+    pub(crate) fn intact_while(&self, _gate: &GateGuard<'_>) -> bool {
         self.watches.lost(&self.slots).next().is_none()
     }
 
@@ -323,8 +325,8 @@ impl Drop for LaunchWatch {
     }
 }
 
-fn lock(gate: &Mutex<()>) -> MutexGuard<'_, ()> {
-    gate.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock(gate: &Gate) -> GateGuard<'_> {
+    gate.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
