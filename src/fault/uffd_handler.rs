@@ -44,6 +44,7 @@ use super::resolve::{copy_back, install_claimed, release_shared, Outcome};
 use crate::mirror::page::{PageBits, Residence};
 use crate::mirror::plan::page_floor;
 use crate::mirror::PAGE;
+use crate::pages::halves;
 use crate::pages::install::Kind;
 use crate::pages::install::{install, InstallStop};
 use crate::space::watch::Change;
@@ -57,11 +58,12 @@ const BATCH: usize = 64;
 const MAX_DEFERRED: usize = 4096;
 
 /// How long the handler keeps polling without sleeping after a round that served faults
-/// (only where it has a CPU of its own). A program that touches scattered device pages faults
-/// again within microseconds of being woken; a handler still running takes that fault at
-/// once, where a sleeping one must first be woken on its CPU: a cross-CPU wake-up that costs
-/// 20-40 µs on a virtual machine (docs/performance.md, "Workloads"), on top of the fault's
-/// own few microseconds. Spinning costs CPU only in the moments after a fault.
+/// (only where it has a CPU of its own, and not after sharing a window with the assistant,
+/// which spins for a stream's next window itself). A program that touches scattered device
+/// pages faults again within microseconds of being woken; a handler still running takes that
+/// fault at once, where a sleeping one must first be woken on its CPU: a cross-CPU wake-up
+/// that costs 20-40 µs on a virtual machine (docs/performance.md, "Workloads"), on top of
+/// the fault's own few microseconds. Spinning costs CPU only in the moments after a fault.
 const SPIN_AFTER_FAULTS: Duration = Duration::from_micros(100);
 
 /// One CPU fault waiting to be resolved.
@@ -114,6 +116,7 @@ impl Handler {
         loop {
             self.wait(served && self.spin);
             served = false;
+            let posts = halves::posts();
             let round = self.space.begin_round();
             loop {
                 let n = match self.uffd.read_events(&mut msgs) {
@@ -164,6 +167,10 @@ impl Handler {
             }
             self.finish_remaps();
             round.finish(|| self.retry_deferred());
+            // Windows large enough to share with the assistant are a stream's: the assistant
+            // spins for the next one itself, and a third spinning thread would take a CPU
+            // from the reader.
+            served &= halves::posts() == posts;
         }
     }
 

@@ -36,7 +36,7 @@
 //! [`Owner::assist_transfer`]: crate::space::Owner
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -207,6 +207,14 @@ impl Assist {
 static ASSIST: Assist = Assist::new();
 /// Whether the assistant runs ([`spawn_assistant`]).
 static ASSISTED: AtomicBool = AtomicBool::new(false);
+/// Jobs handed to the assistant so far ([`posts`]).
+static POSTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many jobs were handed to the assistant so far: a thread that sees the count move
+/// across its work knows the assistant took part (and spins for the next job by itself).
+pub(crate) fn posts() -> u64 {
+    POSTS.load(Ordering::Relaxed)
+}
 
 /// Whether the assistant runs, so that runtimes can give it a transfer context (settled
 /// before the fault service is handed out).
@@ -250,6 +258,7 @@ pub(crate) fn install_halves(
         };
     };
     Counters::add(&ext.device().owner.counters.parallel_installs, 1);
+    POSTS.fetch_add(1, Ordering::Relaxed);
     let low = install(pages.start..mid);
     Halves {
         low: (pages.start..mid, low),
