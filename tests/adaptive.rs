@@ -57,6 +57,36 @@ fn sequential_reads_grow_the_chunk_and_random_reads_do_not() {
 }
 
 #[test]
+fn two_halves_read_side_by_side_each_grow_their_chunks() {
+    for path in common::PATHS {
+        let Some(rt) = common::runtime(path) else {
+            return;
+        };
+        // One buffer, so one extent: a loop over two halves in step (as `x.iter().zip(&y)`
+        // over two buffers that lie next to each other) is two streams in it.
+        let half = 4 << 20; // words: 16 MiB each
+        let src: Vec<u32> = (0..2 * half).map(|i| pattern(i, 3)).collect();
+        let v = rt.alloc_from(&src).unwrap();
+        rt.prefetch(&v, Location::Device).unwrap();
+        let before = rt.stats();
+        let wrong = (0..half)
+            .step_by(1024)
+            .find(|&i| v[i] != src[i] || v[half + i] != src[half + i]);
+        assert_eq!(wrong, None, "{path:?}");
+        let d = rt.stats() - before;
+        // Each half alone: about 12 faults (see above); one stream between them would
+        // restart at a page per fault, thousands.
+        assert!(
+            d.cpu_faults <= 64,
+            "{path:?}: two side-by-side reads took {} faults",
+            d.cpu_faults
+        );
+        assert_eq!(d.bytes_to_host, 2 * half as u64 * 4, "{path:?}");
+        drop(v);
+    }
+}
+
+#[test]
 fn transparent_huge_pages_migrate_and_come_back() {
     common::each_path_foreign(|rt, path| {
         let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();

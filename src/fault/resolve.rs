@@ -19,7 +19,7 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::device::Transfer;
 use crate::mirror::page::{PageBits, Residence};
-use crate::mirror::policy::{fault_window, Access};
+use crate::mirror::policy::{fault_window, pick_stream, Access};
 use crate::mirror::PAGE;
 use crate::pages::halves::{install_halves, Job};
 use crate::pages::install::{install_in_place, InstallStop, Installed, Kind};
@@ -43,12 +43,13 @@ pub(crate) enum Outcome {
 pub(crate) fn release_shared(space: &AddressSpace, ext: &Ext, idx: usize) -> Outcome {
     let ctx = &ext.device().owner;
     let first = ext.start() / PAGE;
+    let (slot, prev) = stream_of(ext, Access::Unprotect, first + idx);
     let w = fault_window(
         &ctx.policy,
         Access::Unprotect,
         first + idx,
         first..first + ext.pages(),
-        ext.stream(Access::Unprotect),
+        prev,
     );
     let shared = |b: PageBits| b.residence() == Residence::Shared;
     let Some((a, b)) = claim_within(ext, idx, w.pages.start - first..w.pages.end - first, shared)
@@ -70,7 +71,7 @@ pub(crate) fn release_shared(space: &AddressSpace, ext: &Ext, idx: usize) -> Out
         Ok(()) => {
             // The next fault of a sequential writer comes where the pages lifted now end. (A
             // refused lift leaves the stream alone: its retry is the same fault again.)
-            ext.set_stream(Access::Unprotect, first + b, w.size);
+            ext.set_stream(Access::Unprotect, slot, first + b, w.size);
             // Bookkeeping before the wake: the writer may read the counters next.
             Counters::add(&ctx.counters.cpu_faults, 1);
             ext.note_cpu_fault();
@@ -122,12 +123,13 @@ pub(crate) fn install_claimed(
 pub(crate) fn copy_back(space: &AddressSpace, ext: &Ext, idx: usize, write: bool) -> Outcome {
     let ctx = &ext.device().owner;
     let first = ext.start() / PAGE;
+    let (slot, prev) = stream_of(ext, Access::Copy, first + idx);
     let w = fault_window(
         &ctx.policy,
         Access::Copy,
         first + idx,
         first..first + ext.pages(),
-        ext.stream(Access::Copy),
+        prev,
     );
     let Some((a, b)) = claim_within(ext, idx, w.pages.start - first..w.pages.end - first, device)
     else {
@@ -137,7 +139,7 @@ pub(crate) fn copy_back(space: &AddressSpace, ext: &Ext, idx: usize, write: bool
     if outcome == Outcome::Done {
         // A retried fault is the same fault again, not the next one of a stream: only a
         // window installed whole moves the stream on.
-        ext.set_stream(Access::Copy, w.next, w.size);
+        ext.set_stream(Access::Copy, slot, w.next, w.size);
     }
     if done > 0 {
         // Counted before the wake, so the faulting thread sees its own fault in `stats`.
@@ -147,9 +149,20 @@ pub(crate) fn copy_back(space: &AddressSpace, ext: &Ext, idx: usize, write: bool
     }
     if outcome == Outcome::Done && done == b - a && w.size >= ctx.policy.max && ctx.policy.adaptive
     {
-        read_ahead(space, ext);
+        read_ahead(space, ext, slot);
     }
     outcome
+}
+
+/// The stream of `ext` a fault of kind `access` at absolute page `page` continues (its slot
+/// and state), or a spare slot with no history for one that continues none.
+fn stream_of(ext: &Ext, access: Access, page: usize) -> (usize, (usize, usize)) {
+    let policy = &ext.device().owner.policy;
+    let streams = ext.streams(access);
+    match pick_stream(policy, access, page, &streams) {
+        Some(slot) => (slot, streams[slot]),
+        None => (ext.spare_stream(access), (usize::MAX, 0)),
+    }
 }
 
 fn device(b: PageBits) -> bool {
@@ -162,10 +175,10 @@ fn device(b: PageBits) -> bool {
 /// as a read fault would bring them (`Shared`); nothing is counted as a CPU fault. Pages
 /// that are not `Device`, or claimed, end the window there; a failure leaves the pages
 /// `Device` for the ordinary fault path.
-fn read_ahead(space: &AddressSpace, ext: &Ext) {
+fn read_ahead(space: &AddressSpace, ext: &Ext, slot: usize) {
     let ctx = &ext.device().owner;
     let first = ext.start() / PAGE;
-    let (next, size) = ext.stream(Access::Copy);
+    let (next, size) = ext.streams(Access::Copy)[slot];
     if next < first || next >= first + ext.pages() {
         return;
     }
@@ -175,7 +188,7 @@ fn read_ahead(space: &AddressSpace, ext: &Ext) {
     let Some((a, b)) = claim_within(ext, idx, idx..w.pages.end - first, device) else {
         return;
     };
-    ext.set_stream(Access::Copy, w.next, w.size);
+    ext.set_stream(Access::Copy, slot, w.next, w.size);
     let (done, _) = install_window(space, ext, a..b, None);
     if done > 0 {
         // A thread that touched these pages meanwhile waits on them.

@@ -21,10 +21,15 @@ pub struct Extent<D> {
     cells: Box<[PageCell]>,
     device: D,
     last_use: AtomicU64,
-    copy_stream: Stream,
-    unprotect_stream: Stream,
+    copy_streams: Streams,
+    unprotect_streams: Streams,
     cpu_faults: AtomicU64,
 }
+
+/// Streams of faults tracked per extent and kind: a loop that walks two buffers side by side
+/// (`x.iter().zip(&y)`), or threads that each walk their part of one buffer, are several
+/// sequential touchers in one extent when the buffers lie next to each other.
+pub const STREAMS: usize = 4;
 
 impl<D> Extent<D> {
     /// An extent over `pages` pages from the page-aligned address `start`, each page in the
@@ -36,8 +41,8 @@ impl<D> Extent<D> {
             cells: (0..pages).map(|i| PageCell::with(init(i))).collect(),
             device,
             last_use: AtomicU64::new(0),
-            copy_stream: Stream::new(),
-            unprotect_stream: Stream::new(),
+            copy_streams: Streams::new(),
+            unprotect_streams: Streams::new(),
             cpu_faults: AtomicU64::new(0),
         }
     }
@@ -166,28 +171,50 @@ impl<D> Extent<D> {
         })
     }
 
-    /// The fault handler's streaming state for faults of kind `access`: (the page a
-    /// sequential toucher would fault on next, the window size in pages last used). Only the
-    /// fault handler reads and writes it.
-    pub fn stream(&self, access: Access) -> (usize, usize) {
-        let s = self.stream_of(access);
-        (
-            s.next.load(Ordering::Relaxed),
-            s.pages.load(Ordering::Relaxed),
-        )
+    /// The fault handler's streaming state for faults of kind `access`, one entry per
+    /// stream: (the page a sequential toucher would fault on next, the window size in pages
+    /// last used; 0 for none yet). Only the fault handler reads and writes it.
+    pub fn streams(&self, access: Access) -> [(usize, usize); STREAMS] {
+        let s = self.streams_of(access);
+        std::array::from_fn(|i| {
+            (
+                s.slots[i].next.load(Ordering::Relaxed),
+                s.slots[i].pages.load(Ordering::Relaxed),
+            )
+        })
     }
 
-    /// Stores the fault handler's streaming state for faults of kind `access`.
-    pub fn set_stream(&self, access: Access, next: usize, pages: usize) {
-        let s = self.stream_of(access);
+    /// Stores stream `slot`'s state for faults of kind `access`.
+    pub fn set_stream(&self, access: Access, slot: usize, next: usize, pages: usize) {
+        let s = &self.streams_of(access).slots[slot % STREAMS];
         s.next.store(next, Ordering::Relaxed);
         s.pages.store(pages, Ordering::Relaxed);
     }
 
-    fn stream_of(&self, access: Access) -> &Stream {
+    /// A stream slot for a fault that continues none: each in turn, so the oldest goes.
+    pub fn spare_stream(&self, access: Access) -> usize {
+        self.streams_of(access).turn.fetch_add(1, Ordering::Relaxed) % STREAMS
+    }
+
+    fn streams_of(&self, access: Access) -> &Streams {
         match access {
-            Access::Copy => &self.copy_stream,
-            Access::Unprotect => &self.unprotect_stream,
+            Access::Copy => &self.copy_streams,
+            Access::Unprotect => &self.unprotect_streams,
+        }
+    }
+}
+
+/// An extent's streams of one kind, and whose turn it is to be replaced.
+struct Streams {
+    slots: [Stream; STREAMS],
+    turn: AtomicUsize,
+}
+
+impl Streams {
+    fn new() -> Streams {
+        Streams {
+            slots: std::array::from_fn(|_| Stream::new()),
+            turn: AtomicUsize::new(0),
         }
     }
 }

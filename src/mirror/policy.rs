@@ -9,7 +9,10 @@
 //! previous window ended is a sequential reader: the window doubles (from at least `base`, up
 //! to `max` pages) and starts at the faulting page, so a stream through a large buffer ends
 //! up moving 2 MiB per fault — what NVIDIA UVM does with its 64 KiB fault batches grown
-//! within 2 MiB blocks. A fault far from the previous window brings back `isolated` pages
+//! within 2 MiB blocks. "Previous" is per stream: an extent follows a few streams of each
+//! kind at once ([`pick_stream`]: the one a fault continues, else the one it is near), so two
+//! buffers read in step, or threads each reading their part, each grow their own windows.
+//! A fault far from every stream's last window brings back `isolated` pages
 //! (one): a program that touches a thousand scattered words of a large buffer then copies
 //! 4 MiB, not a 64 KiB window each (64 MiB), and an isolated touch costs a third as much
 //! (7 µs against 22 µs for 64 KiB here, `vkhmm bench`'s touch group).
@@ -116,7 +119,7 @@ pub struct Window {
 
 /// Chooses the window for a fault of kind `access` at absolute page `page` inside the extent
 /// whose pages are `extent`, given the streaming state `(next, size)` the previous fault of
-/// that kind left.
+/// that kind left (the stream [`pick_stream`] chose; `(usize::MAX, 0)` for none).
 pub fn fault_window(
     policy: &ChunkPolicy,
     access: Access,
@@ -124,15 +127,10 @@ pub fn fault_window(
     extent: Range<usize>,
     prev: (usize, usize),
 ) -> Window {
-    let (next, prev_size) = prev;
+    let (_, prev_size) = prev;
     let (isolated, base, max) = policy.limits(access);
-    let sequential = policy.adaptive && page == next && prev_size > 0;
-    // Within a quarter of the base window of the last one: touches that dense fill a base
-    // window well enough to pay for it (see the module docs).
-    let reach = (base / 4).max(1);
-    let near = prev_size > 0
-        && page.saturating_add(reach) > next.saturating_sub(prev_size)
-        && page < next.saturating_add(reach);
+    let sequential = policy.adaptive && continues(page, prev);
+    let near = is_near(policy, access, page, prev);
     let (start, size) = if sequential {
         (page, prev_size.saturating_mul(2).clamp(base, max))
     } else if near || !policy.adaptive {
@@ -147,6 +145,46 @@ pub fn fault_window(
         next: hi,
         size,
     }
+}
+
+/// Whether a fault at `page` is where the stream `(next, size)` faults next.
+fn continues(page: usize, (next, size): (usize, usize)) -> bool {
+    size > 0 && page == next
+}
+
+/// Whether a fault at `page` lies near the last window of the stream `(next, size)`: within a
+/// quarter of the base window of it, where touches are dense enough to fill a base window
+/// well enough to pay for it (see the module docs).
+fn is_near(
+    policy: &ChunkPolicy,
+    access: Access,
+    page: usize,
+    (next, size): (usize, usize),
+) -> bool {
+    let (_, base, _) = policy.limits(access);
+    let reach = (base / 4).max(1);
+    size > 0
+        && page.saturating_add(reach) > next.saturating_sub(size)
+        && page < next.saturating_add(reach)
+}
+
+/// Which of an extent's `streams` (as [`fault_window`] takes one) a fault at `page`
+/// continues: one it is the next page of, else one it is near; `None` when it is far from
+/// all, an isolated touch (or a new stream).
+pub fn pick_stream(
+    policy: &ChunkPolicy,
+    access: Access,
+    page: usize,
+    streams: &[(usize, usize)],
+) -> Option<usize> {
+    streams
+        .iter()
+        .position(|&s| continues(page, s))
+        .or_else(|| {
+            streams
+                .iter()
+                .position(|&s| is_near(policy, access, page, s))
+        })
 }
 
 /// Where a fault-back window over `pages` is split between the fault handler and its
@@ -258,6 +296,36 @@ mod tests {
         let f = ChunkPolicy::fixed(4);
         let w = fault_window(&f, Access::Unprotect, 10, 0..100, (10, 4));
         assert_eq!(w.pages, 8..12);
+    }
+
+    #[test]
+    fn two_interleaved_streams_each_keep_growing() {
+        let p = ChunkPolicy::default();
+        let mut streams = [(usize::MAX, 0); 4];
+        let (mut a, mut b) = (0, 5000);
+        let mut sizes = (Vec::new(), Vec::new());
+        for _ in 0..6 {
+            for (page, sizes) in [(&mut a, &mut sizes.0), (&mut b, &mut sizes.1)] {
+                let slot = pick_stream(&p, Access::Copy, *page, &streams);
+                let (slot, prev) = match slot {
+                    Some(s) => (s, streams[s]),
+                    None => (
+                        streams.iter().position(|s| s.1 == 0).unwrap(),
+                        (usize::MAX, 0),
+                    ),
+                };
+                let w = fault_window(&p, Access::Copy, *page, 0..10_000, prev);
+                streams[slot] = (w.next, w.size);
+                sizes.push(w.size);
+                *page = w.next;
+            }
+        }
+        assert_eq!(sizes.0, vec![1, 16, 32, 64, 128, 256]);
+        assert_eq!(sizes.0, sizes.1);
+        // Far from both: no stream; near one: that one.
+        assert_eq!(pick_stream(&p, Access::Copy, 3000, &streams), None);
+        assert_eq!(pick_stream(&p, Access::Copy, a + 2, &streams), Some(0));
+        assert_eq!(pick_stream(&p, Access::Copy, b, &streams), Some(1));
     }
 
     #[test]
