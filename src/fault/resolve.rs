@@ -188,8 +188,10 @@ fn read_ahead(space: &AddressSpace, ext: &Ext, slot: usize) {
     let Some((a, b)) = claim_within(ext, idx, idx..w.pages.end - first, device) else {
         return;
     };
-    ext.set_stream(Access::Copy, slot, w.next, w.size);
-    let (done, _) = install_window(space, ext, a..b, None);
+    let (done, outcome) = install_window(space, ext, a..b, None);
+    if outcome == Outcome::Done {
+        ext.set_stream(Access::Copy, slot, w.next, w.size);
+    }
     if done > 0 {
         // A thread that touched these pages meanwhile waits on them.
         let _ = space.backend.wake(ext.page_addr(a), done * PAGE);
