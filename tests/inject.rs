@@ -293,6 +293,28 @@ fn a_refused_download_leaves_the_pages_on_the_device() {
                 "skip {skip}: wrong data after a refused download"
             );
             assert!(holds(&src, 1), "skip {skip}");
+            // Pages that did come home are what the mirror says: a CPU write to each page
+            // reaches the next kernel.
+            for i in (0..N_ELEMS).step_by(1024) {
+                dst[i] = pattern(i, 9);
+            }
+            let mut out = rt.alloc::<u32>(N_ELEMS).unwrap();
+            let n = N { n: N_ELEMS as u32 };
+            rt.launch(k, groups(N_ELEMS, 256), (&dst, &mut out, Push(&n)))
+                .unwrap();
+            let wrong = (0..N_ELEMS).find(|&i| {
+                out[i]
+                    != if i % 1024 == 0 {
+                        pattern(i, 9)
+                    } else {
+                        pattern(i, 1)
+                    }
+            });
+            assert_eq!(
+                wrong, None,
+                "skip {skip}: a CPU write after the refused download"
+            );
+            drop(out);
             drop((src, dst));
             assert_eq!(
                 rt.stats().device_bytes_in_use,
