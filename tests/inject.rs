@@ -35,17 +35,22 @@ fn disarm_all() {
 /// Runs `f` on a runtime of each of `paths`, with a copy kernel, holding the injection
 /// sites for itself (`SERIAL`); every site is disarmed afterwards, also when `f` fails
 /// half-way.
-fn with_sites(paths: &[TransferPath], mut f: impl FnMut(&Runtime, TransferPath, &Kernel)) {
+fn with_sites(paths: &[TransferPath], f: impl FnMut(&Runtime, TransferPath, &Kernel)) {
+    with_sites_on(paths, |path| Runtime::builder().transfer(path), f)
+}
+
+/// [`with_sites`] on the runtimes `builder(path)` builds.
+fn with_sites_on(
+    paths: &[TransferPath],
+    builder: impl Fn(TransferPath) -> vkhmm::RuntimeBuilder,
+    mut f: impl FnMut(&Runtime, TransferPath, &Kernel),
+) {
     let _serial = serial();
     let _disarm = Disarm;
-    common::each_runtime(
-        paths,
-        |path| Runtime::builder().transfer(path),
-        |rt, path| {
-            let k = rt.kernel_wgsl(shaders::COPY_U32_WGSL, "main").unwrap();
-            f(rt, path, &k)
-        },
-    );
+    common::each_runtime(paths, builder, |rt, path| {
+        let k = rt.kernel_wgsl(shaders::COPY_U32_WGSL, "main").unwrap();
+        f(rt, path, &k)
+    });
 }
 
 /// Disarms every site when dropped.
@@ -258,10 +263,12 @@ fn a_panic_in_the_fault_handler_is_retried() {
 #[test]
 fn a_refused_download_leaves_the_pages_on_the_device() {
     // The fault handler reads the pool through its mapping wherever it can (lavapipe: always,
-    // see `fault_transfer` in src/runtime.rs), so the staging ring's downloads are those of
-    // `prefetch(Host)` and eviction.
-    with_sites(&[TransferPath::Staged], |rt, _, k| {
-        for skip in 0..3 {
+    // see `fault_transfer` in src/runtime/builder.rs), so the staging ring's downloads are
+    // those of `prefetch(Host)` and eviction. A 64 KiB ring takes many submits per download,
+    // so a refused one comes after pages of the same download are in place.
+    let small_ring = |path| Runtime::builder().transfer(path).staging_bytes(64 << 10);
+    with_sites_on(&[TransferPath::Staged], small_ring, |rt, _, k| {
+        for skip in [0, 1, 2, 5, 11] {
             let (src, mut dst) = buffers(rt);
             copy(rt, k, &src, &mut dst).unwrap();
             let pages = rt.residency(&dst[..]).device;

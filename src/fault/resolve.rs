@@ -22,9 +22,11 @@ use crate::mirror::page::{PageBits, Residence};
 use crate::mirror::policy::{fault_window, pick_stream, Access};
 use crate::mirror::PAGE;
 use crate::pages::halves::{install_halves, Job};
-use crate::pages::install::{install_in_place, InstallStop, Installed, Kind};
+use crate::pages::install::{
+    install_in_place, Failed, InstallResult, InstallStop, Installed, Kind,
+};
 use crate::space::{AddressSpace, Counters, Ext};
-use crate::{Error, Result};
+use crate::Error;
 
 /// What became of a fault.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -92,7 +94,7 @@ pub(crate) fn install_claimed(
     pages: Range<usize>,
     transfer: &Mutex<Transfer>,
     kind: Kind,
-) -> Result<Installed> {
+) -> InstallResult {
     let mut transfer = transfer.lock().unwrap_or_else(PoisonError::into_inner);
     // A panic in here (an assertion in the transfer code, or an injected one) must not end
     // the handler thread: every thread waiting on a fault would sleep for ever. It becomes an
@@ -111,9 +113,14 @@ pub(crate) fn install_claimed(
         Err(_) => {
             Counters::add(&ext.device().owner.counters.handler_panics, 1);
             transfer.recover();
-            Err(Error::Os {
-                op: "the fault handler (it panicked)",
-                source: std::io::ErrorKind::Interrupted.into(),
+            // (The injected panic fires before anything is placed; a real one in the middle
+            // of an install would leave what it placed unrecorded.)
+            Err(Failed {
+                done: Installed::NONE,
+                error: Error::Os {
+                    op: "the fault handler (it panicked)",
+                    source: std::io::ErrorKind::Interrupted.into(),
+                },
             })
         }
     }
@@ -246,7 +253,7 @@ fn install_window(
 fn settle(
     ext: &Ext,
     pages: Range<usize>,
-    installed: Result<Installed>,
+    installed: InstallResult,
     kind: Kind,
 ) -> (usize, Outcome) {
     let ctx = &ext.device().owner;
@@ -261,9 +268,10 @@ fn settle(
                 Some(InstallStop::Gone) => (done, Outcome::Done),
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, "reading device memory for a CPU fault failed; retrying");
-            (0, Outcome::Retry)
+        Err(Failed { done, error }) => {
+            tracing::error!(%error, "reading device memory for a CPU fault failed; retrying");
+            Counters::add(&ctx.counters.bytes_to_host, done.bytes);
+            (done.pages_done().min(b - a), Outcome::Retry)
         }
     };
     for i in a..b {
@@ -282,16 +290,19 @@ fn settle(
 
 /// The assistant's half of a range: installed as its poster installs the other half, through
 /// the assistant's own transfer context.
-pub(crate) fn assist_install(space: &AddressSpace, job: &Job) -> Result<Installed> {
+pub(crate) fn assist_install(space: &AddressSpace, job: &Job) -> InstallResult {
     // SAFETY: called while the job is served; its poster waits for the result.
     let ext = unsafe { job.ext() };
     match &ext.device().owner.assist_transfer {
         Some(transfer) => install_claimed(space, ext, job.pages.clone(), transfer, job.kind),
         // Not posted without one (`install_halves`); should it happen, the half is retried.
         // (No allocation: the assistant keeps the handler's rules.)
-        None => Err(Error::Os {
-            op: "the fault handler's assistant (it has no transfer context)",
-            source: std::io::ErrorKind::Unsupported.into(),
+        None => Err(Failed {
+            done: Installed::NONE,
+            error: Error::Os {
+                op: "the fault handler's assistant (it has no transfer context)",
+                source: std::io::ErrorKind::Unsupported.into(),
+            },
         }),
     }
 }

@@ -315,8 +315,9 @@ impl Handler {
                 Counters::add(&owner.counters.bytes_to_host, g.bytes);
                 Outcome::Done
             }
-            Err(e) => {
-                tracing::error!(error = %e, "reading device memory for a CPU fault failed; retrying");
+            // (A single page: in place or not, it is `Shared` either way.)
+            Err(f) => {
+                tracing::error!(error = %f.error, "reading device memory for a CPU fault failed; retrying");
                 Outcome::Retry
             }
         }
@@ -438,7 +439,8 @@ impl Handler {
                                 Counters::add(&owner.counters.bytes_to_host, g.bytes);
                                 g.stop != Some(InstallStop::Again)
                             }
-                            Err(_) => false,
+                            // Placed before the failure: moved all the same.
+                            Err(f) => f.done.pages_done() >= 1,
                         }
                     }
                     Residence::Shared => {

@@ -96,18 +96,19 @@ pub(crate) fn to_host_claimed(
         let mut stop = None;
         let mut error = None;
         for (half, got) in halves.parts() {
-            let got = match got {
-                Ok(g) => g,
-                Err(e) => {
-                    error.get_or_insert(e);
-                    continue;
+            // A part that failed records what it placed before the failure.
+            let (got, complete) = match got {
+                Ok(g) => (g, g.stop.is_none()),
+                Err(f) => {
+                    error.get_or_insert(f.error);
+                    (f.done, false)
                 }
             };
             bytes += got.bytes;
-            let done = if got.stop.is_some() {
-                got.pages_done().min(half.len())
-            } else {
+            let done = if complete {
                 half.len()
+            } else {
+                got.pages_done().min(half.len())
             };
             let start = half.start - first;
             for s in &mut states[start..start + done] {

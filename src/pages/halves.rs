@@ -42,10 +42,9 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::AtomicBool;
 
-use super::install::{Installed, Kind};
+use super::install::{InstallResult, Kind};
 use crate::mirror::policy::split_point;
 use crate::space::{Counters, Ext};
-use crate::Result;
 
 /// Half a window for the assistant: pages `pages` of `*ext`, claimed by the poster.
 pub(crate) struct Job {
@@ -57,13 +56,13 @@ pub(crate) struct Job {
 /// A range installed in one piece or in two halves at once, each with its outcome, lower
 /// first; every part is done ([`install_halves`]).
 pub(crate) struct Halves {
-    pub low: (Range<usize>, Result<Installed>),
-    pub high: Option<(Range<usize>, Result<Installed>)>,
+    pub low: (Range<usize>, InstallResult),
+    pub high: Option<(Range<usize>, InstallResult)>,
 }
 
 impl Halves {
     /// The parts, lower first.
-    pub fn parts(self) -> impl Iterator<Item = (Range<usize>, Result<Installed>)> {
+    pub fn parts(self) -> impl Iterator<Item = (Range<usize>, InstallResult)> {
         std::iter::once(self.low).chain(self.high)
     }
 }
@@ -100,7 +99,7 @@ enum Slot {
     Empty,
     Posted(Job),
     Running,
-    Finished(Result<Installed>),
+    Finished(InstallResult),
 }
 
 /// How long each side spins for the other before it sleeps: the assistant for the next job
@@ -145,7 +144,7 @@ impl Assist {
 
     /// Waits for the result of the job this thread posted (the slot stays taken until then,
     /// so the result is its own).
-    pub fn wait(&self) -> Result<Installed> {
+    pub fn wait(&self) -> InstallResult {
         let mut slot = self.await_change(|s| matches!(s, Slot::Finished(_)));
         match std::mem::replace(&mut *slot, Slot::Empty) {
             Slot::Finished(r) => {
@@ -158,7 +157,7 @@ impl Assist {
 
     /// The assistant's loop: serves each posted job with `install` (which may call
     /// [`Job::ext`]) and hands back its result. Never returns.
-    pub fn run(&self, install: impl Fn(&Job) -> Result<Installed>) {
+    pub fn run(&self, install: impl Fn(&Job) -> InstallResult) {
         loop {
             let job = {
                 let mut slot = self.await_change(|s| matches!(s, Slot::Posted(_)));
@@ -225,9 +224,7 @@ pub(crate) fn assisted() -> bool {
 /// Starts the assistant on a thread of its own, serving every job with `install` (which may
 /// call [`Job::ext`]); returns whether it runs (without it, every range is installed by the
 /// thread that claimed it).
-pub(crate) fn spawn_assistant(
-    install: impl Fn(&Job) -> Result<Installed> + Send + 'static,
-) -> bool {
+pub(crate) fn spawn_assistant(install: impl Fn(&Job) -> InstallResult + Send + 'static) -> bool {
     let spawned = std::thread::Builder::new()
         .name("vkhmm-assist".into())
         .spawn(move || ASSIST.run(install))
@@ -245,7 +242,7 @@ pub(crate) fn install_halves(
     ext: &Ext,
     pages: Range<usize>,
     kind: Kind,
-    install: impl FnOnce(Range<usize>) -> Result<Installed>,
+    install: impl FnOnce(Range<usize>) -> InstallResult,
 ) -> Halves {
     let mid = split_point(&ext.device().owner.policy, pages.clone())
         .filter(|_| ASSISTED.load(Ordering::Acquire))
@@ -269,6 +266,7 @@ pub(crate) fn install_halves(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pages::install::Installed;
 
     #[test]
     fn slot_states_round_trip_without_a_device() {

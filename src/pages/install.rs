@@ -56,7 +56,32 @@ pub(crate) struct Installed {
     pub stop: Option<InstallStop>,
 }
 
+/// An [`install`] that failed: the pages it had put in place before the failure (from the
+/// start of the range; the caller must record them as installed), and the failure.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub done: Installed,
+    pub error: Error,
+}
+
+impl From<Failed> for Error {
+    fn from(f: Failed) -> Error {
+        f.error
+    }
+}
+
+/// What an [`install`] did: all of it or up to a stop, or up to a failure.
+pub(crate) type InstallResult = std::result::Result<Installed, Failed>;
+
 impl Installed {
+    /// Nothing installed yet.
+    pub const NONE: Installed = Installed {
+        bytes: 0,
+        zeroed: 0,
+        already_present: 0,
+        stop: None,
+    };
+
     /// Pages from the start of the range that are in place: installed either way, or
     /// found present.
     pub fn pages_done(&self) -> usize {
@@ -78,7 +103,7 @@ pub(crate) fn install_in_place(
     ext: &Ext,
     pages: Range<usize>,
     kind: Kind,
-) -> Result<Installed> {
+) -> InstallResult {
     let dst = ext.page_addr(pages.start);
     let guarded = matches!(kind, Kind::Bulk { .. }) && space.backend.signal().is_none();
     install(
@@ -98,8 +123,10 @@ pub(crate) fn install_in_place(
 /// write-protected iff `wp(i)`. With `wake` false, threads waiting on the pages stay asleep
 /// until the caller wakes them (`Backend::wake`) after its bookkeeping. With `events`, each
 /// piece is copied holding that service's gate, pages gone since they were claimed skipped
-/// (counted as already present; `dst` must then be the pages' own address). Allocates
-/// nothing: the fault handler calls it.
+/// (counted as already present; `dst` must then be the pages' own address). When reading the
+/// device copy fails part-way, the error comes with the pages already in place ([`Failed`]):
+/// they are present on the host and must be released as installed. Allocates nothing: the
+/// fault handler calls it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn install(
     trap: &Backend,
@@ -110,13 +137,8 @@ pub(crate) fn install(
     wp: impl Fn(usize) -> bool,
     wake: bool,
     events: Option<&AddressSpace>,
-) -> Result<Installed> {
-    let mut out = Installed {
-        bytes: 0,
-        zeroed: 0,
-        already_present: 0,
-        stop: None,
-    };
+) -> InstallResult {
+    let mut out = Installed::NONE;
     // Each run of pages alike in protection and in being known zero is copied in one go.
     let zero = |i: usize| ext.cell(i).load().zero();
     let mut i = pages.start;
@@ -172,7 +194,9 @@ pub(crate) fn install(
         };
         match (r, stop) {
             (_, Some(s)) => out.stop = Some(s),
-            (Err(e), None) => return Err(e),
+            // Pieces placed before the failure are in place: say so, or the caller would
+            // leave present pages recorded as `Device`.
+            (Err(error), None) => return Err(Failed { done: out, error }),
             (Ok(()), None) => {}
         }
         i = j;
