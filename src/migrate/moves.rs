@@ -44,6 +44,7 @@ pub(crate) fn move_pages<'e>(
         let ext = ext_of(run.start);
         let idx = ext.page_span(run);
         let mut states = claim_all(ext, idx.clone(), true);
+        ext.reset_streams();
         let drop_host = *write || purpose == Purpose::Prefetch;
         let held = *write && purpose == Purpose::Kernel;
         let moved = replay(space, watch, ext, idx.clone()).and_then(|()| {

@@ -191,9 +191,28 @@ impl<D> Extent<D> {
         s.pages.store(pages, Ordering::Relaxed);
     }
 
-    /// A stream slot for a fault that continues none: each in turn, so the oldest goes.
+    /// A stream slot for a fault that continues none: the one with the smallest window (an
+    /// unused one, or an isolated touch's), taking turns among equals, so that scattered
+    /// touches replace each other and not a grown stream.
     pub fn spare_stream(&self, access: Access) -> usize {
-        self.streams_of(access).turn.fetch_add(1, Ordering::Relaxed) % STREAMS
+        let s = self.streams_of(access);
+        let turn = s.turn.fetch_add(1, Ordering::Relaxed);
+        (0..STREAMS)
+            .map(|k| (turn + k) % STREAMS)
+            .min_by_key(|&i| s.slots[i].pages.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Forgets every stream: a launch moved pages of the extent, so where the CPU faulted
+    /// before says nothing about where it will fault next (a stream's last window may be
+    /// `Device` again, and a touch in it is no longer near anything brought back).
+    pub fn reset_streams(&self) {
+        for access in [Access::Copy, Access::Unprotect] {
+            for s in &self.streams_of(access).slots {
+                s.next.store(usize::MAX, Ordering::Relaxed);
+                s.pages.store(0, Ordering::Relaxed);
+            }
+        }
     }
 
     fn streams_of(&self, access: Access) -> &Streams {
@@ -247,6 +266,23 @@ impl<D> std::fmt::Debug for Extent<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spare_stream_is_never_a_grown_one_while_a_smaller_exists() {
+        let e = Extent::new(0, 4, (), |_| Residence::Device);
+        e.set_stream(Access::Copy, 0, 100, 512);
+        e.set_stream(Access::Copy, 1, 200, 256);
+        for _ in 0..8 {
+            let s = e.spare_stream(Access::Copy);
+            assert!(s >= 2, "took grown stream {s}");
+            e.set_stream(Access::Copy, s, 7, 1);
+        }
+        e.set_stream(Access::Copy, 2, 300, 64);
+        e.set_stream(Access::Copy, 3, 400, 32);
+        assert_eq!(e.spare_stream(Access::Copy), 3, "the smallest goes");
+        e.reset_streams();
+        assert!(e.streams(Access::Copy).iter().all(|&(_, n)| n == 0));
+    }
 
     #[test]
     fn geometry() {
