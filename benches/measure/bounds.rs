@@ -1,5 +1,5 @@
 //! The kernel's floor under two micro-patterns of [`super::workloads`], with nothing of
-//! vkhmm in it (plumbing: rustix + linux-raw-sys, as in [`super::raw_uffd`]):
+//! vkhmm in it (the userfaultfd plumbing of [`super::raw_uffd`]):
 //!
 //! - [`WpLift`], under [`super::workloads::RewriteShared`]: a filled 64 MiB anonymous mapping,
 //!   registered for write-protect faults and write-protected whole; the timed part lifts the
@@ -13,7 +13,7 @@
 //!   from a resident source in 2 MiB pieces, on one thread or two (each its half), then sums
 //!   every `u32` with [`super::workloads::sum_u32`].
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,11 +21,10 @@ use std::time::{Duration, Instant};
 use linux_raw_sys::general as uapi;
 use rustix::ioctl::{ioctl, Opcode, Updater};
 
+use super::raw_uffd::{map, next_fault, open_uffd, register, CopyBandwidth};
 use super::workloads::{rewrite, sum_u32};
 use super::{MIB, PAGE};
 
-const OP_API: Opcode = linux_raw_sys::ioctl::UFFDIO_API as Opcode;
-const OP_REGISTER: Opcode = linux_raw_sys::ioctl::UFFDIO_REGISTER as Opcode;
 const OP_COPY: Opcode = linux_raw_sys::ioctl::UFFDIO_COPY as Opcode;
 const OP_WRITEPROTECT: Opcode = linux_raw_sys::ioctl::UFFDIO_WRITEPROTECT as Opcode;
 /// `UFFDIO_WRITEPROTECT_MODE_WP` (linux-raw-sys lacks the write-protect modes).
@@ -33,63 +32,6 @@ const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 
 /// The piece [`CopyThenSum`] installs per ioctl: vkhmm's largest fault-back window.
 pub const COPY_PIECE: usize = 2 * MIB;
-
-/// An open userfaultfd, handshaken with `features`.
-fn open_uffd(features: u64) -> anyhow::Result<OwnedFd> {
-    use rustix::mm::{userfaultfd, UserfaultfdFlags};
-    let flags = UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK;
-    // SAFETY: creating a userfaultfd changes nothing until a range is registered; the only
-    // ranges registered with it are this module's own mappings.
-    let fd = match unsafe { userfaultfd(flags) } {
-        Ok(fd) => fd,
-        Err(_) => {
-            let user_only = flags | UserfaultfdFlags::from_bits_retain(uapi::UFFD_USER_MODE_ONLY);
-            // SAFETY: as above.
-            unsafe { userfaultfd(user_only) }.map_err(|e| anyhow::anyhow!("userfaultfd(2): {e}"))?
-        }
-    };
-    let mut api = uapi::uffdio_api {
-        api: u64::from(uapi::UFFD_API),
-        features,
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_API reads and writes one `uffdio_api`, which `api` is.
-    unsafe { ioctl(&fd, Updater::<OP_API, _>::new(&mut api)) }
-        .map_err(|e| anyhow::anyhow!("UFFDIO_API: {e}"))?;
-    Ok(fd)
-}
-
-/// A fresh private anonymous mapping of `len` bytes (its address as a number, so that
-/// threads can share it).
-fn map(len: usize) -> anyhow::Result<usize> {
-    // SAFETY: a fresh private anonymous mapping aliases nothing.
-    let p = unsafe {
-        rustix::mm::mmap_anonymous(
-            std::ptr::null_mut(),
-            len,
-            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-            rustix::mm::MapFlags::PRIVATE,
-        )
-    }
-    .map_err(|e| anyhow::anyhow!("mmap: {e}"))?;
-    Ok(p as usize)
-}
-
-/// Registers `[addr, addr + len)` with `fd` in `mode`.
-fn register(fd: &OwnedFd, addr: usize, len: usize, mode: u32) -> anyhow::Result<()> {
-    let mut reg = uapi::uffdio_register {
-        range: uapi::uffdio_range {
-            start: addr as u64,
-            len: len as u64,
-        },
-        mode: u64::from(mode),
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_REGISTER reads and writes one `uffdio_register`; the range is one of this
-    // module's own mappings.
-    unsafe { ioctl(fd, Updater::<OP_REGISTER, _>::new(&mut reg)) }
-        .map_err(|e| anyhow::anyhow!("UFFDIO_REGISTER: {e}"))
-}
 
 /// `UFFDIO_WRITEPROTECT` on `[addr, addr + len)`: sets protection, or clears it and wakes
 /// the writers waiting there.
@@ -283,30 +225,7 @@ impl Drop for WpLift {
 /// The write-protect fault handler of [`WpLift`]: on each fault, clears the protection of a
 /// window from the faulting page (capped at `end`), doubles the window and wakes the writer.
 fn serve_wp(fd: &OwnedFd, state: &Handler, end: usize) {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let timeout = Timespec {
-        tv_sec: 0,
-        tv_nsec: 20_000_000,
-    };
-    let mut msg = [0u8; std::mem::size_of::<uapi::uffd_msg>()];
-    while !state.stop.load(Ordering::Relaxed) {
-        let mut fds = [PollFd::new(fd, PollFlags::IN)];
-        if !matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0) {
-            continue;
-        }
-        let Ok(n) = rustix::io::read(fd.as_fd(), &mut msg) else {
-            continue;
-        };
-        if n != msg.len() {
-            continue;
-        }
-        // SAFETY: `uffd_msg` is plain integers, valid for any bytes; `msg` has its size.
-        let m: uapi::uffd_msg = unsafe { std::ptr::read_unaligned(msg.as_ptr().cast()) };
-        if u32::from(m.event) != uapi::UFFD_EVENT_PAGEFAULT {
-            continue;
-        }
-        // SAFETY: the event byte says the union holds a page-fault record (plain integers).
-        let addr = unsafe { m.arg.pagefault }.address as usize & !(PAGE - 1);
+    while let Some(addr) = next_fault(fd, &state.stop) {
         let pages = state.window.load(Ordering::Relaxed);
         let len = (pages * PAGE).min(end.saturating_sub(addr)).max(PAGE);
         state.faults.fetch_add(1, Ordering::Relaxed);
@@ -322,13 +241,11 @@ fn serve_wp(fd: &OwnedFd, state: &Handler, end: usize) {
 }
 
 /// Installing 64 MiB of pages with `UFFDIO_COPY` ahead of the reads, then summing them (see
-/// the module docs).
+/// the module docs): [`CopyBandwidth`] write-protected in [`COPY_PIECE`] pieces, then the sum.
 pub struct CopyThenSum {
-    dst: usize,
-    n: usize,
-    threads: usize,
-    src: Vec<u32>,
-    fd: OwnedFd,
+    copies: CopyBandwidth,
+    /// The sum of the source, which the installed words must give.
+    expected: u64,
     /// Time of the copies of the last run (the rest is the sum).
     pub copy_time: Duration,
     /// The sum the last run found.
@@ -336,28 +253,13 @@ pub struct CopyThenSum {
 }
 
 impl CopyThenSum {
-    /// `n` words (a multiple of a page's words) on `threads` installing threads; the source
-    /// (word i holding i) is written once, so that it stays resident.
+    /// `n` words (a multiple of a page's words) on `threads` installing threads.
     pub fn new(n: usize, threads: usize) -> anyhow::Result<CopyThenSum> {
-        let len = n * 4;
-        anyhow::ensure!(
-            len.is_multiple_of(PAGE),
-            "CopyThenSum: {len} bytes, not whole pages"
-        );
-        let fd = open_uffd(u64::from(uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP))?;
-        let dst = map(len)?;
-        register(
-            &fd,
-            dst,
-            len,
-            uapi::UFFDIO_REGISTER_MODE_MISSING | uapi::UFFDIO_REGISTER_MODE_WP,
-        )?;
+        let copies = CopyBandwidth::new(n * 4, COPY_PIECE, threads, true)?;
+        let expected = sum_u32(copies.source_words());
         Ok(CopyThenSum {
-            dst,
-            n,
-            threads: threads.max(1),
-            src: (0..n).map(|i| i as u32).collect(),
-            fd,
+            copies,
+            expected,
             copy_time: Duration::ZERO,
             sum: 0,
         })
@@ -365,69 +267,13 @@ impl CopyThenSum {
 
     /// Untimed: drop every destination page; timed: install them all, then sum every word.
     pub fn run(&mut self) -> anyhow::Result<Duration> {
-        let len = self.n * 4;
-        // SAFETY: the mapping is ours and holds plain words; nothing reads it meanwhile.
-        unsafe {
-            rustix::mm::madvise(
-                self.dst as *mut std::ffi::c_void,
-                len,
-                rustix::mm::Advice::LinuxDontNeed,
-            )
-        }
-        .map_err(|e| anyhow::anyhow!("madvise: {e}"))?;
-        let part = (len / self.threads).next_multiple_of(PAGE);
-        let this = &*self;
+        let copied = self.copies.run()?;
         let t = Instant::now();
-        if this.threads == 1 {
-            this.fill(0..len)?;
-        } else {
-            std::thread::scope(|s| {
-                let parts: Vec<_> = (0..len)
-                    .step_by(part)
-                    .map(|a| s.spawn(move || this.fill(a..(a + part).min(len))))
-                    .collect();
-                parts
-                    .into_iter()
-                    .try_for_each(|h| h.join().expect("a copier thread panicked"))
-            })?;
-        }
-        let copied = t.elapsed();
-        // SAFETY: every page of the mapping was installed just above (each ioctl copied its
-        // whole piece or failed); it holds `n` plain words and nothing writes it meanwhile.
-        let words = unsafe { std::slice::from_raw_parts(self.dst as *const u32, self.n) };
-        let sum = sum_u32(std::hint::black_box(words));
-        let d = t.elapsed();
-        let n = self.n as u64;
-        anyhow::ensure!(sum == n * (n - 1) / 2, "CopyThenSum: wrong sum");
+        let sum = sum_u32(std::hint::black_box(self.copies.installed_words()));
+        let d = copied + t.elapsed();
+        anyhow::ensure!(sum == self.expected, "CopyThenSum: wrong sum");
         self.copy_time = copied;
         self.sum = sum;
         Ok(d)
-    }
-
-    /// Installs bytes `range` of the mapping in [`COPY_PIECE`] ioctls.
-    fn fill(&self, range: std::ops::Range<usize>) -> anyhow::Result<()> {
-        for off in range.clone().step_by(COPY_PIECE) {
-            let len = COPY_PIECE.min(range.end - off);
-            let mut copy = uapi::uffdio_copy {
-                dst: (self.dst + off) as u64,
-                src: self.src.as_ptr() as u64 + off as u64,
-                len: len as u64,
-                mode: u64::from(uapi::UFFDIO_COPY_MODE_DONTWAKE | uapi::UFFDIO_COPY_MODE_WP),
-                copy: 0,
-            };
-            // SAFETY: UFFDIO_COPY reads and writes one `uffdio_copy`; the source is our
-            // resident Vec, the destination missing pages of our own registered mapping
-            // (each thread its own part of them).
-            unsafe { ioctl(&self.fd, Updater::<OP_COPY, _>::new(&mut copy)) }
-                .map_err(|e| anyhow::anyhow!("UFFDIO_COPY: {e}"))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for CopyThenSum {
-    fn drop(&mut self) {
-        // SAFETY: the mapping is ours and nothing refers to it any more.
-        let _ = unsafe { rustix::mm::munmap(self.dst as *mut std::ffi::c_void, self.n * 4) };
     }
 }

@@ -27,6 +27,94 @@ const OP_MOVE: Opcode = rustix::ioctl::opcode::read_write::<uapi::uffdio_move>(
 /// `UFFDIO_MOVE_MODE_DONTWAKE` (linux-raw-sys lacks the move modes).
 const MOVE_MODE_DONTWAKE: u64 = 1;
 
+/// An open userfaultfd, handshaken with `features`.
+pub fn open_uffd(features: u64) -> anyhow::Result<OwnedFd> {
+    use rustix::mm::{userfaultfd, UserfaultfdFlags};
+    let flags = UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK;
+    // SAFETY: creating a userfaultfd changes nothing until a range is registered; the only
+    // ranges registered with these are the bench's own mappings.
+    let fd = match unsafe { userfaultfd(flags) } {
+        Ok(fd) => fd,
+        Err(_) => {
+            let user_only = flags | UserfaultfdFlags::from_bits_retain(uapi::UFFD_USER_MODE_ONLY);
+            // SAFETY: as above.
+            unsafe { userfaultfd(user_only) }.map_err(|e| anyhow::anyhow!("userfaultfd(2): {e}"))?
+        }
+    };
+    let mut api = uapi::uffdio_api {
+        api: u64::from(uapi::UFFD_API),
+        features,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_API reads and writes one `uffdio_api`, which `api` is.
+    unsafe { ioctl(&fd, Updater::<OP_API, _>::new(&mut api)) }
+        .map_err(|e| anyhow::anyhow!("UFFDIO_API: {e}"))?;
+    Ok(fd)
+}
+
+/// A fresh private anonymous read-write mapping of `len` bytes (its address as a number, so
+/// that threads can share it).
+pub fn map(len: usize) -> anyhow::Result<usize> {
+    // SAFETY: a fresh private anonymous mapping aliases nothing.
+    let p = unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::PRIVATE,
+        )
+    }
+    .map_err(|e| anyhow::anyhow!("mmap: {e}"))?;
+    Ok(p as usize)
+}
+
+/// Registers `[addr, addr + len)` with `fd` in `mode`.
+pub fn register(fd: &OwnedFd, addr: usize, len: usize, mode: u32) -> anyhow::Result<()> {
+    let mut reg = uapi::uffdio_register {
+        range: uapi::uffdio_range {
+            start: addr as u64,
+            len: len as u64,
+        },
+        mode: u64::from(mode),
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_REGISTER reads and writes one `uffdio_register`; the range is one of the
+    // bench's own mappings.
+    unsafe { ioctl(fd, Updater::<OP_REGISTER, _>::new(&mut reg)) }
+        .map_err(|e| anyhow::anyhow!("UFFDIO_REGISTER: {e}"))
+}
+
+/// Waits for the next page-fault message on `fd` and returns the page it is for; `None` once
+/// `stop` is set. Other messages are skipped.
+pub fn next_fault(fd: &OwnedFd, stop: &AtomicBool) -> Option<usize> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let timeout = Timespec {
+        tv_sec: 0,
+        tv_nsec: 20_000_000,
+    };
+    let mut msg = [0u8; std::mem::size_of::<uapi::uffd_msg>()];
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        if !matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0) {
+            continue;
+        }
+        let Ok(n) = rustix::io::read(fd.as_fd(), &mut msg) else {
+            continue;
+        };
+        if n != msg.len() {
+            continue;
+        }
+        // SAFETY: `uffd_msg` is plain integers, valid for any bytes; `msg` has its size.
+        let m: uapi::uffd_msg = unsafe { std::ptr::read_unaligned(msg.as_ptr().cast()) };
+        if u32::from(m.event) != uapi::UFFD_EVENT_PAGEFAULT {
+            continue;
+        }
+        // SAFETY: the event byte says the union holds a page-fault record (plain integers).
+        return Some(unsafe { m.arg.pagefault }.address as usize & !(PAGE - 1));
+    }
+    None
+}
+
 /// An anonymous mapping whose pages a trivial handler thread fills on first touch.
 pub struct RawUffd {
     base: *mut u8,
@@ -47,51 +135,10 @@ impl RawUffd {
 
     /// As [`RawUffd::new`], the handler thread pinned to `cpu` when given.
     pub fn with_handler_cpu(pages: usize, cpu: Option<usize>) -> anyhow::Result<RawUffd> {
-        use rustix::mm::{userfaultfd, UserfaultfdFlags};
-        let flags = UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK;
-        // SAFETY: creating a userfaultfd changes nothing until a range is registered; the
-        // only range registered below is this object's own mapping.
-        let fd = match unsafe { userfaultfd(flags) } {
-            Ok(fd) => fd,
-            Err(_) => {
-                let user_only =
-                    flags | UserfaultfdFlags::from_bits_retain(uapi::UFFD_USER_MODE_ONLY);
-                // SAFETY: as above.
-                unsafe { userfaultfd(user_only) }
-                    .map_err(|e| anyhow::anyhow!("userfaultfd(2): {e}"))?
-            }
-        };
-        let mut api = uapi::uffdio_api {
-            api: u64::from(uapi::UFFD_API),
-            features: 0,
-            ioctls: 0,
-        };
-        // SAFETY: UFFDIO_API reads and writes one `uffdio_api`, which `api` is.
-        unsafe { ioctl(&fd, Updater::<OP_API, _>::new(&mut api)) }
-            .map_err(|e| anyhow::anyhow!("UFFDIO_API: {e}"))?;
+        let fd = open_uffd(0)?;
         let len = pages * PAGE;
-        // SAFETY: a fresh private anonymous mapping aliases nothing.
-        let base = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::PRIVATE,
-            )
-        }
-        .map_err(|e| anyhow::anyhow!("mmap: {e}"))?
-        .cast::<u8>();
-        let mut reg = uapi::uffdio_register {
-            range: uapi::uffdio_range {
-                start: base as u64,
-                len: len as u64,
-            },
-            mode: u64::from(uapi::UFFDIO_REGISTER_MODE_MISSING),
-            ioctls: 0,
-        };
-        // SAFETY: UFFDIO_REGISTER reads and writes one `uffdio_register`; the range is ours.
-        unsafe { ioctl(&fd, Updater::<OP_REGISTER, _>::new(&mut reg)) }
-            .map_err(|e| anyhow::anyhow!("UFFDIO_REGISTER: {e}"))?;
+        let base = map(len)? as *mut u8;
+        register(&fd, base as usize, len, uapi::UFFDIO_REGISTER_MODE_MISSING)?;
         let fd = Arc::new(fd);
         let stop = Arc::new(AtomicBool::new(false));
         let source: &'static mut [u8] = Box::leak(vec![0x5au8; 2 * PAGE].into_boxed_slice());
@@ -194,7 +241,8 @@ pub struct CopyBandwidth {
     size: usize,
     piece: usize,
     threads: usize,
-    src: Vec<u8>,
+    /// The source, word i holding i (whole words: every size measured is whole pages).
+    src: Vec<u32>,
     fd: OwnedFd,
     wp: bool,
 }
@@ -209,63 +257,17 @@ impl CopyBandwidth {
         threads: usize,
         wp: bool,
     ) -> anyhow::Result<CopyBandwidth> {
-        use rustix::mm::{userfaultfd, UserfaultfdFlags};
-        let flags = UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK;
-        // SAFETY: as in `RawUffd::new`: only our own mapping is registered.
-        let fd = match unsafe { userfaultfd(flags) } {
-            Ok(fd) => fd,
-            Err(_) => {
-                let user_only =
-                    flags | UserfaultfdFlags::from_bits_retain(uapi::UFFD_USER_MODE_ONLY);
-                // SAFETY: as above.
-                unsafe { userfaultfd(user_only) }
-                    .map_err(|e| anyhow::anyhow!("userfaultfd(2): {e}"))?
-            }
-        };
-        let mut api = uapi::uffdio_api {
-            api: u64::from(uapi::UFFD_API),
-            features: if wp {
-                u64::from(uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP)
-            } else {
-                0
-            },
-            ioctls: 0,
-        };
-        // SAFETY: UFFDIO_API reads and writes one `uffdio_api`, which `api` is.
-        unsafe { ioctl(&fd, Updater::<OP_API, _>::new(&mut api)) }
-            .map_err(|e| anyhow::anyhow!("UFFDIO_API: {e}"))?;
-        // SAFETY: a fresh private anonymous mapping aliases nothing.
-        let dst = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                size,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::PRIVATE,
-            )
-        }
-        .map_err(|e| anyhow::anyhow!("mmap: {e}"))? as usize;
-        let mut reg = uapi::uffdio_register {
-            range: uapi::uffdio_range {
-                start: dst as u64,
-                len: size as u64,
-            },
-            mode: u64::from(uapi::UFFDIO_REGISTER_MODE_MISSING)
-                | if wp {
-                    u64::from(uapi::UFFDIO_REGISTER_MODE_WP)
-                } else {
-                    0
-                },
-            ioctls: 0,
-        };
-        // SAFETY: UFFDIO_REGISTER reads and writes one `uffdio_register`; the range is ours.
-        unsafe { ioctl(&fd, Updater::<OP_REGISTER, _>::new(&mut reg)) }
-            .map_err(|e| anyhow::anyhow!("UFFDIO_REGISTER: {e}"))?;
+        let wp_bits = |bits: u32| if wp { bits } else { 0 };
+        let fd = open_uffd(u64::from(wp_bits(uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP)))?;
+        let dst = map(size)?;
+        let mode = uapi::UFFDIO_REGISTER_MODE_MISSING | wp_bits(uapi::UFFDIO_REGISTER_MODE_WP);
+        register(&fd, dst, size, mode)?;
         Ok(CopyBandwidth {
             dst,
             size,
             piece: piece.min(size),
             threads: threads.max(1),
-            src: (0..size).map(|i| i as u8).collect(),
+            src: (0..size / 4).map(|i| i as u32).collect(),
             fd,
             wp,
         })
@@ -299,6 +301,19 @@ impl CopyBandwidth {
             })?;
         }
         Ok(t.elapsed())
+    }
+
+    /// The source's words.
+    pub fn source_words(&self) -> &[u32] {
+        &self.src
+    }
+
+    /// The mapping's words, every page installed by the last [`run`](Self::run).
+    pub fn installed_words(&self) -> &[u32] {
+        // SAFETY: `run` installed every page of the mapping (each ioctl copied its whole
+        // piece or `run` failed), which is ours, page-aligned and holds `size / 4` plain
+        // words; nothing writes it while the returned borrow of `self` lives.
+        unsafe { std::slice::from_raw_parts(self.dst as *const u32, self.size / 4) }
     }
 
     /// Fills bytes `range` of the mapping in `piece`-byte ioctls.
@@ -472,30 +487,7 @@ impl Drop for MoveCycle {
 
 /// The trivial handler: wait, read one message, copy one page from `src`, repeat.
 fn handle(fd: &OwnedFd, stop: &AtomicBool, src: SendPtr) {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let timeout = Timespec {
-        tv_sec: 0,
-        tv_nsec: 20_000_000,
-    };
-    let mut msg = [0u8; std::mem::size_of::<uapi::uffd_msg>()];
-    while !stop.load(Ordering::Relaxed) {
-        let mut fds = [PollFd::new(fd, PollFlags::IN)];
-        if !matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0) {
-            continue;
-        }
-        let Ok(n) = rustix::io::read(fd.as_fd(), &mut msg) else {
-            continue;
-        };
-        if n != msg.len() {
-            continue;
-        }
-        // SAFETY: `uffd_msg` is plain integers, valid for any bytes; `msg` has its size.
-        let m: uapi::uffd_msg = unsafe { std::ptr::read_unaligned(msg.as_ptr().cast()) };
-        if u32::from(m.event) != uapi::UFFD_EVENT_PAGEFAULT {
-            continue;
-        }
-        // SAFETY: the event byte says the union holds a page-fault record (plain integers).
-        let addr = unsafe { m.arg.pagefault }.address as usize & !(PAGE - 1);
+    while let Some(addr) = next_fault(fd, stop) {
         let mut copy = uapi::uffdio_copy {
             dst: addr as u64,
             src: src.0 as u64,
