@@ -173,7 +173,8 @@ impl<D> Extent<D> {
 
     /// The fault handler's streaming state for faults of kind `access`, one entry per
     /// stream: (the page a sequential toucher would fault on next, the window size in pages
-    /// last used; 0 for none yet). Only the fault handler reads and writes it.
+    /// last used; 0 for none yet). The fault handler reads and writes it; a launch resets it
+    /// ([`reset_streams`](Self::reset_streams)). A hint only: a race loses a window size.
     pub fn streams(&self, access: Access) -> [(usize, usize); STREAMS] {
         let s = self.streams_of(access);
         std::array::from_fn(|i| {
