@@ -25,7 +25,9 @@ use crate::FaultBackend;
 /// Result type of every fallible vkhmm call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Why a range of host memory cannot be mirrored.
+/// Why a range of host memory cannot be used: by a launch at all (`ReadOnly`, `Protection`,
+/// `NotMapped`, ...), or, for advice, why it cannot migrate (`FileBacked`, `Shared`, ...;
+/// a launch copies such memory through).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MemoryReason {
@@ -39,6 +41,9 @@ pub enum MemoryReason {
     HugeTlb,
     /// The range is not readable and writable by this process (e.g. `PROT_NONE`, read-only).
     Protection,
+    /// A kernel writes the range, but this process cannot (`PROT_READ`, a read-only file
+    /// mapping): its results would have nowhere to go.
+    ReadOnly,
     /// The fault backend in use cannot serve this memory (e.g. the `signal` backend and
     /// memory that the runtime did not allocate).
     Backend(&'static str),
@@ -72,6 +77,9 @@ impl fmt::Display for MemoryReason {
             MemoryReason::Shared => f.write_str("it is a shared mapping"),
             MemoryReason::HugeTlb => f.write_str("it is backed by hugetlbfs pages"),
             MemoryReason::Protection => f.write_str("it is not readable and writable"),
+            MemoryReason::ReadOnly => {
+                f.write_str("a kernel writes it, but the process may only read it")
+            }
             MemoryReason::Backend(why) => write!(f, "the fault backend cannot serve it: {why}"),
             MemoryReason::Refused => {
                 f.write_str("the kernel refused to register it with userfaultfd")
@@ -142,8 +150,8 @@ pub enum Error {
         source: Option<std::io::Error>,
     },
 
-    /// Host memory that cannot be mirrored was given to a launch or prefetch.
-    #[error("memory at {addr:#x} (+{len} bytes) cannot be mirrored: {reason}")]
+    /// Host memory a launch, prefetch or advice cannot use (see [`MemoryReason`]).
+    #[error("memory at {addr:#x} (+{len} bytes) cannot be used: {reason}")]
     UnsupportedMemory {
         /// Start of the offending range.
         addr: usize,
@@ -220,7 +228,9 @@ pub enum Error {
 
     /// A buffer argument is larger than the device can bind.
     #[error(
-        "binding {binding} is {len} bytes, over the device's limit of {max} bytes per binding"
+        "binding {binding} is {len} bytes, over the device's limit of {max} bytes per binding; \
+         launch the kernel once per slice of at most that size instead, e.g. over \
+         `data.chunks({max} / size_of::<T>())` (docs/semantics.md, \"Large buffers\")"
     )]
     BindingTooLarge {
         /// The binding number.

@@ -149,6 +149,35 @@ fn hugetlbfs_devs(mountinfo: &str) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// Walks the mappings that hold `[addr, addr + len)` in address order, calling `each` on
+/// each; a gap is [`MemoryReason::NotMapped`], an error of `each` ends the walk with it.
+fn walk<'m>(
+    maps: &'m str,
+    addr: usize,
+    len: usize,
+    mut each: impl FnMut(&Vma<'m>) -> Result<(), MemoryReason>,
+) -> Result<(), MemoryReason> {
+    if len == 0 {
+        return Ok(());
+    }
+    let end = addr.checked_add(len).ok_or(MemoryReason::NotMapped)?;
+    let mut cursor = addr;
+    for vma in vmas(maps) {
+        if vma.end <= cursor {
+            continue;
+        }
+        if vma.start > cursor {
+            return Err(MemoryReason::NotMapped);
+        }
+        each(&vma)?;
+        cursor = vma.end;
+        if cursor >= end {
+            return Ok(());
+        }
+    }
+    Err(MemoryReason::NotMapped)
+}
+
 /// The check behind [`classify`], on given `maps` text; `hugetlbfs_dev` is asked only about
 /// file-backed mappings.
 fn classify_in(
@@ -157,29 +186,44 @@ fn classify_in(
     len: usize,
     hugetlbfs_dev: &mut dyn FnMut((u32, u32)) -> bool,
 ) -> Result<(), MemoryReason> {
-    if len == 0 {
-        return Ok(());
-    }
-    let end = addr.checked_add(len).ok_or(MemoryReason::NotMapped)?;
-    let mut cursor = addr;
-    // Lines come in address order; walk them, requiring each byte from `cursor` on to be
-    // covered by a mirrorable mapping.
-    for vma in vmas(maps) {
-        if vma.end <= cursor {
-            continue;
+    walk(maps, addr, len, |vma| {
+        vma.reason(hugetlbfs_dev).map_or(Ok(()), Err)
+    })
+}
+
+/// How a launch can use a range of memory ([`Maps::access`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Private, anonymous, readable and writable: mirrored (its pages migrate).
+    Mirror,
+    /// Memory the device uses through copies: uploaded at each launch and, when a kernel
+    /// writes it, written back after the kernel. The reason is the first mapping's that
+    /// cannot be mirrored.
+    CopyThrough(MemoryReason),
+}
+
+/// The check behind [`Maps::access`], on given `maps` text.
+fn access_in(
+    maps: &str,
+    addr: usize,
+    len: usize,
+    write: bool,
+    hugetlbfs_dev: &mut dyn FnMut((u32, u32)) -> bool,
+) -> Result<Access, MemoryReason> {
+    let mut access = Access::Mirror;
+    walk(maps, addr, len, |vma| {
+        if !vma.readable() {
+            return Err(MemoryReason::Protection);
         }
-        if vma.start > cursor {
-            return Err(MemoryReason::NotMapped);
+        if write && !vma.writable() {
+            return Err(MemoryReason::ReadOnly);
         }
-        if let Some(reason) = vma.reason(hugetlbfs_dev) {
-            return Err(reason);
+        if let (Access::Mirror, Some(reason)) = (&access, vma.reason(hugetlbfs_dev)) {
+            access = Access::CopyThrough(reason);
         }
-        cursor = vma.end;
-        if cursor >= end {
-            return Ok(());
-        }
-    }
-    Err(MemoryReason::NotMapped)
+        Ok(())
+    })?;
+    Ok(access)
 }
 
 /// Checks that every byte of `[addr, addr + len)` lies in private, readable and writable,
@@ -210,19 +254,29 @@ impl Maps {
 
     /// [`classify`] against this snapshot.
     pub fn classify(&self, addr: usize, len: usize) -> Result<(), MemoryReason> {
-        if len == 0 {
-            return Ok(());
-        }
+        classify_in(&self.0, addr, len, &mut self.hugetlbfs_probe())
+    }
+
+    /// Whether a device number is a hugetlbfs mount (reads `/proc/self/mountinfo` once, on
+    /// the first question).
+    fn hugetlbfs_probe(&self) -> impl FnMut((u32, u32)) -> bool {
         let mut devs: Option<Vec<(u32, u32)>> = None;
-        let mut hugetlbfs_dev = |dev: (u32, u32)| {
+        move |dev| {
             devs.get_or_insert_with(|| {
                 std::fs::read_to_string("/proc/self/mountinfo")
                     .map(|m| hugetlbfs_devs(&m))
                     .unwrap_or_default()
             })
             .contains(&dev)
-        };
-        classify_in(&self.0, addr, len, &mut hugetlbfs_dev)
+        }
+    }
+
+    /// How a launch can use `[addr, addr + len)`: mirrored, or copied through (and why).
+    /// Refused only for what the memory itself forbids: a gap ([`MemoryReason::NotMapped`]),
+    /// pages the process cannot read ([`MemoryReason::Protection`]), and, when a kernel
+    /// writes the range (`write`), pages it cannot write ([`MemoryReason::ReadOnly`]).
+    pub fn access(&self, addr: usize, len: usize, write: bool) -> Result<Access, MemoryReason> {
+        access_in(&self.0, addr, len, write, &mut self.hugetlbfs_probe())
     }
 
     /// The mapping holding `addr`.
@@ -533,6 +587,57 @@ not a maps line
             Err(MemoryReason::NotMapped)
         );
         assert_eq!(classify_in(maps, 0xdead_0000, 0, &mut no), Ok(()));
+    }
+
+    #[test]
+    fn access_in_copies_what_cannot_migrate_and_refuses_what_cannot_be_used() {
+        let maps = "\
+1000-3000 rw-p 00000000 00:00 0
+3000-4000 r--p 00000000 00:00 0
+4000-5000 rw-s 00000000 00:01 5 /memfd:x (deleted)
+5000-6000 r--s 00000000 fd:00 12 /data/weights.bin
+6000-7000 ---p 00000000 00:00 0
+8000-9000 rw-p 00000000 fd:00 13 /usr/bin/program
+";
+        let mut no = |_| false;
+        let access = |addr, len, write| access_in(maps, addr, len, write, &mut |_| false);
+        assert_eq!(access(0x1000, 0x2000, true), Ok(Access::Mirror));
+        assert_eq!(
+            access(0x3000, 0x10, false),
+            Ok(Access::CopyThrough(MemoryReason::Protection))
+        );
+        assert_eq!(access(0x3000, 0x10, true), Err(MemoryReason::ReadOnly));
+        // The first mapping that cannot migrate names the reason for the whole range.
+        assert_eq!(access(0x2000, 0x3000, true), Err(MemoryReason::ReadOnly));
+        assert_eq!(
+            access(0x2000, 0x3000, false),
+            Ok(Access::CopyThrough(MemoryReason::Protection))
+        );
+        assert_eq!(
+            access(0x4000, 0x1000, true),
+            Ok(Access::CopyThrough(MemoryReason::Shared))
+        );
+        assert_eq!(access(0x5000, 0x1000, true), Err(MemoryReason::ReadOnly));
+        assert_eq!(
+            access(0x5000, 0x1000, false),
+            Ok(Access::CopyThrough(MemoryReason::Shared))
+        );
+        assert_eq!(access(0x6000, 1, false), Err(MemoryReason::Protection));
+        assert_eq!(access(0x5000, 0x3000, false), Err(MemoryReason::Protection));
+        assert_eq!(access(0x7000, 1, false), Err(MemoryReason::NotMapped));
+        assert_eq!(
+            access(0x8000, 0x1000, true),
+            Ok(Access::CopyThrough(MemoryReason::FileBacked))
+        );
+        let mut huge = |_| true;
+        assert_eq!(
+            access_in(maps, 0x8000, 1, false, &mut huge),
+            Ok(Access::CopyThrough(MemoryReason::HugeTlb))
+        );
+        assert_eq!(
+            access_in(maps, 0x1000, 0, true, &mut no),
+            Ok(Access::Mirror)
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub(crate) mod slots;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use maps::Maps;
+pub use maps::{Access, Maps};
 // The one-shot forms of `Maps::classify` and `Maps::stack_of_current_thread` (one read of
 // `/proc/self/maps` each). The launch path reads `Maps` once and asks it everything, so
 // today only tests call these.
