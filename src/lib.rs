@@ -71,7 +71,7 @@
 //! In the repository (also shipped in the crate package):
 //!
 //! - `docs/semantics.md`: what moves when, what is visible when, what blocks; edges, stack
-//!   memory, `free`/`munmap`, `fork()`, `read(2)`/`write(2)`, memory that cannot be mirrored;
+//!   memory, `free`/`munmap`, `fork()`, `read(2)`/`write(2)`, memory that cannot migrate (copied through);
 //! - `docs/troubleshooting.md`: no Vulkan device, userfaultfd not permitted, containers and
 //!   seccomp, lavapipe limits, environment variables;
 //! - `docs/comparison.md`: against CUDA Unified Memory, Linux HMM, ROCm/HIP, SYCL USM, OpenCL

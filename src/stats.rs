@@ -28,6 +28,13 @@ pub struct Stats {
     /// Bytes of never-touched (zero) host pages that were zero-filled on the device instead
     /// of copied.
     pub bytes_zero_filled: u64,
+    /// Bytes of memory that is not mirrored (files, shared and read-only mappings, the
+    /// launching thread's stack, and foreign memory under the `signal` backend) uploaded for
+    /// launches. Not in `bytes_to_device`: none of it migrated.
+    pub copied_to_device: u64,
+    /// Bytes of such memory a kernel wrote, copied back into it after the kernel. Not in
+    /// `bytes_to_host`.
+    pub copied_to_host: u64,
     /// Extents evicted from the device to make room.
     pub evictions: u64,
     /// Calls to [`Runtime::prefetch`](crate::Runtime::prefetch).
@@ -63,6 +70,10 @@ impl Sub for Stats {
             bytes_zero_filled: self
                 .bytes_zero_filled
                 .saturating_sub(earlier.bytes_zero_filled),
+            copied_to_device: self
+                .copied_to_device
+                .saturating_sub(earlier.copied_to_device),
+            copied_to_host: self.copied_to_host.saturating_sub(earlier.copied_to_host),
             evictions: self.evictions.saturating_sub(earlier.evictions),
             prefetches: self.prefetches.saturating_sub(earlier.prefetches),
             handler_panics: self.handler_panics.saturating_sub(earlier.handler_panics),
@@ -101,7 +112,7 @@ impl fmt::Display for Stats {
         write!(
             f,
             "{} launches ({:.2?} in kernels), {} CPU faults ({} waited), {} to device, {} to host, \
-             {} zero-filled, {} evictions",
+             {} zero-filled, {} evictions{}",
             self.launches,
             self.kernel_time,
             self.cpu_faults,
@@ -110,6 +121,15 @@ impl fmt::Display for Stats {
             Bytes(self.bytes_to_host),
             Bytes(self.bytes_zero_filled),
             self.evictions,
+            if self.copied_to_device + self.copied_to_host > 0 {
+                format!(
+                    "; copied through: {} in, {} out",
+                    Bytes(self.copied_to_device),
+                    Bytes(self.copied_to_host)
+                )
+            } else {
+                String::new()
+            },
         )
     }
 }

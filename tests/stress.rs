@@ -866,7 +866,7 @@ fn merge_race(
             return;
         };
         if rt.fault_backend() == vkhmm::FaultBackend::Signal {
-            common::assert_foreign_refused(&rt, path); // the race needs heap memory
+            common::assert_foreign_copied_through(&rt, path); // the race needs heap memory to migrate
             continue;
         }
         let rt = Arc::new(rt);

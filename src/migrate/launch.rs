@@ -1,5 +1,5 @@
 //! A prepared launch, and settling it after its kernel: written pages released as `Device`
-//! (holding the kernel's results), written edge bytes and stack bindings copied back, the
+//! (holding the kernel's results), written edge bytes and bindings copied through written back, the
 //! fault service poked so that deferred faults go on, what the launch's memory lost meanwhile
 //! reported.
 
@@ -73,12 +73,13 @@ impl Launch {
     }
 
     /// Settles the launch after the kernel: releases written pages, copies written edge
-    /// bytes and stack bindings back, wakes deferred faults.
+    /// bytes and bindings copied through back, wakes deferred faults.
     pub fn finish(mut self, ctx: &DeviceContext, transfer: &mut Transfer) -> Result<()> {
         let space = ctx.space;
         self.release_held();
         space.poke();
         let mut copied = 0u64;
+        let mut copied_through = 0u64;
         let mut result = Ok(());
         for (bi, r) in &self.edge_out {
             if let Placement::Mirrored { ext, .. } = &self.placements[*bi] {
@@ -99,24 +100,20 @@ impl Launch {
         for (b, p) in self.bindings.iter().zip(&self.placements) {
             if let (true, Placement::Transient { block }) = (b.write, p) {
                 let mut write_back = |_: usize, at: usize, bytes: &[u8]| {
-                    // SAFETY: the range lies inside a `&mut` binding on the launching
-                    // thread's stack, borrowed for the launch.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            bytes.as_ptr(),
-                            (b.addr + at) as *mut u8,
-                            bytes.len(),
-                        )
-                    };
-                    Ok(())
+                    let dst = b.addr + at;
+                    // SAFETY: the range lies inside a `&mut` binding borrowed for the launch;
+                    // a program that unmapped it meanwhile gets an error, not a signal.
+                    unsafe { guarded::copy(dst as *mut u8, bytes.as_ptr(), bytes.len()) }
+                        .map_err(|f| watch::unmapped(&(dst + f.copied..dst + bytes.len())))
                 };
                 // SAFETY: the kernel has finished; the transient block is this launch's.
                 let got = unsafe { transfer.download(block, &[(0, b.len)], &mut write_back) };
-                copied += b.len as u64;
+                copied_through += b.len as u64;
                 result = result.and(got);
             }
         }
         Counters::add(&ctx.owner.counters.bytes_to_host, copied);
+        Counters::add(&ctx.owner.counters.copied_to_host, copied_through);
         // A launch whose memory was unmapped while it ran fails (its pages there are `GONE`).
         let watched = self.watch.as_ref().map_or(Ok(()), LaunchWatch::check);
         result

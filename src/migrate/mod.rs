@@ -226,13 +226,35 @@ pub(crate) struct Binding {
     pub addr: usize,
     pub len: usize,
     pub write: bool,
+    /// The shader's binding number (for errors).
+    pub number: u32,
+    /// The device's offset alignment for it: a binding the device uses where it is (mirrored
+    /// or in place) must start on it; one copied through starts its own block.
+    pub align: u64,
+}
+
+impl Binding {
+    /// [`Error::MisalignedBinding`](crate::Error::MisalignedBinding) unless it starts on its
+    /// alignment (extents and imports start on pages, so the host address tells).
+    pub fn check_aligned(&self) -> crate::Result<()> {
+        if (self.addr as u64).is_multiple_of(self.align.max(1)) {
+            Ok(())
+        } else {
+            Err(crate::Error::MisalignedBinding {
+                binding: self.number,
+                addr: self.addr,
+                required: self.align,
+            })
+        }
+    }
 }
 
 /// Where a binding lives on the device for one launch.
 pub(crate) enum Placement {
     /// In a mirror extent at this byte offset.
     Mirrored { ext: Arc<Ext>, offset: u64 },
-    /// In a temporary block (memory on the launching thread's stack).
+    /// In a temporary block (memory copied through: uploaded before the kernel, written
+    /// back after it).
     Transient { block: DeviceBlock },
 }
 

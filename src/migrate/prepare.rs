@@ -1,12 +1,14 @@
 //! Preparing a launch (or a `prefetch(Device)`), in phases, each its own type:
 //!
-//! 1. [`Memory`]: which bindings are mirrored (the launching thread's stack is copied
-//!    through instead), classified from `/proc/self/maps`, registered, checked mapped;
+//! 1. [`Memory`]: which bindings are mirrored and which copied through (memory that cannot
+//!    migrate: files, shared and read-only mappings, the stack), classified from
+//!    `/proc/self/maps`; the mirrored ones registered and checked mapped;
 //! 2. [`Extents`]: which extents the mirrored spans lie in — reused, merged from
 //!    overlapping ones, or made — with their device copies allocated (evicting when the
 //!    budget is short), published with what their parts lost;
 //! 3. the pages moved (`moves::move_pages`), into a [`Launch`];
-//! 4. each binding placed: its extent and offset, or a temporary block for stack memory.
+//! 4. each binding placed: its extent and offset, or a temporary block for memory copied
+//!    through.
 //!
 //! The caller holds the runtime's worker and the launch's watch; a failure releases every
 //! claimed page to the state that matches reality.
@@ -15,8 +17,9 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::evict::{alloc_evicting, evict};
+use super::home::{owned_overlapping, to_host};
 use super::moves::{carry_losses, move_pages};
-use super::{reap, Binding, DeviceContext, Launch, Placement, Purpose, Worker, SIGNAL_FOREIGN};
+use super::{reap, Binding, DeviceContext, Launch, Placement, Purpose, Worker};
 use crate::device::{DeviceBlock, Transfer};
 use crate::mirror::extent::Extent;
 use crate::mirror::map::Writer;
@@ -69,7 +72,16 @@ fn prepare_watched(
 ) -> Result<Launch> {
     reap(space);
     worker.stamp += 1;
-    let memory = Memory::find(space, bindings)?;
+    let memory = Memory::find(space, bindings, purpose)?;
+    // Memory mirrored before and bound now in a binding that is copied through (with memory
+    // that cannot be mirrored, or a page of it) comes home first: the copies read and write
+    // the host pages, which must hold the bytes and take writes without a fault.
+    for span in memory.copied_spans() {
+        let w = space.mirror.write();
+        for e in owned_overlapping(&w, ctx, &span) {
+            to_host(space, &mut worker.transfer, &e, e.page_span(&span), false)?;
+        }
+    }
     let mut w = space.mirror.write();
     let extents = Extents::plan(space, ctx, &mut w, &mut worker.transfer, &memory, watch)?;
     extents.touch(worker.stamp);
@@ -95,7 +107,8 @@ fn prepare_watched(
         watch,
     );
     drop(w);
-    let placed = moved.and_then(|()| place(space, ctx, worker, &mut launch, &memory, &extents));
+    let placed =
+        moved.and_then(|()| place(space, ctx, worker, &mut launch, &memory, &extents, purpose));
     if let Err(e) = placed {
         launch.release_held();
         return Err(e);
@@ -108,9 +121,8 @@ struct Memory {
     /// The bindings that are mirrored, by index, and their page spans.
     mirrored: Vec<usize>,
     spans: Vec<Range<usize>>,
-    /// The launching thread's stack, when this launch looked it up: bindings there are
-    /// copied through.
-    stack: Option<Range<usize>>,
+    /// Whether each binding is copied through instead (see [`copy_through`]).
+    copied: Vec<bool>,
     /// The bindings (copied, for the phases after this one).
     bindings: Vec<Binding>,
 }
@@ -121,7 +133,7 @@ impl Memory {
     /// Bindings wholly inside live extents were classified and registered when they were
     /// first mirrored, and any unmap or remap since would have marked their pages gone: such
     /// a launch skips `/proc/self/maps` (~0.2 ms) and registration.
-    fn find(space: &AddressSpace, bindings: &[Binding]) -> Result<Memory> {
+    fn find(space: &AddressSpace, bindings: &[Binding], purpose: Purpose) -> Result<Memory> {
         let known = {
             let snap = space.mirror.snapshot();
             bindings.iter().all(|b| {
@@ -133,19 +145,15 @@ impl Memory {
                 })
             })
         };
-        let stack = if known {
-            None
+        let copied = if known {
+            vec![false; bindings.len()]
         } else {
-            classify(space, bindings)?
+            copy_through(space, bindings, purpose)?
         };
-        let on_stack = |b: &Binding| {
-            stack
-                .as_ref()
-                .is_some_and(|s| b.addr < s.end && s.start < b.addr + b.len)
-        };
-        let mirrored: Vec<usize> = (0..bindings.len())
-            .filter(|&i| !on_stack(&bindings[i]))
-            .collect();
+        let mirrored: Vec<usize> = (0..bindings.len()).filter(|&i| !copied[i]).collect();
+        for &i in &mirrored {
+            bindings[i].check_aligned()?;
+        }
         let spans = mirrored
             .iter()
             .map(|&i| binding_pages(bindings[i].addr, bindings[i].len).span)
@@ -153,7 +161,7 @@ impl Memory {
         let memory = Memory {
             mirrored,
             spans,
-            stack,
+            copied,
             bindings: bindings.to_vec(),
         };
         if !known {
@@ -179,13 +187,6 @@ impl Memory {
         Ok(memory)
     }
 
-    /// Whether binding `b` lies on the launching thread's stack (copied through).
-    fn on_stack(&self, b: &Binding) -> bool {
-        self.stack
-            .as_ref()
-            .is_some_and(|s| b.addr < s.end && s.start < b.addr + b.len)
-    }
-
     /// Registers the mirrored spans with the trap backend (idempotent).
     fn register(&self, space: &AddressSpace) -> Result<()> {
         self.spans
@@ -202,55 +203,85 @@ impl Memory {
             })
     }
 
-    /// Bytes of temporary blocks for the bindings on the stack.
+    /// The bindings copied through, with their page spans.
+    fn copied_spans(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        self.bindings
+            .iter()
+            .zip(&self.copied)
+            .filter(|(_, &c)| c)
+            .map(|(b, _)| binding_pages(b.addr, b.len).span)
+    }
+
+    /// Bytes of temporary blocks for the bindings copied through.
     fn transient_bytes(&self) -> u64 {
         self.bindings
             .iter()
-            .filter(|b| self.on_stack(b))
-            .map(|b| b.len.next_multiple_of(4) as u64)
+            .zip(&self.copied)
+            .filter(|(_, &c)| c)
+            .map(|(b, _)| b.len.next_multiple_of(4) as u64)
             .sum()
     }
 }
 
-/// Checks every binding against `/proc/self/maps`: private, anonymous, read-write memory
-/// (or, under the `signal` backend, runtime-owned memory), or the launching thread's stack;
-/// returns that stack. Nothing has moved yet: an error changes nothing.
-fn classify(space: &AddressSpace, bindings: &[Binding]) -> Result<Option<Range<usize>>> {
+/// Which of `bindings` are copied through rather than mirrored, from `/proc/self/maps`.
+///
+/// Mirrored: private, anonymous, read-write memory (under the `signal` backend, only memory
+/// the runtime allocated). Copied through: everything else a kernel may use — file and
+/// shared mappings, hugetlbfs, read-only memory, the launching thread's stack, and under
+/// the `signal` backend any other memory — and every binding that shares a page with a
+/// copied one (a page cannot both migrate and stay). Refused, with nothing moved: gaps,
+/// memory the process cannot read, and memory a kernel writes that it cannot write (a
+/// prefetch writes nothing).
+fn copy_through(space: &AddressSpace, bindings: &[Binding], purpose: Purpose) -> Result<Vec<bool>> {
+    let first = bindings.first().map_or((0, 0), |b| (b.addr, b.len));
     let maps = sys::Maps::read().map_err(|reason| Error::UnsupportedMemory {
-        addr: bindings.first().map_or(0, |b| b.addr),
-        len: bindings.first().map_or(0, |b| b.len),
+        addr: first.0,
+        len: first.1,
         reason,
     })?;
     let under_signal = space.backend.signal().is_some();
+    let stack = maps.stack_of_current_thread();
+    let mut copied = Vec::with_capacity(bindings.len());
     for b in bindings {
         let span = binding_pages(b.addr, b.len).span;
         if under_signal && signal::is_managed(&span) {
-            // Runtime-owned private anonymous memory; its pages may be protected by now,
-            // which `classify` would refuse.
+            // Runtime-owned memory: mirrored. Its pages may be protected by now, which the
+            // maps would read as memory the process cannot use.
+            copied.push(false);
             continue;
         }
-        maps.classify(b.addr, b.len)
-            // Under the signal backend only the launching thread's stack (copied through)
-            // passes below.
-            .and(if under_signal {
-                Err(MemoryReason::Backend(SIGNAL_FOREIGN))
-            } else {
-                Ok(())
-            })
-            .or_else(|reason| {
-                // The launching thread's stack is fine: it is copied through.
-                match maps.stack_of_current_thread() {
-                    Some(s) if s.start <= b.addr && b.addr + b.len <= s.end => Ok(()),
-                    _ => Err(reason),
-                }
-            })
+        let access = maps
+            .access(b.addr, b.len, b.write && purpose == Purpose::Kernel)
             .map_err(|reason| Error::UnsupportedMemory {
                 addr: b.addr,
                 len: b.len,
                 reason,
             })?;
+        let on_stack = stack
+            .as_ref()
+            .is_some_and(|s| span.start < s.end && s.start < span.end);
+        copied.push(access != sys::Access::Mirror || under_signal || on_stack);
     }
-    Ok(maps.stack_of_current_thread())
+    // A binding that shares a page with a copied one is copied too.
+    let spans: Vec<_> = bindings
+        .iter()
+        .map(|b| binding_pages(b.addr, b.len).span)
+        .collect();
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for i in 0..bindings.len() {
+            if !copied[i]
+                && (0..bindings.len()).any(|j| {
+                    copied[j] && spans[i].start < spans[j].end && spans[j].start < spans[i].end
+                })
+            {
+                copied[i] = true;
+                changed = true;
+            }
+        }
+    }
+    Ok(copied)
 }
 
 /// Phase 2: the extents the launch's spans lie in.
@@ -413,8 +444,9 @@ fn build(
     }
 }
 
-/// Phase 4: each binding's placement, in binding order; stack memory gets a temporary block
-/// with its bytes uploaded.
+/// Phase 4: each binding's placement, in binding order; memory copied through gets a
+/// temporary block with its bytes uploaded (a prefetch places nothing of it: there is
+/// nothing to move ahead of time).
 fn place(
     space: &AddressSpace,
     ctx: &Arc<DeviceContext>,
@@ -422,6 +454,7 @@ fn place(
     launch: &mut Launch,
     memory: &Memory,
     extents: &Extents,
+    purpose: Purpose,
 ) -> Result<()> {
     let mut mirrored_k = 0;
     for (i, b) in memory.bindings.iter().enumerate() {
@@ -430,6 +463,9 @@ fn place(
             let offset = ext.offset_of(b.addr);
             launch.placements.push(Placement::Mirrored { ext, offset });
             mirrored_k += 1;
+            continue;
+        }
+        if purpose == Purpose::Prefetch {
             continue;
         }
         let mut w = space.mirror.write();
@@ -448,7 +484,7 @@ fn place(
         let src = unsafe { std::slice::from_raw_parts(b.addr as *const u8, b.len) };
         // SAFETY: the block is fresh and this launch's alone.
         unsafe { worker.transfer.upload(&block, &[(0, src)]) }?;
-        Counters::add(&ctx.owner.counters.bytes_to_device, b.len as u64);
+        Counters::add(&ctx.owner.counters.copied_to_device, b.len as u64);
         launch.placements.push(Placement::Transient { block });
     }
     Ok(())

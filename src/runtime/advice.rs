@@ -63,6 +63,7 @@ impl Runtime {
                     len: b.len,
                     reason: MemoryReason::PartlyInPlace,
                 }),
+                w @ Where::InPlace { .. } => b.check_aligned().map(|()| w),
                 w => Ok(w),
             })
             .collect()

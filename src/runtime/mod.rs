@@ -314,6 +314,8 @@ impl Runtime {
                     addr,
                     len,
                     write: true,
+                    number: 0,
+                    align: 1,
                 };
                 let spans = [binding_pages(addr, len).span];
                 let watch = self.space.watch_launch(&spans)?;
@@ -321,15 +323,8 @@ impl Runtime {
                     .map(drop)
             }
             Location::Host => {
+                // Memory that is not mirrored (copied through at launches) is home already.
                 let span = binding_pages(addr, len).span;
-                if self.space.backend.signal().is_some() && !crate::trap::signal::is_managed(&span)
-                {
-                    return Err(Error::UnsupportedMemory {
-                        addr,
-                        len,
-                        reason: crate::MemoryReason::Backend(migrate::SIGNAL_FOREIGN),
-                    });
-                }
                 self.space.sync_events();
                 for owner in migrate::owners(self.space, span.clone()) {
                     migrate::bring_home(self.space, &owner, span.clone(), true, false)?;
@@ -375,6 +370,8 @@ impl Runtime {
             bytes_to_device: get(&c.bytes_to_device),
             bytes_to_host: get(&c.bytes_to_host),
             bytes_zero_filled: get(&c.bytes_zero_filled),
+            copied_to_device: get(&c.copied_to_device),
+            copied_to_host: get(&c.copied_to_host),
             evictions: get(&c.evictions),
             prefetches: get(&c.prefetches),
             handler_panics: get(&c.handler_panics),
@@ -465,18 +462,15 @@ fn validate(info: &KernelInfo, list: &ArgList, dev: &DeviceInfo) -> Result<Vec<B
             if write && !arg.mutable {
                 return Err(Error::NeedsMutable { binding });
             }
-            device::check_binding(
-                binding,
-                bi.kind,
-                arg.len as u64,
-                u64::MAX,
-                arg.addr as u64,
-                &dev.limits,
-            )?;
+            // The offset alignment is checked once it is known whether the binding is
+            // copied through (`Binding::check_aligned`): such a binding starts its own block.
+            device::check_binding(binding, bi.kind, arg.len as u64, u64::MAX, 0, &dev.limits)?;
             Ok(Binding {
                 addr: arg.addr,
                 len: arg.len,
                 write,
+                number: binding,
+                align: device::offset_alignment(bi.kind, &dev.limits),
             })
         })
         .collect()

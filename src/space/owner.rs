@@ -41,6 +41,8 @@ pub(crate) struct Counters {
     pub bytes_to_device: AtomicU64,
     pub bytes_to_host: AtomicU64,
     pub bytes_zero_filled: AtomicU64,
+    pub copied_to_device: AtomicU64,
+    pub copied_to_host: AtomicU64,
     pub evictions: AtomicU64,
     pub prefetches: AtomicU64,
     pub handler_panics: AtomicU64,

@@ -107,6 +107,14 @@ pub(crate) fn check_groups(groups: [u32; 3], limits: &DeviceLimits) -> Result<()
     Ok(())
 }
 
+/// The alignment the device requires of a binding's offset of `kind`.
+pub(crate) fn offset_alignment(kind: BindingKind, limits: &DeviceLimits) -> u64 {
+    match kind {
+        BindingKind::Storage => limits.min_storage_buffer_offset_alignment,
+        BindingKind::Uniform => limits.min_uniform_buffer_offset_alignment,
+    }
+}
+
 /// Checks one buffer binding of `len` bytes at `offset` (a block offset, or a host address:
 /// blocks are page-aligned, so both have the same alignment), with `room` bytes available
 /// from there: empty, too large for the device or the room, or misaligned for `kind`.
@@ -121,11 +129,11 @@ pub(crate) fn check_binding(
     let (max_range, align) = match kind {
         BindingKind::Storage => (
             limits.max_storage_buffer_range,
-            limits.min_storage_buffer_offset_alignment,
+            offset_alignment(kind, limits),
         ),
         BindingKind::Uniform => (
             limits.max_uniform_buffer_range,
-            limits.min_uniform_buffer_offset_alignment,
+            offset_alignment(kind, limits),
         ),
     };
     if len == 0 {
