@@ -16,6 +16,7 @@ pub mod blur;
 pub mod histogram;
 pub mod linked;
 pub mod matmul;
+pub mod mmap_file;
 pub mod oversubscribe;
 pub mod pipeline;
 pub mod reduce;
@@ -56,11 +57,12 @@ impl Example {
 }
 
 /// Every example, in the order `vkhmm demo` lists them.
-pub const ALL: [Example; 8] = [
+pub const ALL: [Example; 9] = [
     saxpy::EXAMPLE,
     reduce::EXAMPLE,
     matmul::EXAMPLE,
     histogram::EXAMPLE,
+    mmap_file::EXAMPLE,
     blur::EXAMPLE,
     pipeline::EXAMPLE,
     linked::EXAMPLE,

@@ -8,7 +8,9 @@
 mod common;
 
 use vkhmm::{shaders, Push, Runtime};
-use vkhmm_examples::{blur, histogram, linked, matmul, oversubscribe, pipeline, reduce, saxpy};
+use vkhmm_examples::{
+    blur, histogram, linked, matmul, mmap_file, oversubscribe, pipeline, reduce, saxpy,
+};
 
 /// Runs one example on each transfer path, panicking with its error.
 fn on_both_paths(name: &str, run: fn(&Runtime, bool) -> anyhow::Result<String>) {
@@ -40,6 +42,22 @@ fn matmul() {
 #[test]
 fn histogram() {
     on_both_paths("histogram", histogram::run);
+}
+
+/// A file mapping is copied through under either fault backend: it runs under both.
+#[test]
+fn mmap_file() {
+    common::each_path(|rt, path| {
+        let before = rt.stats();
+        match mmap_file::run(rt, false) {
+            Ok(size) => {
+                let d = rt.stats() - before;
+                eprintln!("mmap_file {path:?}, {size}: {d}");
+                assert!(d.copied_to_device >= 32 << 20, "{path:?}: {d}");
+            }
+            Err(e) => panic!("mmap_file on {path:?}: {e:#}"),
+        }
+    });
 }
 
 #[test]
@@ -97,7 +115,7 @@ fn oversubscribe_slices_of_one_vec() {
             return;
         };
         if rt.fault_backend() == vkhmm::FaultBackend::Signal {
-            common::assert_foreign_refused(&rt, path); // it needs foreign memory
+            common::assert_foreign_copied_through(&rt, path); // it needs foreign memory to migrate
             continue;
         }
         let add = rt.kernel_wgsl(shaders::ADD_K_WGSL, "main").unwrap();
