@@ -137,7 +137,7 @@ fn print_faults(c: &FaultCapabilities) {
     println!("  seccomp            {seccomp}");
     match &c.signal_error {
         None => println!(
-            "  signal fallback    yes: mprotect + SIGSEGV, for Runtime::alloc (Managed<T>) memory only"
+            "  signal fallback    yes: mprotect + SIGSEGV; migrates Runtime::alloc (Managed<T>) memory, copies other memory through"
         ),
         Some(e) => println!("  signal fallback    no: {e}"),
     }
@@ -146,11 +146,38 @@ fn print_faults(c: &FaultCapabilities) {
         Ok(FaultBackend::Signal) => {
             println!("  backend chosen     signal (VKHMM_FAULT={asked})");
             println!(
-                "                     launches on Vec/mmap memory are refused (UnsupportedMemory); \
-                 read(2)/write(2) into a device-resident buffer fail with EFAULT"
+                "                     read(2)/write(2) into a device-resident buffer fail with EFAULT"
             );
         }
         Ok(b) => println!("  backend chosen     {b} (VKHMM_FAULT={asked})"),
         Err(e) => println!("  backend chosen     none: {e}"),
     }
+    print_memory(c.backend.as_ref().ok());
+}
+
+/// Which memory migrates under the chosen backend, and which a launch copies through.
+fn print_memory(backend: Option<&FaultBackend>) {
+    println!();
+    println!("Memory in a launch");
+    let migrates = match backend {
+        Some(FaultBackend::Signal) => "Runtime::alloc (Managed<T>) memory only",
+        _ => "private anonymous read-write memory: Vec, Box, malloc, mmap(MAP_PRIVATE|MAP_ANONYMOUS), Managed<T>",
+    };
+    println!("  migrates           {migrates}");
+    let others = match backend {
+        Some(FaultBackend::Signal) => {
+            "any other memory (the signal backend cannot see munmap of it), "
+        }
+        _ => "",
+    };
+    println!(
+        "  copied through     {others}file mappings, MAP_SHARED and memfd memory (another process may \
+         read it at any time), read-only memory, hugetlbfs pages, statics in the program's \
+         data, the launching thread's stack: uploaded at each launch, results written back \
+         before it returns (stats: copied_to_device / copied_to_host)"
+    );
+    println!(
+        "  refused            written bindings on memory the process cannot write, PROT_NONE \
+         memory, ranges with unmapped holes (UnsupportedMemory)"
+    );
 }
