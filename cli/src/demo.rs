@@ -104,10 +104,11 @@ fn print_table(rows: &[Row]) {
         "CPU faults",
         "to device",
         "to host",
+        "copied through",
         "evictions",
         "wall time",
     ];
-    let cells: Vec<[String; 9]> = rows
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             [
@@ -118,6 +119,7 @@ fn print_table(rows: &[Row]) {
                 r.stats.cpu_faults.to_string(),
                 bytes(r.stats.bytes_to_device),
                 bytes(r.stats.bytes_to_host),
+                bytes(r.stats.copied_to_device + r.stats.copied_to_host),
                 r.stats.evictions.to_string(),
                 format!("{:.0} ms", r.wall.as_secs_f64() * 1e3),
             ]
