@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long)]
     pub wgpu: Option<PathBuf>,
     /// Run only these groups (for profiling): sweep, chunks, touch, launch, saxpy, rss,
-    /// oversub, thrash, workloads, wgpu.
+    /// oversub, thrash, workloads, copythrough, wgpu.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }

@@ -103,6 +103,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.wants("workloads") {
         scenarios::workloads(&mut r, &p, args.quick, &direct, &staged, &vk)?;
     }
+    if args.wants("copythrough") {
+        scenarios::copythrough(&mut r, &p, args.quick, &direct, &staged, &vk)?;
+    }
     drop(vk);
     drop((direct, staged));
     if !args.no_wgpu && args.wants("wgpu") {

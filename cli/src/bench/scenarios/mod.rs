@@ -2,6 +2,7 @@
 //! series and sub-measurements to the [`Report`](super::report::Report).
 
 mod bandwidth;
+mod copythrough;
 mod latency;
 mod programs;
 mod workloads;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use super::measure::Samples;
 
 pub(crate) use bandwidth::{chunks, sweep};
+pub(crate) use copythrough::copythrough;
 pub(crate) use latency::{launch, touch};
 pub(crate) use programs::{oversub, resident, saxpy, thrash};
 pub(crate) use workloads::workloads;
