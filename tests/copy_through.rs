@@ -518,6 +518,69 @@ fn async_launches_copy_results_back_when_they_settle() {
     });
 }
 
+/// Memory taken away while a launch that copies it through runs (here made read-only, which
+/// unlike `munmap` leaves no window for another mapping to land there): the copy back
+/// reports an error instead of killing the process.
+#[test]
+fn a_copy_back_into_memory_taken_away_meanwhile_is_an_error_not_a_signal() {
+    use vkhmm::{Error, MemoryReason};
+    each_path(|rt, path| {
+        let k = kernels(rt);
+        let n = 4 << 20; // 16 MiB: the kernel runs for milliseconds
+        let fd = memfd(n * 4);
+        let mut m = Mapping::new(
+            n * 4,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+        )
+        .unwrap();
+        m.words_mut()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = pattern(i, 16));
+        let (ptr, len) = (m.ptr as usize, m.len);
+        let push = AddK { n: n as u32, k: 1 };
+        let result = rt
+            .scope(|s| {
+                let pending = s
+                    .launch_async(&k.add, groups(n, 256), (m.words_mut(), Push(&push)))
+                    .unwrap();
+                // SAFETY: the test's own mapping; the launch's borrow is what this races.
+                let rc = unsafe { libc::mprotect(ptr as *mut _, len, libc::PROT_READ) };
+                assert_eq!(rc, 0);
+                pending.wait()
+            })
+            .unwrap();
+        match result {
+            // The copy back won the race.
+            Ok(()) => {
+                assert!(
+                    (0..n).all(|i| m.words()[i] == pattern(i, 16).wrapping_add(1)),
+                    "{path:?}: results"
+                );
+                eprintln!("{path:?}: the copy back finished first");
+            }
+            Err(Error::UnsupportedMemory {
+                reason: MemoryReason::UnmappedWhileInUse,
+                ..
+            }) => {
+                // Each word is as before or the kernel's result (the copy back may have begun
+                // before the memory went read-only), nothing else.
+                let seen = |i: usize| m.words()[i];
+                assert!(
+                    (0..n)
+                        .all(|i| seen(i) == pattern(i, 16)
+                            || seen(i) == pattern(i, 16).wrapping_add(1)),
+                    "{path:?}: the memory holds other bytes"
+                );
+                eprintln!("{path:?}: the copy back was refused");
+            }
+            Err(e) => panic!("{path:?}: {e:?}"),
+        }
+    });
+}
+
 /// A child process that waits for [`Child::go`], then reports `check()` as its exit status.
 struct Child {
     pid: libc::pid_t,
