@@ -100,6 +100,7 @@ pub mod shader;
 mod space;
 mod stats;
 mod sys;
+mod trace;
 mod trap;
 
 /// The WGSL kernels bundled in `shaders/`, compiled to SPIR-V by `build.rs`.

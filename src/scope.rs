@@ -74,6 +74,7 @@ impl<'env> Scope<'env> {
     ///
     /// As for [`Runtime::launch`], for everything checked before the kernel is submitted;
     /// errors while it runs come from [`Pending::wait`] or the end of the scope.
+    #[track_caller]
     pub fn launch_async<'s, A: KernelArgs + 'env>(
         &'s self,
         kernel: &Kernel,

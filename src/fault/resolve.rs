@@ -76,6 +76,7 @@ pub(crate) fn release_shared(space: &AddressSpace, ext: &Ext, idx: usize) -> Out
             ext.set_stream(Access::Unprotect, slot, first + b, w.size);
             // Bookkeeping before the wake: the writer may read the counters next.
             Counters::add(&ctx.counters.cpu_faults, 1);
+            crate::trace::note_window((b - a) * PAGE);
             ext.note_cpu_fault();
             let _ = space.backend.wake(ext.page_addr(a), (b - a) * PAGE);
             Outcome::Done
@@ -151,6 +152,7 @@ pub(crate) fn copy_back(space: &AddressSpace, ext: &Ext, idx: usize, write: bool
     if done > 0 {
         // Counted before the wake, so the faulting thread sees its own fault in `stats`.
         Counters::add(&ctx.counters.cpu_faults, 1);
+        crate::trace::note_window(done * PAGE);
         ext.note_cpu_fault();
         let _ = space.backend.wake(ext.page_addr(a), done * PAGE);
     }
@@ -258,9 +260,12 @@ fn settle(
 ) -> (usize, Outcome) {
     let ctx = &ext.device().owner;
     let (a, b) = (pages.start, pages.end);
+    let range = (ext.page_addr(a), (b - a) * PAGE);
+    let fault = crate::trace::Home::Fault as u64;
     let (done, outcome) = match installed {
         Ok(g) => {
             Counters::add(&ctx.counters.bytes_to_host, g.bytes);
+            crate::trace::moved(crate::trace::Kind::ToHost, 0, ext, range, g.bytes, fault);
             let done = g.pages_done().min(b - a);
             match g.stop {
                 None => (b - a, Outcome::Done),
@@ -271,6 +276,7 @@ fn settle(
         Err(Failed { done, error }) => {
             tracing::error!(%error, "reading device memory for a CPU fault failed; retrying");
             Counters::add(&ctx.counters.bytes_to_host, done.bytes);
+            crate::trace::moved(crate::trace::Kind::ToHost, 0, ext, range, done.bytes, fault);
             (done.pages_done().min(b - a), Outcome::Retry)
         }
     };

@@ -111,14 +111,26 @@ impl Helper {
             return Outcome::Wait;
         }
         match bits.residence() {
-            Residence::Device => copy_back(self.space, ext, idx, access == Access::Write),
+            Residence::Device => {
+                let o = copy_back(self.space, ext, idx, access == Access::Write);
+                if o == Outcome::Done {
+                    crate::trace::fault(ext, ext.page_addr(idx), 0, 0, false);
+                }
+                o
+            }
             // A read of a Shared page cannot fault (it is PROT_READ): the fault is stale,
             // raised while the page was still PROT_NONE. Where the access kind is unknown,
             // treating it as a write costs the device copy, never data.
             Residence::Shared if access == Access::Read => {
                 self.reprotect(ext, idx, Residence::Shared)
             }
-            Residence::Shared => release_shared(self.space, ext, idx),
+            Residence::Shared => {
+                let o = release_shared(self.space, ext, idx);
+                if o == Outcome::Done {
+                    crate::trace::fault(ext, ext.page_addr(idx), 0, 0, true);
+                }
+                o
+            }
             Residence::Host => self.reprotect(ext, idx, Residence::Host),
         }
     }

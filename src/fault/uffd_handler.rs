@@ -50,6 +50,7 @@ use crate::pages::install::{install, InstallStop};
 use crate::space::watch::Change;
 use crate::space::{AddressSpace, Counters, Ext};
 use crate::sys;
+use crate::trace;
 use crate::trap::uffd::{CopyError, Event, Uffd, UffdMsg};
 
 /// Messages read per `read(2)`.
@@ -72,6 +73,9 @@ struct Fault {
     addr: usize,
     write: bool,
     wp: bool,
+    /// The faulting thread (0: unknown) and when the fault was read (`trace::clock`).
+    tid: u32,
+    read: u64,
 }
 
 /// `mremap` events whose pages are not copied to their new place yet.
@@ -130,12 +134,24 @@ impl Handler {
                     break;
                 }
                 let mut nf = 0;
+                let read = trace::clock();
                 for m in &msgs[..n] {
                     match self.uffd.decode(m) {
                         Event::PageFault {
-                            addr, write, wp, ..
+                            addr,
+                            write,
+                            wp,
+                            tid,
+                            ..
                         } => {
-                            faults[nf] = Some(Fault { addr, write, wp });
+                            let tid = tid.unwrap_or(0);
+                            faults[nf] = Some(Fault {
+                                addr,
+                                write,
+                                wp,
+                                tid,
+                                read,
+                            });
                             nf += 1;
                         }
                         // Watches first, then the mirror: a launcher that re-reads a page from
@@ -277,9 +293,21 @@ impl Handler {
         }
         let page = ext.page_addr(idx);
         match (f.wp, bits.residence()) {
-            (true, Residence::Shared) => release_shared(self.space, ext, idx),
+            (true, Residence::Shared) => {
+                let o = release_shared(self.space, ext, idx);
+                if o == Outcome::Done {
+                    trace::fault(ext, f.addr, f.tid, f.read, true);
+                }
+                o
+            }
             (true, _) => self.unprotect_page(page),
-            (false, Residence::Device) => copy_back(self.space, ext, idx, f.write),
+            (false, Residence::Device) => {
+                let o = copy_back(self.space, ext, idx, f.write);
+                if o == Outcome::Done {
+                    trace::fault(ext, f.addr, f.tid, f.read, false);
+                }
+                o
+            }
             (false, Residence::Host) => self.zero_page(page),
             (false, Residence::Shared) => self.refill_shared(ext, idx),
         }
@@ -313,6 +341,8 @@ impl Handler {
             Ok(g) if g.stop == Some(InstallStop::Again) => Outcome::Retry,
             Ok(g) => {
                 Counters::add(&owner.counters.bytes_to_host, g.bytes);
+                let (range, fault) = ((ext.page_addr(idx), PAGE), trace::Home::Fault as u64);
+                trace::moved(trace::Kind::ToHost, 0, ext, range, g.bytes, fault);
                 Outcome::Done
             }
             // (A single page: in place or not, it is `Shared` either way.)
@@ -437,6 +467,9 @@ impl Handler {
                         ) {
                             Ok(g) => {
                                 Counters::add(&owner.counters.bytes_to_host, g.bytes);
+                                let bulk = trace::Home::Bulk as u64;
+                                let range = (dst, PAGE);
+                                trace::moved(trace::Kind::ToHost, 0, ext, range, g.bytes, bulk);
                                 g.stop != Some(InstallStop::Again)
                             }
                             // Placed before the failure: moved all the same.

@@ -29,6 +29,12 @@ pub(crate) fn evict(
 ) -> Result<()> {
     for v in &victims {
         Counters::add(&v.device().owner.counters.evictions, 1);
+        if crate::trace::on() {
+            crate::trace::Event::here(crate::trace::Kind::Evict)
+                .range(v.start(), v.bytes())
+                .ext(v)
+                .record();
+        }
     }
     retire(space, w, transfer, victims)
 }

@@ -33,6 +33,7 @@ pub(crate) fn to_host(
 ) -> Result<u64> {
     let mut bytes = 0;
     let mut attempts = 0;
+    let t0 = crate::trace::clock();
     let result = loop {
         let first = pages.start;
         let mut states = claim_all(ext, pages.clone(), false);
@@ -51,6 +52,9 @@ pub(crate) fn to_host(
     };
     if let Ok(b) = result {
         Counters::add(&ext.device().owner.counters.bytes_to_host, b);
+        let range = (ext.page_addr(pages.start), pages.len() * PAGE);
+        let bulk = crate::trace::Home::Bulk as u64;
+        crate::trace::moved(crate::trace::Kind::ToHost, t0, ext, range, b, bulk);
     }
     result
 }

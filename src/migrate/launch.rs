@@ -17,6 +17,7 @@ use crate::pages::backoff;
 use crate::space::watch::{self, LaunchWatch};
 use crate::space::{AddressSpace, Counters, Ext};
 use crate::sys::{self, guarded};
+use crate::trace;
 use crate::trap::uffd::CopyError;
 use crate::{Error, Result};
 
@@ -30,6 +31,8 @@ pub(crate) struct Launch {
     /// Written edge bytes to copy back after the kernel: (binding index, byte range).
     pub edge_out: Vec<(usize, Range<usize>)>,
     watch: Option<LaunchWatch>,
+    /// The call site that launched it (`trace`; 0 untraced).
+    site: usize,
 }
 
 impl Launch {
@@ -41,6 +44,7 @@ impl Launch {
             held: Vec::new(),
             edge_out: Vec::new(),
             watch: None,
+            site: 0,
         }
     }
 
@@ -60,6 +64,7 @@ impl Launch {
             held: Vec::new(),
             edge_out: Vec::new(),
             watch: None,
+            site: trace::current_site(),
         }
     }
 
@@ -89,11 +94,15 @@ impl Launch {
                     Ok(())
                 };
                 let region = [(ext.offset_of(r.start), r.len())];
+                let t0 = trace::clock();
                 // SAFETY: the kernel has finished (the dispatcher waited); edge bytes belong
                 // to this launch alone.
                 let got = unsafe { transfer.download(&ext.device().block, &region, &mut keep) }
                     .and_then(|()| write_edge(space, self.watch.as_ref(), r.start, &bytes));
                 copied += r.len() as u64;
+                let edge = trace::Home::Edge as u64;
+                let span = (r.start, r.len());
+                trace::moved(trace::Kind::ToHost, t0, ext, span, r.len() as u64, edge);
                 result = result.and(got);
             }
         }
@@ -106,9 +115,16 @@ impl Launch {
                     unsafe { guarded::copy(dst as *mut u8, bytes.as_ptr(), bytes.len()) }
                         .map_err(|f| watch::unmapped(&(dst + f.copied..dst + bytes.len())))
                 };
+                let t0 = trace::clock();
                 // SAFETY: the kernel has finished; the transient block is this launch's.
                 let got = unsafe { transfer.download(block, &[(0, b.len)], &mut write_back) };
                 copied_through += b.len as u64;
+                if trace::on() {
+                    let mut e = trace::Event::here(trace::Kind::CopyOut).range(b.addr, b.len);
+                    (e.dur, e.ts, e.site) = (e.ts - t0, t0, self.site);
+                    (e.bytes, e.a) = (b.len as u64, u64::from(b.number));
+                    e.record();
+                }
                 result = result.and(got);
             }
         }

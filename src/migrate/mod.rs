@@ -147,6 +147,8 @@ pub(crate) struct InFlight {
     pub ticket: u64,
     pub launch: Launch,
     pub submitted: std::time::Instant,
+    /// When traced: the launch's event (begun at the call) and its device lane.
+    pub traced: Option<(crate::trace::Event, u32)>,
 }
 
 impl Worker {
@@ -174,6 +176,19 @@ impl Worker {
         Counters::add(&ctx.counters().kernel_ns, elapsed);
         Counters::add(&ctx.counters().launches, u64::from(ran.is_ok()));
         let settled = f.launch.finish(ctx, &mut self.transfer);
+        if let Some((mut launch, lane)) = f.traced {
+            let now = crate::trace::now();
+            let kernel = crate::trace::Event {
+                kind: crate::trace::Kind::Kernel,
+                ts: now.saturating_sub(f.submitted.elapsed().as_nanos() as u64),
+                dur: elapsed,
+                tid: lane,
+                ..launch
+            };
+            kernel.record();
+            launch.dur = now - launch.ts;
+            launch.record();
+        }
         if let Err(e) = ran.and(settled) {
             self.failed.push((f.ticket, e));
         }

@@ -24,6 +24,7 @@ use crate::space::parking::Dropped;
 use crate::space::watch::{self, LaunchWatch};
 use crate::space::{AddressSpace, Counters, Ext};
 use crate::sys;
+use crate::trace;
 use crate::{Error, MemoryReason, Result};
 
 /// Moves the interior runs and edge pages of a launch.
@@ -88,6 +89,7 @@ pub(crate) fn move_pages<'e>(
         let i = ext.page_index(page);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut spins = 0;
+        let t0 = trace::clock();
         let st = loop {
             let mut st = claim_all(ext, i..i + 1, true);
             let moved = replay(space, watch, ext, i..i + 1).and_then(|()| {
@@ -101,6 +103,8 @@ pub(crate) fn move_pages<'e>(
             match moved {
                 Ok((b, None)) => {
                     Counters::add(&ctx.owner.counters.bytes_to_host, b);
+                    let edge = trace::Home::Edge as u64;
+                    trace::moved(trace::Kind::ToHost, t0, ext, (page, PAGE), b, edge);
                     break st;
                 }
                 // Another thread's munmap/madvise event is unread: wait for the handler.
@@ -135,13 +139,14 @@ pub(crate) fn move_pages<'e>(
                 launch.edge_out.push((bi, lo..hi));
             }
         }
+        let t0 = trace::clock();
         // SAFETY: the edge page was claimed and released above while the worker lock is held;
         // only a launch (under that lock) writes a page's device copy while it is `Host`.
         unsafe { worker.transfer.upload(&ext.device().block, &regions) }?;
-        Counters::add(
-            &ctx.owner.counters.bytes_to_device,
-            regions.iter().map(|r| r.1.len() as u64).sum(),
-        );
+        let bytes = regions.iter().map(|r| r.1.len() as u64).sum();
+        Counters::add(&ctx.owner.counters.bytes_to_device, bytes);
+        let staged = u64::from(worker.transfer.path() == crate::TransferPath::Staged);
+        trace::moved(trace::Kind::ToDevice, t0, ext, (page, PAGE), bytes, staged);
     }
     Ok(())
 }
@@ -225,18 +230,22 @@ fn migrate_run(
             (o, l as u64)
         })
         .collect();
+    let t0 = trace::clock();
     // SAFETY: the run is claimed by the caller: nothing else reads or writes its device copy.
     unsafe { transfer.upload(&ext.device().block, &uploads) }?;
+    let t1 = trace::clock();
     // SAFETY: as above.
     unsafe { transfer.zero(&ext.device().block, &zeros) }?;
-    Counters::add(
-        &ctx.owner.counters.bytes_to_device,
+    let (copied, zeroed) = (
         uploads.iter().map(|u| u.1.len() as u64).sum(),
-    );
-    Counters::add(
-        &ctx.owner.counters.bytes_zero_filled,
         zeros.iter().map(|z| z.1).sum(),
     );
+    Counters::add(&ctx.owner.counters.bytes_to_device, copied);
+    Counters::add(&ctx.owner.counters.bytes_zero_filled, zeroed);
+    let run = (ext.page_addr(first), n * PAGE);
+    let staged = u64::from(transfer.path() == crate::TransferPath::Staged);
+    trace::moved(trace::Kind::ToDevice, t0, ext, run, copied, staged);
+    trace::moved(trace::Kind::ZeroFill, t1, ext, run, zeroed, staged);
 
     // Both copies are valid now: read runs are `Shared` (write-protected above); written
     // runs stay `Host` until their host copy is dropped, so that a failure before leaves

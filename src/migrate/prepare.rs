@@ -460,6 +460,13 @@ fn place(
     for (i, b) in memory.bindings.iter().enumerate() {
         if memory.mirrored.get(mirrored_k) == Some(&i) {
             let ext = Arc::clone(&extents.exts[extents.group_of[mirrored_k]]);
+            if crate::trace::on() {
+                // The site a later fault or move of these pages names.
+                let site = crate::trace::current_site();
+                ext.device()
+                    .site
+                    .store(site, std::sync::atomic::Ordering::Relaxed);
+            }
             let offset = ext.offset_of(b.addr);
             launch.placements.push(Placement::Mirrored { ext, offset });
             mirrored_k += 1;
@@ -480,11 +487,18 @@ fn place(
         );
         drop(w);
         let block = block?;
+        let t0 = crate::trace::clock();
         // SAFETY: the binding is a live borrow of `len` readable bytes.
         let src = unsafe { std::slice::from_raw_parts(b.addr as *const u8, b.len) };
         // SAFETY: the block is fresh and this launch's alone.
         unsafe { worker.transfer.upload(&block, &[(0, src)]) }?;
         Counters::add(&ctx.owner.counters.copied_to_device, b.len as u64);
+        if crate::trace::on() {
+            let mut e = crate::trace::Event::here(crate::trace::Kind::CopyIn).range(b.addr, b.len);
+            (e.dur, e.ts) = (e.ts - t0, t0);
+            (e.bytes, e.a) = (b.len as u64, u64::from(b.number));
+            e.record();
+        }
         launch.placements.push(Placement::Transient { block });
     }
     Ok(())
@@ -533,6 +547,7 @@ fn merge(
         DeviceCopy {
             block,
             owner: Arc::clone(&ctx.owner),
+            site: Default::default(),
         },
         |i| init[i],
     );

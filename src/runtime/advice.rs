@@ -21,7 +21,26 @@ impl Runtime {
     /// Advice belongs to the address range, not to the allocation: it outlives a `free` and
     /// applies to whatever is mapped there later (it never changes what a program reads,
     /// only where pages settle).
+    #[track_caller]
     pub fn advise<T: Pod>(&self, data: &[T], advice: Advice) -> Result<()> {
+        let _site = crate::trace::Site::enter(std::panic::Location::caller());
+        if crate::trace::on() {
+            let mut e = crate::trace::Event::here(crate::trace::Kind::Advise)
+                .range(data.as_ptr() as usize, std::mem::size_of_val(data));
+            e.a = match advice {
+                Advice::Unset => 0,
+                Advice::ReadMostly => 1,
+                Advice::PreferredLocation(crate::Location::Device) => 2,
+                Advice::PreferredLocation(crate::Location::Host) => 3,
+                Advice::AccessInPlace => 4,
+            };
+            e.record();
+        }
+        self.advise_untraced(data, advice)
+    }
+
+    /// [`Runtime::advise`], less its trace event.
+    fn advise_untraced<T: Pod>(&self, data: &[T], advice: Advice) -> Result<()> {
         self.check_owner()?;
         let len = std::mem::size_of_val(data);
         if len == 0 {
@@ -125,6 +144,11 @@ impl Runtime {
                 Ok(()) => {
                     t.forget(&span);
                     Counters::add(&self.ctx.owner.counters.thrash_settled, 1);
+                    if crate::trace::on() {
+                        crate::trace::Event::here(crate::trace::Kind::Thrash)
+                            .range(b.addr, b.len)
+                            .record();
+                    }
                     tracing::debug!(
                         addr = b.addr,
                         len = b.len,

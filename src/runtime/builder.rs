@@ -18,7 +18,8 @@ use crate::trap::{Choice, FaultBackend};
 use crate::{Error, Result};
 
 /// Options for [`Runtime::builder`]. Starts from the environment (`VKHMM_DEVICE`,
-/// `VKHMM_TRANSFER`, `VKHMM_BUDGET`, `VKHMM_CHUNK`, `VKHMM_FAULT`); each method overrides it.
+/// `VKHMM_TRANSFER`, `VKHMM_BUDGET`, `VKHMM_CHUNK`, `VKHMM_FAULT`, `VKHMM_TRACE`); each method
+/// overrides it.
 #[derive(Debug, Clone)]
 pub struct RuntimeBuilder {
     device: std::result::Result<DeviceConfig, String>,
@@ -26,6 +27,8 @@ pub struct RuntimeBuilder {
     thrash: Option<ThrashPolicy>,
     /// The fault backend asked for; `None`: the builder said nothing (`VKHMM_FAULT`).
     fault: Option<Choice>,
+    /// Where to write a trace (`VKHMM_TRACE`), if anywhere.
+    trace: Option<std::path::PathBuf>,
 }
 
 impl RuntimeBuilder {
@@ -48,7 +51,19 @@ impl RuntimeBuilder {
             chunk,
             thrash: Some(ThrashPolicy::default()),
             fault: None,
+            trace: std::env::var_os("VKHMM_TRACE")
+                .filter(|v| !v.is_empty())
+                .map(Into::into),
         }
+    }
+
+    /// Writes a trace of every launch, move and fault to `path` while the runtime lives: a
+    /// Chrome trace (JSON) that Perfetto (<https://ui.perfetto.dev>) and `chrome://tracing`
+    /// open, and that `vkhmm report` summarizes (docs/tracing.md). Runtimes that name the
+    /// same path share the file; one trace file per process. Also `VKHMM_TRACE=path`.
+    pub fn trace(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.trace = Some(path.into());
+        self
     }
 
     /// Chooses the device: a decimal index or a case-insensitive substring of its name.
@@ -182,6 +197,7 @@ impl RuntimeBuilder {
                 running: space.kind(),
             });
         }
+        let trace = self.trace.as_deref().map(crate::trace::start).transpose()?;
         let device = Device::new(&config)?;
         let path = device.info().transfer_path;
         let owner = Arc::new(Owner {
@@ -201,12 +217,20 @@ impl RuntimeBuilder {
         );
         let ctx = DeviceContext::new(owner, space, worker, self.thrash);
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        if trace.is_some() {
+            crate::trace::name_lane(
+                crate::trace::device_lane(id),
+                format!("device queue: {} (runtime {id})", device.info().name),
+            );
+        }
         Ok(Runtime {
             ctx,
             space,
             kernels: Mutex::new(HashMap::new()),
             owner: rustix::process::getpid().as_raw_nonzero().get() as u32,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
+            trace,
         })
     }
 }

@@ -32,6 +32,7 @@ use crate::mirror::{Location, Residency, PAGE};
 use crate::shader::{self, Access, KernelInfo};
 use crate::space::{AddressSpace, Counters};
 use crate::stats::Stats;
+use crate::trace;
 use crate::trap::FaultBackend;
 use crate::{Error, Result};
 
@@ -72,6 +73,10 @@ pub struct Runtime {
     kernels: Mutex<HashMap<u64, Weak<Pipeline>>>,
     owner: u32,
     id: u64,
+    /// The trace this runtime writes into, if any (dropped after the runtime's own drop,
+    /// so that what it moves home then is in the file).
+    #[allow(dead_code, reason = "held for its drop, which ends the trace")]
+    trace: Option<Arc<crate::trace::Session>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -146,6 +151,7 @@ impl Runtime {
     /// Pages the kernel reads become `Shared` (host copies write-protected, still readable);
     /// pages it writes become `Device` (host copies dropped). A later CPU touch faults them
     /// back. Bad arguments give a typed error and change nothing.
+    #[track_caller]
     pub fn launch<A: KernelArgs>(&self, kernel: &Kernel, groups: [u32; 3], args: A) -> Result<()> {
         let ticket = self.submit(kernel, groups, &args)?;
         self.wait_for(ticket)
@@ -153,12 +159,21 @@ impl Runtime {
 
     /// Validates, migrates and submits one launch without waiting for it; returns its
     /// ticket. The caller keeps `args` borrowed until the launch is settled.
+    #[track_caller]
     pub(crate) fn submit<A: KernelArgs>(
         &self,
         kernel: &Kernel,
         groups: [u32; 3],
         args: &A,
     ) -> Result<u64> {
+        let _site = trace::Site::enter(std::panic::Location::caller());
+        let traced = trace::on().then(|| {
+            let mut e = trace::Event::here(trace::Kind::Launch);
+            e.name = trace::name(&kernel.info.entry);
+            e.a = u64::from(groups[0]);
+            e.b = u64::from(groups[1]) * u64::from(groups[2]);
+            (e, trace::device_lane(self.id))
+        });
         self.check_owner()?;
         if kernel.runtime != self.id {
             return Err(Error::ForeignKernel);
@@ -221,6 +236,7 @@ impl Runtime {
             ticket,
             launch,
             submitted,
+            traced,
         });
         Ok(ticket)
     }
@@ -299,7 +315,24 @@ impl Runtime {
     /// Moves `data` explicitly: to the device (host pages dropped, like a written binding)
     /// or home (device copies kept, pages `Shared`). Pages only partly covered by `data`
     /// are left where they are on the way to the device.
+    #[track_caller]
     pub fn prefetch<T: Pod>(&self, data: &[T], to: Location) -> Result<()> {
+        let _site = trace::Site::enter(std::panic::Location::caller());
+        let start = trace::on().then(trace::now);
+        let result = self.prefetch_untraced(data, to);
+        if let Some(ts) = start {
+            let mut e = trace::Event::here(trace::Kind::Prefetch)
+                .range(data.as_ptr() as usize, std::mem::size_of_val(data));
+            e.ts = ts;
+            e.dur = trace::now() - ts;
+            e.a = u64::from(to == Location::Host);
+            e.record();
+        }
+        result
+    }
+
+    /// [`Runtime::prefetch`], less its trace event.
+    fn prefetch_untraced<T: Pod>(&self, data: &[T], to: Location) -> Result<()> {
         self.check_owner()?;
         let len = std::mem::size_of_val(data);
         if len == 0 {

@@ -14,6 +14,8 @@ use crate::mirror::policy::ChunkPolicy;
 pub(crate) struct DeviceCopy {
     pub block: DeviceBlock,
     pub owner: Arc<Owner>,
+    /// The call site of the launch that last placed the extent (`trace`; 0 untraced).
+    pub site: crate::trace::SiteCell,
 }
 
 /// An extent of the process-wide mirror.

@@ -154,7 +154,6 @@ impl Transfer {
     }
 
     /// The path this transfer takes.
-    #[cfg(test)]
     pub(crate) fn path(&self) -> TransferPath {
         match self.path {
             Path::Direct => TransferPath::Direct,
