@@ -209,7 +209,10 @@ impl SharedMemory {
         };
         // SAFETY: `len` writable bytes are mapped at `ptr`, ours alone.
         let words = unsafe { std::slice::from_raw_parts_mut(m.ptr, len / 4) };
-        words.iter_mut().enumerate().for_each(|(i, w)| *w = i as u32);
+        words
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, w)| *w = i as u32);
         Ok(m)
     }
 
