@@ -145,8 +145,8 @@ pub(crate) fn move_pages<'e>(
         unsafe { worker.transfer.upload(&ext.device().block, &regions) }?;
         let bytes = regions.iter().map(|r| r.1.len() as u64).sum();
         Counters::add(&ctx.owner.counters.bytes_to_device, bytes);
-        let staged = u64::from(worker.transfer.path() == crate::TransferPath::Staged);
-        trace::moved(trace::Kind::ToDevice, t0, ext, (page, PAGE), bytes, staged);
+        let path = trace::path_of(&worker.transfer);
+        trace::moved(trace::Kind::ToDevice, t0, ext, (page, PAGE), bytes, path);
     }
     Ok(())
 }
@@ -243,9 +243,9 @@ fn migrate_run(
     Counters::add(&ctx.owner.counters.bytes_to_device, copied);
     Counters::add(&ctx.owner.counters.bytes_zero_filled, zeroed);
     let run = (ext.page_addr(first), n * PAGE);
-    let staged = u64::from(transfer.path() == crate::TransferPath::Staged);
-    trace::moved(trace::Kind::ToDevice, t0, ext, run, copied, staged);
-    trace::moved(trace::Kind::ZeroFill, t1, ext, run, zeroed, staged);
+    let path = trace::path_of(transfer);
+    trace::moved(trace::Kind::ToDevice, t0, ext, run, copied, path);
+    trace::moved(trace::Kind::ZeroFill, t1, ext, run, zeroed, path);
 
     // Both copies are valid now: read runs are `Shared` (write-protected above); written
     // runs stay `Host` until their host copy is dropped, so that a failure before leaves

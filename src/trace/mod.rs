@@ -48,8 +48,7 @@ pub(crate) enum Kind {
     Launch,
     /// A kernel on the device queue, submit to completion.
     Kernel,
-    /// Bytes uploaded to the device for a launch or prefetch (`a`: binding, `b`: 1 on the
-    /// Staged path).
+    /// Bytes uploaded to the device for a launch or prefetch (`a`: 1 on the Staged path).
     ToDevice,
     /// Zero pages filled on the device instead of copied.
     ZeroFill,
@@ -132,7 +131,7 @@ impl Event {
         Event {
             kind,
             ts: now(),
-            tid: crate::sys::gettid(),
+            tid: tid(),
             site: current_site(),
             ..Event::EMPTY
         }
@@ -193,6 +192,19 @@ pub(crate) fn name(s: &str) -> [u8; 24] {
 
 thread_local! {
     static SITE: Cell<usize> = const { Cell::new(0) };
+    static TID: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The calling thread's id (asked of the kernel once per thread).
+fn tid() -> u32 {
+    TID.with(|t| match t.get() {
+        0 => {
+            let id = crate::sys::gettid();
+            t.set(id);
+            id
+        }
+        id => id,
+    })
 }
 
 /// The call site of the public call this thread is in (0: none).
@@ -279,6 +291,11 @@ pub(crate) fn name_lane(lane: u32, name: String) {
 
 /// A counter of extents' sites, kept with each device copy.
 pub(crate) type SiteCell = AtomicUsize;
+
+/// A transfer's path as [`Kind::ToDevice`]'s `a` holds it.
+pub(crate) fn path_of(t: &crate::device::Transfer) -> u64 {
+    u64::from(t.path() == crate::TransferPath::Staged)
+}
 
 /// The trace clock now when tracing, else 0: the start of an operation whose event
 /// [`moved`] records.

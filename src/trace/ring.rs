@@ -120,6 +120,12 @@ mod tests {
     }
 
     #[test]
+    fn an_event_is_120_bytes() {
+        // docs/tracing.md quotes it; the ring holds 65,536 of them (7.5 MiB).
+        assert_eq!(std::mem::size_of::<Event>(), 120);
+    }
+
+    #[test]
     fn events_come_out_in_order_and_a_full_ring_drops() {
         let r = Ring::new(4);
         for i in 0..6 {

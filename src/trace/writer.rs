@@ -6,13 +6,16 @@
 //! `/proc/self/task/TID/comm` the first time they appear; device lanes from
 //! [`super::name_lane`].
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{ring, site_name, Event, Home, Kind, LANES};
@@ -41,9 +44,10 @@ impl Session {
     pub fn start(path: &Path) -> Result<Session> {
         let file = File::create(path).map_err(|e| Error::os("creating the trace file", e))?;
         let mut out = Out {
-            file,
+            file: BufWriter::with_capacity(1 << 20, file),
             first: true,
             lanes: Vec::new(),
+            sites: HashMap::new(),
         };
         let pid = std::process::id();
         out.push(&json!({
@@ -91,10 +95,12 @@ impl Drop for Session {
 
 /// The file and what the writer knows of it.
 struct Out {
-    file: File,
+    file: BufWriter<File>,
     first: bool,
     /// Lanes named so far.
     lanes: Vec<u32>,
+    /// `file:line` of each site seen so far.
+    sites: HashMap<usize, Arc<str>>,
 }
 
 impl Out {
@@ -133,7 +139,19 @@ impl Out {
                     self.push(&lane_name(lane))?;
                 }
             }
-            self.push(&to_json(e))?;
+            self.separator()?;
+            let sites = &mut self.sites;
+            let mut site = |s: usize| -> Option<Arc<str>> {
+                if s == 0 {
+                    return None;
+                }
+                Some(Arc::clone(
+                    sites
+                        .entry(s)
+                        .or_insert_with(|| site_name(s).unwrap_or_default().into()),
+                ))
+            };
+            write_event(&mut self.file, e, &mut site)?;
         }
         if last {
             self.push(&json!({
@@ -143,15 +161,21 @@ impl Out {
             }))?;
         }
         self.file.write_all(b"\n]\n")?;
-        self.file.seek(SeekFrom::Current(-3))?;
-        self.file.flush()
+        self.file.flush()?;
+        self.file.get_mut().seek(SeekFrom::Current(-3))?;
+        Ok(())
+    }
+
+    /// Starts the next element of the array.
+    fn separator(&mut self) -> std::io::Result<()> {
+        let sep: &[u8] = if self.first { b"[\n" } else { b",\n" };
+        self.first = false;
+        self.file.write_all(sep)
     }
 
     /// Appends one element of the array.
     fn push(&mut self, v: &Value) -> std::io::Result<()> {
-        let sep: &[u8] = if self.first { b"[\n" } else { b",\n" };
-        self.first = false;
-        self.file.write_all(sep)?;
+        self.separator()?;
         serde_json::to_writer(&mut self.file, v)?;
         Ok(())
     }
@@ -189,79 +213,136 @@ fn hex(v: usize) -> String {
     format!("{v:#x}")
 }
 
-/// The Chrome trace event of `e`.
-fn to_json(e: &Event) -> Value {
-    let mut args = serde_json::Map::new();
-    if let Some(site) = site_name(e.site) {
-        args.insert("site".into(), site.into());
-    }
+/// The arguments of an event, as the file holds them (absent fields are left out).
+#[derive(Serialize, Default)]
+struct Args<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    site: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    len: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alloc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alloc_len: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binding: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cause: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<[u64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    served_by: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    write: Option<bool>,
+}
+
+/// One complete event of the file.
+#[derive(Serialize)]
+struct Complete<'a> {
+    name: &'a str,
+    cat: &'static str,
+    ph: &'static str,
+    pid: u32,
+    tid: u32,
+    ts: f64,
+    dur: f64,
+    args: Args<'a>,
+}
+
+/// Writes the Chrome trace event of `e` to `w`; `site` names a site (cached by the caller).
+fn write_event(
+    w: &mut impl Write,
+    e: &Event,
+    site: &mut impl FnMut(usize) -> Option<Arc<str>>,
+) -> std::io::Result<()> {
+    let site_name = site(e.site);
+    let mut args = Args {
+        site: site_name.as_deref(),
+        ..Args::default()
+    };
     if e.len > 0 {
-        args.insert("addr".into(), hex(e.addr).into());
-        args.insert("len".into(), e.len.into());
+        args.addr = Some(hex(e.addr));
+        args.len = Some(e.len);
     }
     if e.alloc.1 > 0 {
-        args.insert("alloc".into(), hex(e.alloc.0).into());
-        args.insert("alloc_len".into(), e.alloc.1.into());
+        args.alloc = Some(hex(e.alloc.0));
+        args.alloc_len = Some(e.alloc.1);
     }
     if e.bytes > 0 || matches!(e.kind, Kind::ToDevice | Kind::ToHost | Kind::ZeroFill) {
-        args.insert("bytes".into(), e.bytes.into());
+        args.bytes = Some(e.bytes);
     }
-    let kernel = String::from_utf8_lossy(&e.name)
-        .trim_end_matches('\0')
-        .to_owned();
-    let (name, cat, tid) = match e.kind {
-        Kind::None => ("none".to_owned(), "none", e.tid),
+    let kernel = std::str::from_utf8(&e.name)
+        .unwrap_or("?")
+        .trim_end_matches('\0');
+    let mut tid = e.tid;
+    let (name, cat): (std::borrow::Cow<'_, str>, &'static str) = match e.kind {
+        Kind::None => ("none".into(), "none"),
         Kind::Launch => {
-            args.insert("kernel".into(), kernel.clone().into());
-            args.insert("groups".into(), json!([e.a, e.b]));
-            (format!("launch {kernel}"), "launch", e.tid)
+            args.kernel = Some(kernel);
+            args.groups = Some([e.a, e.b]);
+            (format!("launch {kernel}").into(), "launch")
         }
         Kind::Kernel => {
-            args.insert("kernel".into(), kernel.clone().into());
-            (format!("kernel {kernel}"), "kernel", e.tid)
+            args.kernel = Some(kernel);
+            (format!("kernel {kernel}").into(), "kernel")
         }
         Kind::ToDevice => {
-            args.insert("binding".into(), e.a.into());
-            let path = if e.b == 1 { "Staged" } else { "Direct" };
-            args.insert("path".into(), path.into());
-            ("to device".to_owned(), "move", e.tid)
+            args.path = Some(if e.a == 1 { "Staged" } else { "Direct" });
+            ("to device".into(), "move")
         }
-        Kind::ZeroFill => ("zero-fill on device".to_owned(), "move", e.tid),
+        Kind::ZeroFill => ("zero-fill on device".into(), "move"),
         Kind::ToHost => {
             let cause = match e.a {
                 x if x == Home::Fault as u64 => "fault",
                 x if x == Home::Edge as u64 => "edge",
                 _ => "bulk",
             };
-            args.insert("cause".into(), cause.into());
-            (format!("to host ({cause})"), "move", e.tid)
+            args.cause = Some(cause);
+            (format!("to host ({cause})").into(), "move")
         }
         Kind::CopyIn => {
-            args.insert("binding".into(), e.a.into());
-            ("copy through in".to_owned(), "copy", e.tid)
+            args.binding = Some(e.a);
+            ("copy through in".into(), "copy")
         }
         Kind::CopyOut => {
-            args.insert("binding".into(), e.a.into());
-            ("copy through out".to_owned(), "copy", e.tid)
+            args.binding = Some(e.a);
+            ("copy through out".into(), "copy")
         }
         Kind::Fault => {
-            args.insert("served_by".into(), e.tid.into());
-            args.insert("write".into(), (e.a == 1).into());
-            let lane = if e.other_tid != 0 { e.other_tid } else { e.tid };
-            ("fault".to_owned(), "fault", lane)
+            args.served_by = Some(e.tid);
+            args.write = Some(e.a == 1);
+            if e.other_tid != 0 {
+                tid = e.other_tid;
+            }
+            ("fault".into(), "fault")
         }
-        Kind::Evict => ("evict".to_owned(), "evict", e.tid),
-        Kind::Thrash => ("thrash settled".to_owned(), "advice", e.tid),
+        Kind::Evict => ("evict".into(), "evict"),
+        Kind::Thrash => ("thrash settled".into(), "advice"),
         Kind::Prefetch => {
             let to = if e.a == 0 { "device" } else { "host" };
-            (format!("prefetch to {to}"), "advice", e.tid)
+            (format!("prefetch to {to}").into(), "advice")
         }
-        Kind::Advise => (format!("advise {}", advice_name(e.a)), "advice", e.tid),
+        Kind::Advise => (format!("advise {}", advice_name(e.a)).into(), "advice"),
     };
-    json!({
-        "name": name, "cat": cat, "ph": "X", "pid": std::process::id(), "tid": tid,
-        "ts": micros(e.ts), "dur": micros(e.dur), "args": args
-    })
+    let out = Complete {
+        name: &name,
+        cat,
+        ph: "X",
+        pid: std::process::id(),
+        tid,
+        ts: micros(e.ts),
+        dur: micros(e.dur),
+        args,
+    };
+    serde_json::to_writer(w, &out).map_err(std::io::Error::from)
 }
 
 /// The advice an [`Kind::Advise`] event's `a` encodes (`Runtime::advise`).
