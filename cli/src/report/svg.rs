@@ -118,11 +118,11 @@ pub(crate) fn draw(t: &Trace, a: &Analysis) -> String {
         let y = TOP + ROW * (lanes.len() + k) as f64;
         let _ = writeln!(
             s,
-            r##"<rect x="0" y="{y}" width="{WIDTH}" height="{ROW}" fill="#fffbe6"/><text x="6" y="{}">buffer {:#x} (+{}), {} moved</text>"##,
+            r##"<rect x="0" y="{y}" width="{WIDTH}" height="{ROW}" fill="#fffbe6"><title>{} moved</title></rect><text x="6" y="{}">buffer {:#x} (+{})</text>"##,
+            super::bytes(*total),
             y + ROW * 0.65,
             alloc.0,
             super::bytes(alloc.1),
-            super::bytes(*total)
         );
         // Where its bytes went last, from one move to the next.
         let moves: Vec<_> = t

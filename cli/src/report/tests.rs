@@ -7,11 +7,11 @@ const RECORDED: &str = r#"[
 {"name":"process_name","ph":"M","pid":1,"args":{"name":"vkhmm"}},
 {"name":"thread_name","ph":"M","pid":1,"tid":7,"args":{"name":"main 7"}},
 {"name":"launch main","cat":"launch","ph":"X","pid":1,"tid":7,"ts":10.0,"dur":50.0,"args":{"site":"src/a.rs:10","kernel":"main","groups":[1,1]}},
-{"name":"to device","cat":"move","ph":"X","pid":1,"tid":7,"ts":11.0,"dur":5.0,"args":{"site":"src/a.rs:10","addr":"0x1000","len":8192,"alloc":"0x1000","alloc_len":8192,"bytes":8192,"binding":0,"path":"Direct"}},
+{"name":"to device","cat":"move","ph":"X","pid":1,"tid":7,"ts":11.0,"dur":5.0,"args":{"site":"src/a.rs:10","addr":"0x1000","len":8192,"alloc":"0x1000","alloc_len":8192,"bytes":8192,"path":"Direct"}},
 {"name":"fault","cat":"fault","ph":"X","pid":1,"tid":7,"ts":70.0,"dur":30.0,"args":{"site":"src/a.rs:10","addr":"0x1000","len":4096,"alloc":"0x1000","alloc_len":8192,"write":false}},
 {"name":"to host (fault)","cat":"move","ph":"X","pid":1,"tid":8,"ts":71.0,"dur":0.0,"args":{"site":"src/a.rs:10","addr":"0x1000","len":4096,"alloc":"0x1000","alloc_len":8192,"bytes":4096,"cause":"fault"}},
 {"name":"launch main","cat":"launch","ph":"X","pid":1,"tid":7,"ts":120.0,"dur":40.0,"args":{"site":"src/b.rs:20","kernel":"main","groups":[1,1]}},
-{"name":"to device","cat":"move","ph":"X","pid":1,"tid":7,"ts":121.0,"dur":1.0,"args":{"site":"src/b.rs:20","addr":"0x1000","len":4096,"alloc":"0x1000","alloc_len":8192,"bytes":4096,"binding":0,"path":"Direct"}},
+{"name":"to device","cat":"move","ph":"X","pid":1,"tid":7,"ts":121.0,"dur":1.0,"args":{"site":"src/b.rs:20","addr":"0x1000","len":4096,"alloc":"0x1000","alloc_len":8192,"bytes":4096,"path":"Direct"}},
 {"name":"copy through in","cat":"copy","ph":"X","pid":1,"tid":7,"ts":122.0,"dur":1.0,"args":{"site":"src/b.rs:20","addr":"0x9000","len":100,"bytes":100,"binding":1}},
 {"name":"trace end","ph":"i","s":"g","pid":1,"tid":0,"ts":200.0,"args":{"dropped_events":0}}
 ]"#;
