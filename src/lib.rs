@@ -72,6 +72,8 @@
 //!
 //! - `docs/semantics.md`: what moves when, what is visible when, what blocks; edges, stack
 //!   memory, `free`/`munmap`, `fork()`, `read(2)`/`write(2)`, memory that cannot migrate (copied through);
+//! - `docs/tracing.md`: the trace file (`VKHMM_TRACE`, [`RuntimeBuilder::trace`]) and
+//!   `vkhmm report`: every move and fault, attributed to the line that caused it;
 //! - `docs/troubleshooting.md`: no Vulkan device, userfaultfd not permitted, containers and
 //!   seccomp, lavapipe limits, environment variables;
 //! - `docs/comparison.md`: against CUDA Unified Memory, Linux HMM, ROCm/HIP, SYCL USM, OpenCL
