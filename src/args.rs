@@ -67,7 +67,7 @@ pub trait Arg: sealed::Sealed {
     fn collect(&self, out: &mut ArgList);
 }
 
-/// The arguments of a launch: one [`Arg`], a tuple of up to 12, or `()`.
+/// The arguments of a launch: one [`Arg`], a tuple of up to 12, `()`, or [`DynArgs`].
 pub trait KernelArgs {
     #[doc(hidden)]
     #[allow(private_interfaces)]
@@ -109,6 +109,40 @@ impl<P: Pod> Arg for Push<'_, P> {
     fn collect(&self, out: &mut ArgList) {
         out.push.extend_from_slice(bytemuck::bytes_of(self.0));
         out.push_count += 1;
+    }
+}
+
+/// Push constants as raw bytes, for a layout known only at run time (from a language
+/// binding, say): exactly the kernel's push-constant block, as [`Push`] would give it.
+#[derive(Debug, Clone, Copy)]
+pub struct PushBytes<'a>(pub &'a [u8]);
+
+impl sealed::Sealed for PushBytes<'_> {}
+impl Arg for PushBytes<'_> {
+    #[allow(private_interfaces)]
+    fn collect(&self, out: &mut ArgList) {
+        out.push.extend_from_slice(self.0);
+        out.push_count += 1;
+    }
+}
+
+/// Arguments whose number is known only at run time: `DynArgs(&[&x, &mut y, &PushBytes(p)])`,
+/// in binding order as a tuple would give them.
+#[derive(Clone, Copy)]
+pub struct DynArgs<'a>(pub &'a [&'a dyn Arg]);
+
+impl std::fmt::Debug for DynArgs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DynArgs({} arguments)", self.0.len())
+    }
+}
+
+impl KernelArgs for DynArgs<'_> {
+    #[allow(private_interfaces)]
+    fn collect(&self, out: &mut ArgList) {
+        for a in self.0 {
+            a.collect(out);
+        }
     }
 }
 
@@ -194,6 +228,20 @@ mod tests {
         assert!(l.buffers[2].mutable);
         assert_eq!(l.push, bytemuck::bytes_of(&p));
         assert_eq!(l.push_count, 1);
+    }
+
+    #[test]
+    fn dynamic_arguments_collect_as_a_tuple_does() {
+        let x = vec![1.0f32; 3];
+        let mut y = [0u32; 5];
+        let p = P2 { a: 2.0, n: 9 };
+        let bytes = bytemuck::bytes_of(&p);
+        let tuple = collect(&(&x, &mut y[..], Push(&p)));
+        let (xr, yr) = (&x, &mut y[..]);
+        let list: [&dyn Arg; 3] = [&xr, &yr, &PushBytes(bytes)];
+        let dynamic = collect(&DynArgs(&list));
+        assert_eq!(dynamic.buffers, tuple.buffers);
+        assert_eq!((dynamic.push, dynamic.push_count), (tuple.push, 1));
     }
 
     #[test]

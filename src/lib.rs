@@ -116,7 +116,7 @@ pub mod shaders {
     include!(concat!(env!("OUT_DIR"), "/shaders.rs"));
 }
 
-pub use args::{Arg, KernelArgs, Push};
+pub use args::{Arg, DynArgs, KernelArgs, Push, PushBytes};
 pub use device::TransferPath;
 pub use error::{Error, MemoryReason, Result, VulkanCode};
 pub use managed::Managed;
