@@ -288,10 +288,18 @@ impl Handler {
 
     fn resolve_in(&self, ext: &Ext, idx: usize, f: Fault) -> Outcome {
         let bits = ext.cell(idx).load();
+        let page = ext.page_addr(idx);
+        if bits.gone() && bits.busy() {
+            // Unmapped while a launch or a merge holds the page: whatever faults there now
+            // is memory mapped since, which the mirror does not track (and which a holder
+            // never touches: gone pages are skipped). Waiting for the holder could wait for
+            // ever: on a CPU device the holder may be waiting for a kernel whose driver
+            // thread made this very fault, in memory its allocator got at that address.
+            return self.unmirrored(page, f);
+        }
         if bits.busy() {
             return Outcome::Wait;
         }
-        let page = ext.page_addr(idx);
         match (f.wp, bits.residence()) {
             (true, Residence::Shared) => {
                 let o = release_shared(self.space, ext, idx);
