@@ -63,6 +63,23 @@ fn memfd(len: usize) -> OwnedFd {
     fd
 }
 
+/// A shared memfd of `len` bytes and a read-write mapping of it (the descriptor first: keep
+/// it while the mapping is used).
+fn shared_memfd(len: usize) -> (OwnedFd, Mapping) {
+    let fd = memfd(len);
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let m = Mapping::new(len, rw, libc::MAP_SHARED, fd.as_raw_fd()).unwrap();
+    (fd, m)
+}
+
+/// Element i of `m` becomes `pattern(i, seed)`.
+fn fill(m: &mut Mapping, seed: u32) {
+    m.words_mut()
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, x)| *x = pattern(i, seed));
+}
+
 /// An unlinked temporary file holding `words`.
 fn file_of(words: &[u32]) -> std::fs::File {
     use std::io::Write;
@@ -168,10 +185,7 @@ fn read_only_anonymous_memory_is_read_by_kernels() {
             -1,
         )
         .unwrap();
-        m.words_mut()
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, x)| *x = pattern(i, 3));
+        fill(&mut m, 3);
         // SAFETY: our own mapping, `len` bytes.
         let rc = unsafe { libc::mprotect(m.ptr.cast(), len, libc::PROT_READ) };
         assert_eq!(rc, 0);
@@ -255,10 +269,7 @@ fn a_shared_memfd_written_by_a_kernel_is_seen_by_its_other_mapping_and_a_child()
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let mut a = Mapping::new(len, rw, libc::MAP_SHARED, fd.as_raw_fd()).unwrap();
         let b = Mapping::new(len, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd()).unwrap();
-        a.words_mut()
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, x)| *x = pattern(i, 4));
+        fill(&mut a, 4);
         // The kernel writes a middle part only.
         let part = 5 * EPP + 7..20 * EPP + 1;
         let expect = |i: usize| {
@@ -305,10 +316,7 @@ fn shared_anonymous_memory_written_by_a_kernel_is_seen_by_a_child() {
             -1,
         )
         .unwrap();
-        a.words_mut()
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, x)| *x = pattern(i, 6));
+        fill(&mut a, 6);
         let view = a.ptr as usize;
         let child = Child::spawn(move || {
             // SAFETY: the child inherited the shared mapping at the same address.
@@ -340,10 +348,7 @@ fn hugetlb_pages_are_copied_through_where_the_kernel_gives_any() {
         };
         let k = kernels(rt);
         let n = len / 4;
-        m.words_mut()
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, x)| *x = pattern(i, 8));
+        fill(&mut m, 8);
         rt.launch(
             &k.add,
             groups(n, 256),
@@ -380,14 +385,7 @@ fn mirrored_and_copied_bindings_mix_in_one_launch() {
         assert_eq!(rt.residency(&dst).device, n / EPP, "{path:?}");
         assert_eq!(&dst[..], &words[..], "{path:?}: file → Managed");
         // Runtime memory → a shared memfd.
-        let fd = memfd(n * 4);
-        let mut out = Mapping::new(
-            n * 4,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-        )
-        .unwrap();
+        let (_fd, mut out) = shared_memfd(n * 4);
         rt.launch(
             &k.copy,
             groups(n, 256),
@@ -407,10 +405,7 @@ fn a_binding_over_mirrored_and_copied_memory_brings_the_mirrored_pages_home() {
         let len = n * 4;
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let mut m = Mapping::new(len, rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1).unwrap();
-        m.words_mut()
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, x)| *x = pattern(i, 12));
+        fill(&mut m, 12);
         // The first half migrates (under userfaultfd) and stays on the device.
         let half = n / 2;
         rt.launch(
@@ -484,14 +479,7 @@ fn async_launches_copy_results_back_when_they_settle() {
         let words: Vec<u32> = (0..n).map(|i| pattern(i, 14)).collect();
         let file = file_of(&words);
         let src = Mapping::new(n * 4, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd()).unwrap();
-        let fd = memfd(n * 4);
-        let mut out = Mapping::new(
-            n * 4,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-        )
-        .unwrap();
+        let (_fd, mut out) = shared_memfd(n * 4);
         let mut total = [0u32; 1];
         let push = N { n: n as u32 };
         rt.scope(|s| {
@@ -527,18 +515,8 @@ fn a_copy_back_into_memory_taken_away_meanwhile_is_an_error_not_a_signal() {
     each_path(|rt, path| {
         let k = kernels(rt);
         let n = 4 << 20; // 16 MiB: the kernel runs for milliseconds
-        let fd = memfd(n * 4);
-        let mut m = Mapping::new(
-            n * 4,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-        )
-        .unwrap();
-        m.words_mut()
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, x)| *x = pattern(i, 16));
+        let (_fd, mut m) = shared_memfd(n * 4);
+        fill(&mut m, 16);
         let (ptr, len) = (m.ptr as usize, m.len);
         let push = AddK { n: n as u32, k: 1 };
         let result = rt
