@@ -77,6 +77,9 @@ fn prepare_watched(
     // that cannot be mirrored, or a page of it) comes home first: the copies read and write
     // the host pages, which must hold the bytes and take writes without a fault.
     for span in memory.copied_spans() {
+        if space.mirror.overlapping(span.clone()).is_empty() {
+            continue; // the common case (a file, the stack): nothing of it ever migrated
+        }
         let w = space.mirror.write();
         for e in owned_overlapping(&w, ctx, &span) {
             to_host(space, &mut worker.transfer, &e, e.page_span(&span), false)?;
