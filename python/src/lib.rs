@@ -88,7 +88,6 @@ unsafe impl Sync for View {}
 impl View {
     /// The C-contiguous buffer of `obj`, writable if `write`; `what` names it in errors.
     fn get(obj: &Bound<'_, PyAny>, write: bool, what: &str) -> PyResult<View> {
-        let py = obj.py();
         let contiguous = ffi::PyBUF_C_CONTIGUOUS;
         let flags = contiguous | if write { ffi::PyBUF_WRITABLE } else { 0 };
         if let Some(v) = Self::try_get(obj, flags) {
@@ -113,7 +112,6 @@ impl View {
                  (a.flags.writeable is False)"
             )
         };
-        let _ = py;
         Err(ArgumentError::new_err(msg))
     }
 
