@@ -283,7 +283,8 @@ impl Placement {
     }
 }
 
-/// Why the `signal` backend refuses memory the runtime did not allocate.
+/// Why memory the runtime did not allocate cannot migrate under the `signal` backend (a
+/// launch copies it through; advice refuses it).
 pub(crate) const SIGNAL_FOREIGN: &str = "the signal backend (mprotect + SIGSEGV) serves only \
      memory from Runtime::alloc (Managed<T>): it cannot see munmap or reuse of other memory";
 
