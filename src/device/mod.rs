@@ -71,7 +71,8 @@ pub(crate) use config::parse_bytes;
 pub use config::{DeviceConfig, TransferPath};
 pub(crate) use import::HostImport;
 pub(crate) use kernel::{
-    check_binding, check_groups, offset_alignment, Bindable, BufferArg, Dispatcher, Pipeline,
+    check_alignment, check_binding, check_groups, offset_alignment, Bindable, BufferArg,
+    Dispatcher, Pipeline,
 };
 pub(crate) use pool::{BlockInit, DeviceBlock, DevicePool};
 pub(crate) use transfer::Transfer;

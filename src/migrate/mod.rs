@@ -252,15 +252,7 @@ impl Binding {
     /// [`Error::MisalignedBinding`](crate::Error::MisalignedBinding) unless it starts on its
     /// alignment (extents and imports start on pages, so the host address tells).
     pub fn check_aligned(&self) -> crate::Result<()> {
-        if (self.addr as u64).is_multiple_of(self.align.max(1)) {
-            Ok(())
-        } else {
-            Err(crate::Error::MisalignedBinding {
-                binding: self.number,
-                addr: self.addr,
-                required: self.align,
-            })
-        }
+        crate::device::check_alignment(self.number, self.addr as u64, self.align)
     }
 }
 

@@ -27,7 +27,7 @@ use ash::vk;
 
 pub(crate) use dispatch::Dispatcher;
 pub(crate) use pipeline::Pipeline;
-pub(crate) use validate::{check_binding, check_groups, offset_alignment};
+pub(crate) use validate::{check_alignment, check_binding, check_groups, offset_alignment};
 
 use super::import::HostImport;
 use super::DeviceBlock;

@@ -126,16 +126,11 @@ pub(crate) fn check_binding(
     offset: u64,
     limits: &DeviceLimits,
 ) -> Result<()> {
-    let (max_range, align) = match kind {
-        BindingKind::Storage => (
-            limits.max_storage_buffer_range,
-            offset_alignment(kind, limits),
-        ),
-        BindingKind::Uniform => (
-            limits.max_uniform_buffer_range,
-            offset_alignment(kind, limits),
-        ),
+    let max_range = match kind {
+        BindingKind::Storage => limits.max_storage_buffer_range,
+        BindingKind::Uniform => limits.max_uniform_buffer_range,
     };
+    let align = offset_alignment(kind, limits);
     if len == 0 {
         return Err(Error::EmptyBinding { binding });
     }
@@ -143,12 +138,19 @@ pub(crate) fn check_binding(
     if len > max {
         return Err(Error::BindingTooLarge { binding, len, max });
     }
-    if !offset.is_multiple_of(align.max(1)) {
-        return Err(Error::MisalignedBinding {
+    check_alignment(binding, offset, align)
+}
+
+/// [`Error::MisalignedBinding`] unless `offset` (a block offset, or a host address: blocks
+/// are page-aligned, so both have the same alignment) is a multiple of `align`.
+pub(crate) fn check_alignment(binding: u32, offset: u64, align: u64) -> Result<()> {
+    if offset.is_multiple_of(align.max(1)) {
+        Ok(())
+    } else {
+        Err(Error::MisalignedBinding {
             binding,
             addr: offset as usize,
             required: align,
-        });
+        })
     }
-    Ok(())
 }
