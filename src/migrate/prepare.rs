@@ -206,22 +206,24 @@ impl Memory {
             })
     }
 
-    /// The bindings copied through, with their page spans.
-    fn copied_spans(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+    /// The bindings copied through.
+    fn copied_bindings(&self) -> impl Iterator<Item = &Binding> + '_ {
         self.bindings
             .iter()
             .zip(&self.copied)
-            .filter(|(_, &c)| c)
-            .map(|(b, _)| binding_pages(b.addr, b.len).span)
+            .filter_map(|(b, &c)| c.then_some(b))
+    }
+
+    /// The page spans of the bindings copied through.
+    fn copied_spans(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        self.copied_bindings()
+            .map(|b| binding_pages(b.addr, b.len).span)
     }
 
     /// Bytes of temporary blocks for the bindings copied through.
     fn transient_bytes(&self) -> u64 {
-        self.bindings
-            .iter()
-            .zip(&self.copied)
-            .filter(|(_, &c)| c)
-            .map(|(b, _)| b.len.next_multiple_of(4) as u64)
+        self.copied_bindings()
+            .map(|b| b.len.next_multiple_of(4) as u64)
             .sum()
     }
 }
@@ -244,10 +246,13 @@ fn copy_through(space: &AddressSpace, bindings: &[Binding], purpose: Purpose) ->
     })?;
     let under_signal = space.backend.signal().is_some();
     let stack = maps.stack_of_current_thread();
+    let spans: Vec<_> = bindings
+        .iter()
+        .map(|b| binding_pages(b.addr, b.len).span)
+        .collect();
     let mut copied = Vec::with_capacity(bindings.len());
-    for b in bindings {
-        let span = binding_pages(b.addr, b.len).span;
-        if under_signal && signal::is_managed(&span) {
+    for (b, span) in bindings.iter().zip(&spans) {
+        if under_signal && signal::is_managed(span) {
             // Runtime-owned memory: mirrored. Its pages may be protected by now, which the
             // maps would read as memory the process cannot use.
             copied.push(false);
@@ -266,10 +271,6 @@ fn copy_through(space: &AddressSpace, bindings: &[Binding], purpose: Purpose) ->
         copied.push(access != sys::Access::Mirror || under_signal || on_stack);
     }
     // A binding that shares a page with a copied one is copied too.
-    let spans: Vec<_> = bindings
-        .iter()
-        .map(|b| binding_pages(b.addr, b.len).span)
-        .collect();
     let mut changed = true;
     while changed {
         changed = false;
