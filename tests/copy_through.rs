@@ -100,6 +100,14 @@ fn file_of(words: &[u32]) -> std::fs::File {
     f
 }
 
+/// A file holding `words`, mapped read-only with `flags` (the file first: keep it while the
+/// mapping is used).
+fn read_only_file(words: &[u32], flags: i32) -> (std::fs::File, Mapping) {
+    let file = file_of(words);
+    let m = Mapping::new(words.len() * 4, libc::PROT_READ, flags, file.as_raw_fd()).unwrap();
+    (file, m)
+}
+
 /// The kernel's checksum of `src`.
 fn checksum(rt: &Runtime, sum: &vkhmm::Kernel, src: &[u32]) -> u32 {
     let mut out = [0u32; 1];
@@ -368,9 +376,7 @@ fn mirrored_and_copied_bindings_mix_in_one_launch() {
         let k = kernels(rt);
         let n = 16 * EPP;
         let words: Vec<u32> = (0..n).map(|i| pattern(i, 10)).collect();
-        let file = file_of(&words);
-        let src =
-            Mapping::new(n * 4, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd()).unwrap();
+        let (_file, src) = read_only_file(&words, libc::MAP_PRIVATE);
         // File → runtime memory (migrates under either backend).
         let mut dst = rt.alloc::<u32>(n).unwrap();
         let before = rt.stats();
@@ -477,8 +483,7 @@ fn async_launches_copy_results_back_when_they_settle() {
         let k = kernels(rt);
         let n = 16 * EPP;
         let words: Vec<u32> = (0..n).map(|i| pattern(i, 14)).collect();
-        let file = file_of(&words);
-        let src = Mapping::new(n * 4, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd()).unwrap();
+        let (_file, src) = read_only_file(&words, libc::MAP_SHARED);
         let (_fd, mut out) = shared_memfd(n * 4);
         let mut total = [0u32; 1];
         let push = N { n: n as u32 };
