@@ -64,7 +64,11 @@ impl Launch {
             held: Vec::new(),
             edge_out: Vec::new(),
             watch: None,
-            site: trace::current_site(),
+            site: if trace::on() {
+                trace::current_site()
+            } else {
+                0
+            },
         }
     }
 
