@@ -4,8 +4,9 @@
 //! - a touch of a `Device` page ([`copy_back`]): claim the window around it (64 KiB by
 //!   default, grown on sequential access, `mirror::policy::fault_window`), install the
 //!   device bytes (in two halves at once when large, `pages::halves`), release the pages
-//!   `Shared` (or `Host` for the written page), count and wake; a stream that reached the
-//!   largest window reads ahead;
+//!   `Shared` (or `Host` for the written page; all `Host` when the chunk is placed from kept
+//!   host pages, [`comes_home`]), count and wake; a stream that reached the largest window
+//!   reads ahead;
 //! - a write to a `Shared` page ([`release_shared`]): the `Shared` pages of the window around
 //!   it (one page, grown on sequential writes) lose write protection and become `Host`.
 //!
@@ -23,7 +24,7 @@ use crate::mirror::policy::{fault_window, pick_stream, Access};
 use crate::mirror::PAGE;
 use crate::pages::halves::{install_halves, Job};
 use crate::pages::install::{
-    install_in_place, Failed, InstallResult, InstallStop, Installed, Kind,
+    install_in_place, Failed, InstallResult, InstallStop, Installed, Kind, KEPT_MIN,
 };
 use crate::space::{AddressSpace, Counters, Ext};
 use crate::Error;
@@ -143,7 +144,8 @@ pub(crate) fn copy_back(space: &AddressSpace, ext: &Ext, idx: usize, write: bool
     else {
         return Outcome::Wait;
     };
-    let (done, outcome) = install_window(space, ext, a..b, write.then_some(idx));
+    let home = comes_home(space, b - a);
+    let (done, outcome) = install_window(space, ext, a..b, write.then_some(idx), home);
     if outcome == Outcome::Done {
         // A retried fault is the same fault again, not the next one of a stream: only a
         // window installed whole moves the stream on.
@@ -174,6 +176,17 @@ fn stream_of(ext: &Ext, access: Access, page: usize) -> (usize, (usize, usize)) 
     }
 }
 
+/// Whether a chunk of `pages` pages coming home for a CPU touch comes home as the only copy
+/// (`Host`, writable) rather than `Shared`: where this process keeps host pages for reuse
+/// (`space::kept`), a chunk large enough to be placed from them. Such pages cannot come home
+/// write-protected (`pages::install`), and placing them costs a third of a fresh copy; the
+/// price is that a later launch reading the chunk uploads it again, as under Linux HMM and
+/// CUDA. The rule does not depend on how many pages are kept at the moment, so the state a
+/// read leaves is the same whether this chunk found kept pages or was copied.
+fn comes_home(space: &AddressSpace, pages: usize) -> bool {
+    pages * PAGE >= KEPT_MIN && space.kept().is_some()
+}
+
 fn device(b: PageBits) -> bool {
     b.residence() == Residence::Device
 }
@@ -181,7 +194,7 @@ fn device(b: PageBits) -> bool {
 /// A stream whose windows have grown to the largest size: installs its next window now,
 /// before the CPU faults on it, so that the next fault's round trip (the toucher blocks, this
 /// thread wakes, then wakes it) overlaps a copy instead of adding to it. The pages come back
-/// as a read fault would bring them (`Shared`); nothing is counted as a CPU fault. Pages
+/// as a read fault would bring them ([`comes_home`]); nothing is counted as a CPU fault. Pages
 /// that are not `Device`, or claimed, end the window there; a failure leaves the pages
 /// `Device` for the ordinary fault path.
 fn read_ahead(space: &AddressSpace, ext: &Ext, slot: usize) {
@@ -197,7 +210,7 @@ fn read_ahead(space: &AddressSpace, ext: &Ext, slot: usize) {
     let Some((a, b)) = claim_within(ext, idx, idx..w.pages.end - first, device) else {
         return;
     };
-    let (done, outcome) = install_window(space, ext, a..b, None);
+    let (done, outcome) = install_window(space, ext, a..b, None, comes_home(space, b - a));
     if outcome == Outcome::Done {
         ext.set_stream(Access::Copy, slot, w.next, w.size);
     }
@@ -207,8 +220,8 @@ fn read_ahead(space: &AddressSpace, ext: &Ext, slot: usize) {
     }
 }
 
-/// Installs the claimed `Device` pages `pages` (write-protected, except page `writable`) and
-/// releases them to what they became; returns how many from the start were installed and
+/// Installs the claimed `Device` pages `pages` (write-protected, except page `writable`, or
+/// none when `home`) and releases them to what they became; returns how many from the start were installed and
 /// what becomes of the fault. Counts the bytes.
 ///
 /// A window of at least `policy.split` pages is installed in two halves at once, the upper
@@ -220,8 +233,9 @@ fn install_window(
     ext: &Ext,
     pages: Range<usize>,
     writable: Option<usize>,
+    home: bool,
 ) -> (usize, Outcome) {
-    let kind = Kind::Fault { writable };
+    let kind = Kind::Fault { writable, home };
     let transfer = &ext.device().owner.fault_transfer;
     let halves = install_halves(ext, pages, kind, |part| {
         install_claimed(space, ext, part, transfer, kind)
@@ -285,7 +299,7 @@ fn settle(
         if i - a >= done {
             // Not installed: still `Device`, and still known zero if it was.
             cell.unclaim();
-        } else if kind.write_protects(i) {
+        } else if kind.write_protects(i, cell.load().zero()) {
             cell.release(Residence::Shared);
         } else {
             cell.release(Residence::Host);

@@ -342,7 +342,10 @@ impl Handler {
             ext,
             idx..idx + 1,
             &owner.fault_transfer,
-            Kind::Fault { writable: None },
+            Kind::Fault {
+                writable: None,
+                home: false,
+            },
         );
         ext.cell(idx).release(Residence::Shared);
         match got {
@@ -465,6 +468,7 @@ impl Handler {
                             .unwrap_or_else(PoisonError::into_inner);
                         match install(
                             &self.space.backend,
+                            None,
                             &mut t,
                             ext,
                             i..i + 1,

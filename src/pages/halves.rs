@@ -274,7 +274,7 @@ mod tests {
         static A: Assist = Assist::new();
         std::thread::spawn(|| {
             A.run(|job| {
-                let Kind::Fault { writable } = job.kind else {
+                let Kind::Fault { writable, .. } = job.kind else {
                     panic!("posted a fault job")
                 };
                 Ok(Installed {
@@ -290,7 +290,10 @@ mod tests {
             let job = Job {
                 ext: std::ptr::null(),
                 pages: 0..n,
-                kind: Kind::Fault { writable: Some(n) },
+                kind: Kind::Fault {
+                    writable: Some(n),
+                    home: false,
+                },
             };
             assert!(A.try_post(job));
             // Taken until its result is collected.

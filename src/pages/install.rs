@@ -1,32 +1,43 @@
 //! Copying the device copy of claimed, absent pages into place with `UFFDIO_COPY` (or the
 //! `signal` backend's equivalent): the fault handler's windows, its assistant's halves and
 //! bulk moves home all install this way. Nothing here allocates: the handler calls it.
+//!
+//! Pages installed writable in runs of [`KEPT_MIN`] or more are filled from the host pages
+//! kept for reuse (`space::kept`) while there are any: the device bytes are copied into a
+//! kept page, which is moved into place (`UFFDIO_MOVE`), instead of `UFFDIO_COPY` allocating
+//! a new one. Pages installed write-protected never come from there: a moved page arrives
+//! writable, and a write between the move and the protection would be lost to the device
+//! copy.
 
 use std::ops::Range;
 
 use crate::device::Transfer;
 use crate::mirror::PAGE;
+use crate::space::kept::Kept;
 use crate::space::{AddressSpace, Ext};
-use crate::trap::uffd::CopyError;
+use crate::trap::uffd::{CopyError, Uffd};
 use crate::trap::Backend;
 use crate::{Error, Result};
 
 /// What a job is for, which says how its pages are installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// Serving a CPU fault: write-protected except page `writable`; waiters stay asleep until
-    /// the handler has done its bookkeeping and wakes them.
-    Fault { writable: Option<usize> },
+    /// Serving a CPU fault: write-protected except page `writable`, or none of them when
+    /// `home` (the chunk comes home as the only copy); waiters stay asleep until the handler
+    /// has done its bookkeeping and wakes them.
+    Fault { writable: Option<usize>, home: bool },
     /// A bulk move home (`prefetch(Host)`, eviction, drop): write-protected iff `protect`;
     /// waiters wake as their pages land.
     Bulk { protect: bool },
 }
 
 impl Kind {
-    /// Whether page `i` is installed write-protected.
-    pub fn write_protects(self, i: usize) -> bool {
+    /// Whether page `i` is installed write-protected; `zero`: whether it is known zero
+    /// (nothing ever wrote it), which a chunk coming `home` leaves `Shared` all the same: its
+    /// device copy stays valid at no cost, and it is filled without reading the device.
+    pub fn write_protects(self, i: usize, zero: bool) -> bool {
         match self {
-            Kind::Fault { writable } => Some(i) != writable,
+            Kind::Fault { writable, home } => Some(i) != writable && (!home || zero),
             Kind::Bulk { protect } => protect,
         }
     }
@@ -108,11 +119,12 @@ pub(crate) fn install_in_place(
     let guarded = matches!(kind, Kind::Bulk { .. }) && space.backend.signal().is_none();
     install(
         &space.backend,
+        space.kept(),
         transfer,
         ext,
         pages,
         dst,
-        |i| kind.write_protects(i),
+        |i| kind.write_protects(i, ext.cell(i).load().zero()),
         kind.wakes_waiters(),
         guarded.then_some(space),
     )
@@ -120,7 +132,7 @@ pub(crate) fn install_in_place(
 
 /// Copies the device copy of the claimed, absent pages `pages` of `ext` into host memory at
 /// `dst` (the address of the first page; normally `ext.page_addr(pages.start)`), page `i`
-/// write-protected iff `wp(i)`. With `wake` false, threads waiting on the pages stay asleep
+/// write-protected iff `wp(i)`; writable runs take `kept` pages where there are any. With `wake` false, threads waiting on the pages stay asleep
 /// until the caller wakes them (`Backend::wake`) after its bookkeeping. With `events`, each
 /// piece is copied holding that service's gate, pages gone since they were claimed skipped
 /// (counted as already present; `dst` must then be the pages' own address). When reading the
@@ -130,6 +142,7 @@ pub(crate) fn install_in_place(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn install(
     trap: &Backend,
+    kept: Option<&Kept>,
     transfer: &mut Transfer,
     ext: &Ext,
     pages: Range<usize>,
@@ -155,10 +168,10 @@ pub(crate) fn install(
         let mut place = |at: usize, bytes: &[u8]| {
             let before = out.bytes;
             let r = match events {
-                None => copy_piece(trap, run_dst + at, bytes, flag, wake, &mut out),
+                None => copy_piece(trap, kept, run_dst + at, bytes, flag, wake, &mut out),
                 Some(space) => {
                     let _held = space.hold_events_shared();
-                    copy_live(trap, ext, run_dst + at, bytes, flag, wake, &mut out)
+                    copy_live(trap, kept, ext, run_dst + at, bytes, flag, wake, &mut out)
                 }
             };
             if zeros {
@@ -210,8 +223,10 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// [`copy_piece`] of the pages of `ext` at `dst` that are not `GONE`; gone ones are counted
 /// as already present. Call holding the gate.
+#[allow(clippy::too_many_arguments)]
 fn copy_live(
     trap: &Backend,
+    kept: Option<&Kept>,
     ext: &Ext,
     dst: usize,
     bytes: &[u8],
@@ -231,13 +246,14 @@ fn copy_live(
         while end < bytes.len() && !gone(end) {
             end += PAGE;
         }
-        copy_piece(trap, dst + at, &bytes[at..end], wp, wake, out)?;
+        copy_piece(trap, kept, dst + at, &bytes[at..end], wp, wake, out)?;
         at = end;
     }
     Ok(())
 }
 
-/// `UFFDIO_COPY` of one piece, skipping pages that are already present.
+/// `UFFDIO_COPY` of one piece, skipping pages that are already present; a writable piece of
+/// at least [`KEPT_MIN`] bytes is placed from `kept` pages first, as far as they go.
 ///
 /// One `UFFDIO_COPY` must lie inside one VMA (`ENOENT` otherwise), and an extent may span
 /// several: the program can split its mapping after the mirror recorded it (`mprotect`,
@@ -245,6 +261,7 @@ fn copy_live(
 /// until it fits; only a single page that reports `ENOENT` is really gone.
 fn copy_piece(
     trap: &Backend,
+    kept: Option<&Kept>,
     dst: usize,
     bytes: &[u8],
     wp: bool,
@@ -252,6 +269,14 @@ fn copy_piece(
     out: &mut Installed,
 ) -> Result<(), InstallStop> {
     let mut done = 0;
+    if let (Some(kept), Backend::Uffd(uffd), false) = (kept, trap, wp) {
+        if bytes.len() >= KEPT_MIN {
+            // Whatever stopped a move there (a present page, an event, a hole) stops the
+            // copies below the same way, which say what to do about it.
+            done = from_kept(uffd, kept, dst, bytes, wake);
+            out.bytes += done as u64;
+        }
+    }
     let mut limit = bytes.len();
     while done < bytes.len() {
         let rest = &bytes[done..(done + limit).min(bytes.len())];
@@ -287,4 +312,36 @@ fn copy_piece(
         }
     }
     Ok(())
+}
+
+/// Least piece placed from kept pages: a smaller one (an isolated touch) is one
+/// `UFFDIO_COPY`, where the two calls of a move cost more than they save.
+pub(crate) const KEPT_MIN: usize = 16 * PAGE;
+
+/// Places the writable pages `dst..dst + bytes.len()` from `kept` pages, chunk by chunk: the
+/// bytes are copied into the kept pages, which move into place (waking their waiters iff
+/// `wake`). Returns the bytes placed from the start; stops where the kept pages run out or a
+/// move stops (the pages it left behind spoil their chunk, `space::kept`).
+fn from_kept(uffd: &Uffd, kept: &Kept, dst: usize, bytes: &[u8], wake: bool) -> usize {
+    let mut done = 0;
+    while let Some(lease) = kept.take((bytes.len() - done) / PAGE) {
+        let n = lease.len();
+        // SAFETY: the leased pages are present, writable and this thread's alone (the chunk
+        // is held), and no mirrored memory; `bytes[done..done + n]` is readable.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes[done..].as_ptr(), lease.addr() as *mut u8, n)
+        };
+        // SAFETY: the destination pages are claimed by the caller and absent; the source is
+        // the leased pages, now holding their bytes.
+        let moved = match unsafe { uffd.move_whole(dst + done, lease.addr(), n, wake) } {
+            Ok(m) => m,
+            Err(e) => e.copied(),
+        };
+        lease.moved(moved);
+        done += moved;
+        if moved < n {
+            break;
+        }
+    }
+    done
 }

@@ -24,6 +24,7 @@
 //! a piece is copied, but not each other out, so the two halves of a large move home (the
 //! caller's and the assistant's) copy at once.
 
+pub(crate) mod kept;
 pub(crate) mod owner;
 pub(crate) mod parking;
 pub(crate) mod watch;
@@ -118,6 +119,11 @@ impl AddressSpace {
         self.backend.kind()
     }
 
+    /// The host pages kept for reuse (`None` without the parking: the `signal` backend, or
+    /// a kernel without `UFFDIO_MOVE`).
+    pub fn kept(&self) -> Option<&kept::Kept> {
+        self.parking.as_ref().map(|p| p.kept())
+    }
     /// Whether `addr` lies in the parking (its events concern no mirrored memory).
     pub fn is_parking(&self, addr: usize) -> bool {
         self.parking.as_ref().is_some_and(|p| p.contains(addr))

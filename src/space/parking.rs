@@ -19,8 +19,10 @@
 //! 3. the move refuses with `EAGAIN` while any event is unread, and otherwise takes the pages
 //!    of the mapping found there under one hold of the address space's lock.
 //!
-//! Parked pages are discarded with `madvise(MADV_DONTNEED)` on the parking, which nothing
-//! else uses (its `REMOVE` event finds no mirror there), outside the gate.
+//! Moved pages are kept for reuse where there is room ([`super::kept`]: a fault bringing a
+//! large chunk home fills them and moves them back); the rest is discarded with
+//! `madvise(MADV_DONTNEED)` on the parking, which nothing else uses (its `REMOVE` event finds
+//! no mirror there), outside the gate.
 //!
 //! Where the kernel has no `UFFDIO_MOVE` (before Linux 6.8), or refuses a move (a page shared
 //! with a forked child, an `mlock`ed or executable mapping), the caller falls back to
@@ -33,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
+use super::kept::{Kept, KEPT_CAP};
 use super::watch::LaunchWatch;
 use crate::mirror::PAGE;
 use crate::sys;
@@ -44,10 +47,16 @@ const WINDOW: usize = 32 << 20;
 /// within one, so that a transparent huge page moves whole.
 const HUGE: usize = 2 << 20;
 
+/// Bytes of the parking mapping from its first aligned byte: the transit window (each move
+/// lands within `HUGE` of its start), then the kept pages.
+const SPAN: usize = WINDOW + HUGE + KEPT_CAP;
+
 /// The parking mapping.
 pub(crate) struct Parking {
-    /// First byte, `HUGE`-aligned; `WINDOW + HUGE` bytes are mapped from here.
+    /// First byte, `HUGE`-aligned; `SPAN` bytes are mapped from here.
     base: usize,
+    /// The pages kept for reuse, in the last `KEPT_CAP` bytes.
+    kept: Kept,
     /// One mover at a time.
     lock: Mutex<()>,
 }
@@ -68,18 +77,28 @@ pub(crate) enum Dropped {
 impl Parking {
     /// Maps and registers the parking with `uffd` (which must have `UFFD_FEATURE_MOVE`).
     pub(crate) fn open(uffd: &Uffd) -> std::io::Result<Parking> {
-        let map = sys::mmap_anon(WINDOW + 2 * HUGE)?;
+        let map = sys::mmap_anon(SPAN + HUGE)?;
         let base = (map.as_ptr() as usize).next_multiple_of(HUGE);
-        uffd.register(base, WINDOW + HUGE, true, true)?;
+        // A forked child gets none of it: the kept pages stay this process's alone, which a
+        // move out of them needs (`EBUSY` for a page shared with a child).
+        // SAFETY: advice on this module's own fresh mapping.
+        unsafe { sys::madvise_dontfork(base, SPAN) }?;
+        uffd.register(base, SPAN, true, true)?;
         Ok(Parking {
             base,
+            kept: Kept::new(base + WINDOW + HUGE),
             lock: Mutex::new(()),
         })
     }
 
     /// Whether `addr` lies in the parking (its events concern no mirrored memory).
     pub(crate) fn contains(&self, addr: usize) -> bool {
-        (self.base..self.base + WINDOW + HUGE).contains(&addr)
+        (self.base..self.base + SPAN).contains(&addr)
+    }
+
+    /// The pages kept for reuse.
+    pub(crate) fn kept(&self) -> &Kept {
+        &self.kept
     }
 
     /// Drops the host pages of `range` (page-aligned, claimed by the caller, whose bytes are
@@ -92,6 +111,12 @@ impl Parking {
         range: Range<usize>,
     ) -> std::io::Result<Dropped> {
         let _one = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        // Kept pages a fault left behind are freed first (here, not in the handler: the
+        // discard waits for the handler to read its event).
+        self.kept.free_spoilt(|addr, len| {
+            // SAFETY: a spoilt chunk is held by this call: nothing else uses its pages.
+            unsafe { sys::madvise_dontneed(addr, len) }.is_ok()
+        });
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut at = range.start;
         // One move must lie within one mapping on each side (`EINVAL` otherwise), and the
@@ -99,14 +124,41 @@ impl Parking {
         // more than a page is retried in halves, as `migrate::copy_piece` does for copies.
         let mut limit = WINDOW;
         let mut spins = 0u32;
+        // Whether kept pages may take the next round (not after a move there was refused:
+        // that round goes through the transit window, which takes holes and tells why).
+        let mut keep = true;
         while at < range.end {
             let done = at - range.start;
+            let room = if keep { self.kept.room() } else { None };
+            keep = true;
             let len = (range.end - at).min(limit);
-            let dst = self.base + at % HUGE;
             let held = gate.write().unwrap_or_else(PoisonError::into_inner);
             if !watch.intact_while(&held) {
                 return Ok(Dropped::Lost { done });
             }
+            if let Some(room) = room {
+                let len = len.min(room.len());
+                // SAFETY: as below; the room's pages are absent and held by this thread.
+                let moved = unsafe { uffd.move_whole(room.addr(), at, len, false) };
+                drop(held);
+                match moved {
+                    Ok(n) | Err(CopyError::Again { copied: n }) if n > 0 => {
+                        room.filled(n);
+                        at += n;
+                    }
+                    Err(CopyError::Again { .. }) => {
+                        drop(room);
+                        if Instant::now() > deadline {
+                            return Ok(Dropped::Refused { done });
+                        }
+                        // An event is unread: let the handler read it.
+                        backoff(&mut spins);
+                    }
+                    _ => keep = false,
+                }
+                continue;
+            }
+            let dst = self.base + at % HUGE;
             // SAFETY: the caller owns the claimed pages of `at..at + len` and their bytes are
             // valid on the device; the parking's pages are this module's alone, and empty
             // (each round frees what it parked before the next).

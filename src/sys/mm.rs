@@ -113,6 +113,23 @@ pub unsafe fn madvise_dontneed(addr: usize, len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// `madvise(MADV_DONTFORK)`: a forked child does not inherit `[addr, addr + len)`.
+///
+/// # Safety
+///
+/// The caller owns the range, and nothing a child runs touches it.
+pub unsafe fn madvise_dontfork(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: only what a child inherits changes; the caller owns the range.
+    unsafe {
+        rustix::mm::madvise(
+            addr as *mut core::ffi::c_void,
+            len,
+            rustix::mm::Advice::LinuxDontFork,
+        )
+    }?;
+    Ok(())
+}
+
 /// Whether every page of `[addr, addr + len)` (page-aligned) is mapped right now: `mincore`,
 /// which fails with `ENOMEM` on a hole and faults nothing in. Allocates a byte per page (in
 /// pieces of at most 64 MiB).

@@ -46,5 +46,8 @@ pub use maps::{Access, Maps};
 // today only tests call these.
 #[allow(unused_imports, reason = "only tests call them today")]
 pub use maps::{classify, stack_vma_of_current_thread};
-pub use mm::{gettid, is_mapped, madvise_dontneed, mmap_anon, mprotect, munmap, page_size, Prot};
+pub use mm::{
+    gettid, is_mapped, madvise_dontfork, madvise_dontneed, mmap_anon, mprotect, munmap, page_size,
+    Prot,
+};
 pub use pagemap::{PageEntry, Pagemap};

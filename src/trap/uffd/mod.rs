@@ -511,6 +511,31 @@ impl Uffd {
         }
     }
 
+    /// [`Uffd::move_pages`] for a source with no holes (kept pages coming home): a hole
+    /// ends the move with `ENOENT` (after `EAGAIN` with the bytes moved before it), so that
+    /// nothing at `dst` is left absent while reported moved. Wakes the threads waiting on
+    /// the moved pages iff `wake`. Like every page that `UFFDIO_MOVE` places, the pages
+    /// arrive writable, whatever protection they had.
+    ///
+    /// # Safety
+    ///
+    /// As [`Uffd::move_pages`].
+    pub unsafe fn move_whole(&self, dst: usize, src: usize, len: usize, wake: bool) -> CopyResult {
+        let mut arg = uapi::uffdio_move {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: if wake { 0 } else { MOVE_MODE_DONTWAKE },
+            move_: 0,
+        };
+        // SAFETY: UFFDIO_MOVE reads and writes one `uffdio_move`, which `arg` is; the caller
+        // owns the pages of both ranges.
+        match unsafe { ioctl(&self.fd, Updater::<OP_MOVE, _>::new(&mut arg)) } {
+            Ok(()) => Ok(len),
+            Err(errno) => Err(CopyError::from_errno(errno, arg.move_)),
+        }
+    }
+
     /// `UFFDIO_WAKE`: wakes the threads blocked in faults on `[addr, addr + len)`; they
     /// retry their access.
     pub fn wake(&self, addr: usize, len: usize) -> io::Result<()> {
