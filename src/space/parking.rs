@@ -20,9 +20,11 @@
 //!    of the mapping found there under one hold of the address space's lock.
 //!
 //! Moved pages are kept for reuse where there is room ([`super::kept`]: a fault bringing a
-//! large chunk home fills them and moves them back); the rest is discarded with
-//! `madvise(MADV_DONTNEED)` on the parking, which nothing else uses (its `REMOVE` event finds
-//! no mirror there), outside the gate.
+//! large chunk home fills them and moves them back); the rest lands in one of two transit
+//! slots and is discarded there with `madvise(MADV_DONTNEED)` by a thread of its own (the
+//! reaper), outside the gate, while the mover goes on with the next slot: freeing 64 MiB of
+//! pages costs about as long as uploading them, and the launch need not wait for it. Nothing
+//! else uses the parking (its `REMOVE` events find no mirror there).
 //!
 //! Where the kernel has no `UFFDIO_MOVE` (before Linux 6.8), or refuses a move (a page shared
 //! with a forked child, an `mlock`ed or executable mapping), the caller falls back to
@@ -30,7 +32,7 @@
 //! `docs/semantics.md` says so.
 
 use std::ops::Range;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
@@ -47,9 +49,71 @@ const WINDOW: usize = 32 << 20;
 /// within one, so that a transparent huge page moves whole.
 const HUGE: usize = 2 << 20;
 
-/// Bytes of the parking mapping from its first aligned byte: the transit window (each move
-/// lands within `HUGE` of its start), then the kept pages.
-const SPAN: usize = WINDOW + HUGE + KEPT_CAP;
+/// Bytes of one transit slot (each move lands within `HUGE` of its start).
+const SLOT: usize = WINDOW + HUGE;
+/// Transit slots: one being filled while the reaper frees the other.
+const SLOTS: usize = 2;
+
+/// Bytes of the parking mapping from its first aligned byte: the transit slots, then the kept
+/// pages.
+const SPAN: usize = SLOTS * SLOT + KEPT_CAP;
+
+/// The transit slots' contents, shared with the reaper.
+struct Transit {
+    /// Per slot: the parked range not yet freed (`len` 0: empty).
+    parked: Mutex<[(usize, usize); SLOTS]>,
+    changed: Condvar,
+}
+
+impl Transit {
+    fn parked(&self) -> std::sync::MutexGuard<'_, [(usize, usize); SLOTS]> {
+        self.parked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An empty slot (waiting for the reaper while both hold pages).
+    fn empty_slot(&self) -> usize {
+        let mut parked = self.parked();
+        loop {
+            if let Some(s) = parked.iter().position(|&(_, len)| len == 0) {
+                return s;
+            }
+            parked = self
+                .changed
+                .wait(parked)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Hands `len` bytes parked at `addr` in slot `s` to the reaper.
+    fn park(&self, s: usize, addr: usize, len: usize) {
+        self.parked()[s] = (addr, len);
+        self.changed.notify_all();
+    }
+
+    /// The reaper: frees whatever is parked, for ever.
+    fn reap(&self) {
+        let mut parked = self.parked();
+        loop {
+            let Some(s) = parked.iter().position(|&(_, len)| len > 0) else {
+                parked = self
+                    .changed
+                    .wait(parked)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            };
+            let (addr, len) = parked[s];
+            drop(parked);
+            // SAFETY: pages parked in a transit slot belong to nobody: their owner's bytes
+            // are on the device, and the slot is not used again until this marks it empty.
+            if let Err(e) = unsafe { sys::madvise_dontneed(addr, len) } {
+                tracing::error!(error = %e, "freeing parked pages failed");
+            }
+            parked = self.parked();
+            parked[s] = (0, 0);
+            self.changed.notify_all();
+        }
+    }
+}
 
 /// The parking mapping.
 pub(crate) struct Parking {
@@ -57,6 +121,8 @@ pub(crate) struct Parking {
     base: usize,
     /// The pages kept for reuse, in the last `KEPT_CAP` bytes.
     kept: Kept,
+    /// The transit slots, in the first `SLOTS * SLOT` bytes.
+    transit: Arc<Transit>,
     /// One mover at a time.
     lock: Mutex<()>,
 }
@@ -84,9 +150,18 @@ impl Parking {
         // SAFETY: advice on this module's own fresh mapping.
         unsafe { sys::madvise_dontfork(base, SPAN) }?;
         uffd.register(base, SPAN, true, true)?;
+        let transit = Arc::new(Transit {
+            parked: Mutex::new([(0, 0); SLOTS]),
+            changed: Condvar::new(),
+        });
+        let reaper = transit.clone();
+        std::thread::Builder::new()
+            .name("vkhmm-reaper".into())
+            .spawn(move || reaper.reap())?;
         Ok(Parking {
             base,
-            kept: Kept::new(base + WINDOW + HUGE),
+            kept: Kept::new(base + SLOTS * SLOT),
+            transit,
             lock: Mutex::new(()),
         })
     }
@@ -158,10 +233,18 @@ impl Parking {
                 }
                 continue;
             }
-            let dst = self.base + at % HUGE;
+            drop(held);
+            // Waiting for the reaper happens outside the gate: its discard needs the handler
+            // to read an event.
+            let slot = self.transit.empty_slot();
+            let dst = self.base + slot * SLOT + at % HUGE;
+            let held = gate.write().unwrap_or_else(PoisonError::into_inner);
+            if !watch.intact_while(&held) {
+                return Ok(Dropped::Lost { done });
+            }
             // SAFETY: the caller owns the claimed pages of `at..at + len` and their bytes are
-            // valid on the device; the parking's pages are this module's alone, and empty
-            // (each round frees what it parked before the next).
+            // valid on the device; the parking's pages are this module's alone, and the slot
+            // is empty (the reaper frees it before it is used again).
             let moved = unsafe { uffd.move_pages(dst, at, len) };
             drop(held);
             let (n, again) = match moved {
@@ -179,8 +262,7 @@ impl Parking {
                 }
             };
             if n > 0 {
-                // SAFETY: the parking's own pages, just moved in: nothing refers to them.
-                unsafe { sys::madvise_dontneed(dst, n) }?;
+                self.transit.park(slot, dst, n);
                 at += n;
                 limit = (limit * 2).min(WINDOW);
             }
