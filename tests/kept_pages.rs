@@ -11,35 +11,12 @@ mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use common::push::{AddK, Fill};
-use common::{each_path, each_runtime, groups, kernels, Kernels, PATHS};
-use vkhmm::{Push, Runtime};
+use common::{add_to_each, each_path, each_runtime, fill_3i_plus_1, kernels, PATHS};
+use vkhmm::Runtime;
 
 const PAGE: usize = 4096;
 /// Elements per page.
 const EPP: usize = PAGE / 4;
-
-/// A kernel writes `data[i] = i * 3 + 1`.
-fn fill(rt: &Runtime, k: &Kernels, data: &mut [u32]) {
-    let n = data.len() as u32;
-    rt.launch(
-        &k.fill,
-        groups(data.len(), 256),
-        (data, Push(&Fill { n, mul: 3, add: 1 })),
-    )
-    .unwrap();
-}
-
-/// A kernel adds `by` to every element.
-fn add(rt: &Runtime, k: &Kernels, data: &mut [u32], by: u32) {
-    let n = data.len() as u32;
-    rt.launch(
-        &k.add,
-        groups(data.len(), 256),
-        (data, Push(&AddK { n, k: by })),
-    )
-    .unwrap();
-}
 
 #[test]
 fn writes_racing_a_sequential_read_home_reach_the_next_kernel() {
@@ -50,7 +27,7 @@ fn writes_racing_a_sequential_read_home_reach_the_next_kernel() {
         let pages = 4096; // 16 MiB: chunks grow to 2 MiB and are read ahead
         let mut v = rt.alloc::<u32>(pages * EPP).unwrap();
         for round in 0..3u32 {
-            fill(rt, &k, &mut v);
+            fill_3i_plus_1(rt, &k, &mut v);
             assert_eq!(rt.residency(&v).device, pages, "{path:?} round {round}");
             let marker = |j: usize| 0xF000_0000 | (round << 20) | j as u32;
             // One thread reads the buffer from the start; another writes one word on every
@@ -75,7 +52,7 @@ fn writes_racing_a_sequential_read_home_reach_the_next_kernel() {
                 reader.join().unwrap()
             });
             assert!(sum > 0, "{path:?}");
-            add(rt, &k, &mut v, 2);
+            add_to_each(rt, &k, &mut v, 2);
             let expect = |i: usize| {
                 let (j, w) = (i / EPP, i % EPP);
                 let base = if w == 5 && (pages - 1 - j).is_multiple_of(7) {
@@ -97,7 +74,7 @@ fn a_chunk_read_home_goes_again_as_its_host_pages_say() {
         let k = kernels(rt);
         let pages = 2048;
         let mut v = rt.alloc::<u32>(pages * EPP).unwrap();
-        fill(rt, &k, &mut v);
+        fill_3i_plus_1(rt, &k, &mut v);
         // Read all of it (sequential chunks of 64 KiB and more).
         let ok = (0..v.len()).all(|i| v[i] == i as u32 * 3 + 1);
         assert!(ok, "{path:?}");
@@ -107,7 +84,7 @@ fn a_chunk_read_home_goes_again_as_its_host_pages_say() {
             assert_eq!(r.shared, pages, "{path:?}: no kept pages: Shared");
         }
         let before = rt.stats();
-        add(rt, &k, &mut v, 1);
+        add_to_each(rt, &k, &mut v, 1);
         let d = rt.stats() - before;
         assert_eq!(d.bytes_to_device, (r.host * PAGE) as u64, "{path:?}: {d}");
         let ok = (0..v.len()).all(|i| v[i] == i as u32 * 3 + 2);

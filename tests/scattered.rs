@@ -8,9 +8,10 @@
 
 mod common;
 
-use common::push::{AddK, Fill};
-use common::{each_path_foreign_with, each_runtime, groups, kernels, Kernels, PATHS};
-use vkhmm::{Push, Runtime, TransferPath};
+use common::{
+    add_to_each, each_path_foreign_with, each_runtime, fill_3i_plus_1, kernels, Kernels, PATHS,
+};
+use vkhmm::{Runtime, TransferPath};
 
 const PAGE: usize = 4096;
 /// Elements per page.
@@ -26,34 +27,12 @@ fn builder(path: TransferPath) -> vkhmm::RuntimeBuilder {
 /// Pages apart of two consecutive touches: far enough that none counts as near the last.
 const STRIDE: usize = 16;
 
-/// A kernel writes `data[i] = i * 3 + 1`.
-fn fill(rt: &Runtime, k: &Kernels, data: &mut [u32]) {
-    let n = data.len() as u32;
-    rt.launch(
-        &k.fill,
-        groups(data.len(), 256),
-        (data, Push(&Fill { n, mul: 3, add: 1 })),
-    )
-    .unwrap();
-}
-
-/// A kernel adds `by` to every element.
-fn add(rt: &Runtime, k: &Kernels, data: &mut [u32], by: u32) {
-    let n = data.len() as u32;
-    rt.launch(
-        &k.add,
-        groups(data.len(), 256),
-        (data, Push(&AddK { n, k: by })),
-    )
-    .unwrap();
-}
-
 /// The scattered round on `data` (`PAGES` pages): the kernel fills it, the CPU reads a word on
 /// every `STRIDE`th page and writes one on the pages halfway between, a kernel adds 5; every
 /// word must then hold the kernel's value, plus the CPU's edit where it wrote.
 fn round(rt: &Runtime, k: &Kernels, data: &mut [u32], what: &str) {
     let fresh = |i: usize| i as u32 * 3 + 1;
-    fill(rt, k, data);
+    fill_3i_plus_1(rt, k, data);
     let read_at = |j: usize| j * STRIDE * EPP + 7;
     let write_at = |j: usize| (j * STRIDE + STRIDE / 2) * EPP + 11;
     let touches = PAGES / STRIDE;
@@ -76,7 +55,7 @@ fn round(rt: &Runtime, k: &Kernels, data: &mut [u32], what: &str) {
         "{what}: {r:?}"
     );
 
-    add(rt, k, data, 5);
+    add_to_each(rt, k, data, 5);
     let r = rt.residency(data);
     assert!(r.host + r.shared <= 2, "{what}: all on the device: {r:?}");
     let expected = |i: usize| {

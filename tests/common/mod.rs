@@ -186,6 +186,22 @@ impl Watchdog {
 }
 
 /// Push constants of the bundled test shaders (`shaders/*.wgsl`), shared by the tests.
+/// A kernel writes `data[i] = i * 3 + 1`.
+pub fn fill_3i_plus_1(rt: &Runtime, k: &Kernels, data: &mut [u32]) {
+    let n = data.len() as u32;
+    let fill = push::Fill { n, mul: 3, add: 1 };
+    rt.launch(&k.fill, groups(data.len(), 256), (data, vkhmm::Push(&fill)))
+        .unwrap();
+}
+
+/// A kernel adds `by` to every element.
+pub fn add_to_each(rt: &Runtime, k: &Kernels, data: &mut [u32], by: u32) {
+    let n = data.len() as u32;
+    let add = push::AddK { n, k: by };
+    rt.launch(&k.add, groups(data.len(), 256), (data, vkhmm::Push(&add)))
+        .unwrap();
+}
+
 pub mod push {
     use bytemuck::{Pod, Zeroable};
 
