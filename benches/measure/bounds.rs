@@ -11,7 +11,13 @@
 //!   for missing and write-protect faults, emptied (untimed); the timed part installs every
 //!   page with `UFFDIO_COPY` (`UFFDIO_COPY_MODE_WP`, as vkhmm installs pages coming home)
 //!   from a resident source in 2 MiB pieces, on one thread or two (each its half), then sums
-//!   every `u32` with [`super::workloads::sum_u32`].
+//!   every `u32` with [`super::workloads::sum_u32`];
+//! - [`MoveThenSum`], beside it: the same mapping's pages parked in a second range (untimed);
+//!   the timed part copies the source into the parked pages and moves them home with
+//!   `UFFDIO_MOVE` in 2 MiB pieces, then sums (the primitive vkhmm's kept host pages use, in
+//!   a process with no other thread running, so no move waits for a TLB flush elsewhere);
+//! - [`MemcpyThenSum`], the floor of any copy: `memcpy` of 64 MiB into resident pages, then
+//!   the sum (no fault, no ioctl: only the memory traffic of a copy).
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -21,7 +27,7 @@ use std::time::{Duration, Instant};
 use linux_raw_sys::general as uapi;
 use rustix::ioctl::{ioctl, Opcode, Updater};
 
-use super::raw_uffd::{map, next_fault, open_uffd, register, CopyBandwidth};
+use super::raw_uffd::{map, next_fault, open_uffd, register, CopyBandwidth, MoveCycle};
 use super::workloads::{rewrite, sum_u32};
 use super::{MIB, PAGE};
 
@@ -274,6 +280,66 @@ impl CopyThenSum {
         anyhow::ensure!(sum == self.expected, "CopyThenSum: wrong sum");
         self.copy_time = copied;
         self.sum = sum;
+        Ok(d)
+    }
+}
+
+/// Kept pages brought home: parked (untimed), then copied into and moved home, then summed
+/// (see the module docs).
+pub struct MoveThenSum {
+    cycle: MoveCycle,
+    expected: u64,
+}
+
+impl MoveThenSum {
+    /// `n` words (a multiple of a page's words).
+    pub fn new(n: usize) -> anyhow::Result<MoveThenSum> {
+        let cycle = MoveCycle::new(n * 4, COPY_PIECE)?;
+        // Home holds the "device" bytes once populated: their sum is what comes back.
+        let expected = sum_u32(cycle.home_words());
+        Ok(MoveThenSum { cycle, expected })
+    }
+
+    /// Untimed: park every page; timed: copy, move home, sum.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        self.cycle.park_out()?;
+        let d = self.cycle.bring_home()?;
+        let t = Instant::now();
+        let sum = sum_u32(std::hint::black_box(self.cycle.home_words()));
+        let d = d + t.elapsed();
+        anyhow::ensure!(sum == self.expected, "MoveThenSum: wrong sum");
+        Ok(d)
+    }
+}
+
+/// `memcpy` into resident pages, then the sum (see the module docs).
+pub struct MemcpyThenSum {
+    src: Vec<u32>,
+    dst: Vec<u32>,
+    expected: u64,
+}
+
+impl MemcpyThenSum {
+    /// `n` words.
+    pub fn new(n: usize) -> MemcpyThenSum {
+        let src: Vec<u32> = (0..n as u32)
+            .map(|i| i.wrapping_mul(2_654_435_761))
+            .collect();
+        let expected = sum_u32(&src);
+        MemcpyThenSum {
+            src,
+            dst: vec![1; n],
+            expected,
+        }
+    }
+
+    /// Timed: copy, then sum.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        self.dst.copy_from_slice(&self.src);
+        let sum = sum_u32(std::hint::black_box(&self.dst));
+        let d = t.elapsed();
+        anyhow::ensure!(sum == self.expected, "MemcpyThenSum: wrong sum");
         Ok(d)
     }
 }

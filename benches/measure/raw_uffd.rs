@@ -467,6 +467,14 @@ impl MoveCycle {
         Ok(t.elapsed())
     }
 
+    /// The home range's words (call after a `bring_home`, which leaves every page present).
+    pub fn home_words(&self) -> &[u32] {
+        // SAFETY: after `bring_home` every home page is present; the mapping is ours,
+        // page-aligned and holds `size / 4` plain words; nothing writes it while the borrow of
+        // `self` lives.
+        unsafe { std::slice::from_raw_parts(self.home as *const u32, self.size / 4) }
+    }
+
     /// Whether home holds the device data (call after a `bring_home`).
     pub fn verify(&self) -> bool {
         // SAFETY: after `bring_home` every home page is present.

@@ -620,11 +620,16 @@ fn rewrite_bound(r: &mut Report, p: &Progress, b: Budget, bytes: usize) -> anyho
 }
 
 /// The kernel's floor under [`read`]: installing every page with `UFFDIO_COPY` (write-
-/// protected) in 2 MiB pieces on one thread or two, then the same sum, against the sum of a
-/// resident `Vec`.
+/// protected) in 2 MiB pieces on one thread or two, then the same sum; copying into parked
+/// pages and moving them home, then the sum; and a plain `memcpy` then the sum (the floor of
+/// any copy); each against the sum of a resident `Vec`.
 fn read_bound(r: &mut Report, p: &Progress, b: Budget, bytes: usize) -> anyhow::Result<()> {
     let n = bytes / 4;
     let mut plain = w::Plain::new(n);
+    let mut memcpy = bounds::MemcpyThenSum::new(n);
+    let mut moved = bounds::MoveThenSum::new(n)
+        .map_err(|e| eprintln!("bound: UFFDIO_MOVE not measured: {e}"))
+        .ok();
     let threads = [1, 2];
     let mut copies = threads
         .iter()
@@ -644,6 +649,10 @@ fn read_bound(r: &mut Report, p: &Progress, b: Budget, bytes: usize) -> anyhow::
             })
             .collect();
         fs.push(Box::new(|| plain.read()));
+        fs.push(Box::new(|| memcpy.run()));
+        if let Some(m) = moved.as_mut() {
+            fs.push(Box::new(|| m.run()));
+        }
         let mut refs: Vec<&mut dyn FnMut() -> anyhow::Result<Duration>> =
             fs.iter_mut().map(|f| &mut **f as _).collect();
         sample_each(b, &mut refs)?
@@ -668,6 +677,24 @@ fn read_bound(r: &mut Report, p: &Progress, b: Budget, bytes: usize) -> anyhow::
             all,
             format!("copies alone {copy:.2} ms (median)"),
         );
+    }
+    let rest = [
+        (
+            "read_memcpy",
+            format!("bound: memcpy {size} into resident pages, sum"),
+            "no fault, no ioctl: the floor of any copy",
+        ),
+        (
+            "read_move_1_thread",
+            format!("bound: memcpy into parked pages + UFFDIO_MOVE {size} by {piece}, sum"),
+            "the kept pages' primitive, with no other thread running",
+        ),
+    ];
+    for (i, (key, figure, note)) in rest.into_iter().enumerate() {
+        if let Some(s) = samples.get(threads.len() + 1 + i) {
+            let all = ms(s.median());
+            push_bound(r, p, key, figure, ("resident Vec", base), all, note.into());
+        }
     }
     Ok(())
 }
