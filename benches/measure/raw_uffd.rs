@@ -84,9 +84,24 @@ pub fn register(fd: &OwnedFd, addr: usize, len: usize, mode: u32) -> anyhow::Res
         .map_err(|e| anyhow::anyhow!("UFFDIO_REGISTER: {e}"))
 }
 
+/// How a handler thread waits for the next fault message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Sleeps in `poll` (the thread is woken by the fault).
+    Poll,
+    /// Spins on non-blocking reads: no wake-up of the handler on the fault's path, the least
+    /// round trip a handler can give (the faulting thread still sleeps until woken).
+    Spin,
+}
+
 /// Waits for the next page-fault message on `fd` and returns the page it is for; `None` once
 /// `stop` is set. Other messages are skipped.
 pub fn next_fault(fd: &OwnedFd, stop: &AtomicBool) -> Option<usize> {
+    next_fault_by(fd, stop, Wait::Poll)
+}
+
+/// [`next_fault`], waiting as `wait` says (`fd` must be non-blocking for [`Wait::Spin`]).
+pub fn next_fault_by(fd: &OwnedFd, stop: &AtomicBool, wait: Wait) -> Option<usize> {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let timeout = Timespec {
         tv_sec: 0,
@@ -94,11 +109,14 @@ pub fn next_fault(fd: &OwnedFd, stop: &AtomicBool) -> Option<usize> {
     };
     let mut msg = [0u8; std::mem::size_of::<uapi::uffd_msg>()];
     while !stop.load(Ordering::Relaxed) {
-        let mut fds = [PollFd::new(fd, PollFlags::IN)];
-        if !matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0) {
-            continue;
+        if wait == Wait::Poll {
+            let mut fds = [PollFd::new(fd, PollFlags::IN)];
+            if !matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0) {
+                continue;
+            }
         }
         let Ok(n) = rustix::io::read(fd.as_fd(), &mut msg) else {
+            std::hint::spin_loop();
             continue;
         };
         if n != msg.len() {
@@ -135,6 +153,15 @@ impl RawUffd {
 
     /// As [`RawUffd::new`], the handler thread pinned to `cpu` when given.
     pub fn with_handler_cpu(pages: usize, cpu: Option<usize>) -> anyhow::Result<RawUffd> {
+        Self::with_handler(pages, cpu, Wait::Poll)
+    }
+
+    /// As [`RawUffd::new`], the handler thread waiting as `wait` says.
+    pub fn waiting(pages: usize, wait: Wait) -> anyhow::Result<RawUffd> {
+        Self::with_handler(pages, None, wait)
+    }
+
+    fn with_handler(pages: usize, cpu: Option<usize>, wait: Wait) -> anyhow::Result<RawUffd> {
         let fd = open_uffd(0)?;
         let len = pages * PAGE;
         let base = map(len)? as *mut u8;
@@ -152,7 +179,7 @@ impl RawUffd {
                     if let Some(cpu) = cpu {
                         let _ = pin_current_thread(Some(cpu));
                     }
-                    handle(&fd, &stop, src)
+                    handle(&fd, &stop, src, wait)
                 })?
         };
         Ok(RawUffd {
@@ -494,8 +521,8 @@ impl Drop for MoveCycle {
 }
 
 /// The trivial handler: wait, read one message, copy one page from `src`, repeat.
-fn handle(fd: &OwnedFd, stop: &AtomicBool, src: SendPtr) {
-    while let Some(addr) = next_fault(fd, stop) {
+fn handle(fd: &OwnedFd, stop: &AtomicBool, src: SendPtr, wait: Wait) {
+    while let Some(addr) = next_fault_by(fd, stop, wait) {
         let mut copy = uapi::uffdio_copy {
             dst: addr as u64,
             src: src.0 as u64,

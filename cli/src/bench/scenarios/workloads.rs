@@ -354,6 +354,47 @@ fn edits(
     );
     let figure = format!("edits, {}, {EDITS} edits", size_name(bytes));
     push_workload(r, p, ("edits", figure), path, &pair, t.copied);
+    edits_bound(r, p, bytes, path, pair.twin_ms)
+}
+
+/// The floor under [`edits`]: its twin's step plus the CPU faults vkhmm must take per step
+/// (one per scattered write, one per scattered read, [`EDITS`] each), each served by a
+/// trivial userfaultfd handler that spins on the fd (`raw_uffd`: read the message, copy one
+/// page, wake) on a mapping of the same size.
+fn edits_bound(
+    r: &mut Report,
+    p: &Progress,
+    bytes: usize,
+    path: TransferPath,
+    twin_ms: f64,
+) -> anyhow::Result<()> {
+    use measure::raw_uffd::{RawUffd, Wait};
+    let raw = RawUffd::waiting(bytes / measure::PAGE, Wait::Spin)?;
+    let faults = 2 * EDITS;
+    let mut runs = Vec::new();
+    for _ in 0..7 {
+        raw.reset()?;
+        // Scattered like the workload's edits: a stride no smaller than the read-ahead.
+        let total: Duration = (0..faults).map(|k| raw.touch(k * 7919 % raw.pages())).sum();
+        runs.push(ms(total));
+    }
+    let raw_ms = median_after_warmup(&runs);
+    let lower = format!("{path:?}").to_lowercase();
+    push_bound(
+        r,
+        p,
+        &format!("edits_{lower}_raw_faults"),
+        format!(
+            "bound: edits twin + {faults} faults on a spinning raw handler, {}, {path:?}",
+            size_name(bytes)
+        ),
+        ("hand-written ash", twin_ms),
+        twin_ms + raw_ms,
+        format!(
+            "{faults} faults {raw_ms:.1} ms, {:.1} us each",
+            raw_ms * 1000.0 / faults as f64
+        ),
+    );
     Ok(())
 }
 
