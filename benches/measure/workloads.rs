@@ -446,6 +446,37 @@ impl<'a> Fresh<'a> {
     }
 }
 
+/// The host side of [`Fresh`] with no device: each step allocates and fills `x`, allocates
+/// `y` zeroed, reads all of `y`, and drops both, as [`Fresh`] does around its launch. What
+/// the fresh `Vec`s cost the program whatever runs the kernel (the twin keeps its buffers).
+pub struct FreshVecs {
+    n: usize,
+    step: usize,
+}
+
+impl FreshVecs {
+    /// `n` elements per vector.
+    pub fn new(n: usize) -> Self {
+        FreshVecs { n, step: 0 }
+    }
+
+    /// One step.
+    pub fn run(&mut self) -> anyhow::Result<Duration> {
+        self.step += 1;
+        let (n, k) = (self.n, self.step);
+        let t = Instant::now();
+        let x: Vec<f32> = (0..n).map(|i| x_value(i, k)).collect();
+        let y = vec![0f32; n];
+        let sum = checksum(std::hint::black_box(&y));
+        std::hint::black_box(&x);
+        drop(x);
+        drop(y);
+        let d = t.elapsed();
+        ensure!(sum == 0.0, "fresh vectors: y is not zero");
+        Ok(d)
+    }
+}
+
 /// The twin of [`Fresh`]: buffers allocated once; each step fills `x` in its mapped or
 /// staging memory, clears `y` on the device, uploads `x`, runs saxpy, reads `y` back.
 pub struct FreshTwin {

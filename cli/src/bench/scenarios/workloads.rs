@@ -278,6 +278,26 @@ fn fresh(
     )?;
     let figure = format!("fresh, 2x{}", size_name(bytes));
     push_workload(r, p, ("fresh", figure), path, &pair, t.copied);
+    // The floor: the twin's step plus what the fresh `Vec`s cost on the host alone.
+    let mut vecs = w::FreshVecs::new(n);
+    let host = median_after_warmup(
+        &(0..8)
+            .map(|_| vecs.run().map(ms))
+            .collect::<anyhow::Result<Vec<f64>>>()?,
+    );
+    let lower = format!("{path:?}").to_lowercase();
+    push_bound(
+        r,
+        p,
+        &format!("fresh_{lower}_host_vecs"),
+        format!(
+            "bound: fresh twin + the fresh Vecs alone, 2x{}, {path:?}",
+            size_name(bytes)
+        ),
+        ("hand-written ash", pair.twin_ms),
+        pair.twin_ms + host,
+        format!("allocate, fill x, read y, free with no device: {host:.1} ms"),
+    );
     Ok(())
 }
 
