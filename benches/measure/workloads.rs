@@ -1031,46 +1031,63 @@ impl Plain {
     }
 }
 
-/// Untimed: a kernel (`checksum`) reads the buffer, its pages become `Shared`; timed: the CPU
-/// rewrites every element.
+/// Untimed: a kernel (`checksum`) reads the buffer; timed: the CPU rewrites every element.
+///
+/// With `every_step` the same buffer serves every run, as in a loop that updates its input
+/// and launches: from the second run on the runtime guesses the rewrite and leaves the
+/// pages writable (`Host`). Without it each run reads a new buffer, whose pages the launch
+/// leaves `Shared` (write-protected): the first rewrite after a launch.
 pub struct RewriteShared<'a> {
     rt: &'a Runtime,
     kernel: Kernel,
     buf: Vec<u32>,
     out: Vec<u32>,
     k: u32,
+    every_step: bool,
+    /// Pages `Shared` when the last timed rewrite began.
+    pub shared: usize,
     /// Stats over the timed part of the last run.
     pub delta: Stats,
 }
 
 impl<'a> RewriteShared<'a> {
     /// `n` words.
-    pub fn new(rt: &'a Runtime, n: usize) -> anyhow::Result<Self> {
-        let mut buf = vec![0; n];
-        rewrite(&mut buf, 0);
+    pub fn new(rt: &'a Runtime, n: usize, every_step: bool) -> anyhow::Result<Self> {
         Ok(RewriteShared {
             rt,
             kernel: rt.kernel_wgsl(vkhmm::shaders::CHECKSUM_WGSL, "main")?,
-            buf,
+            buf: Self::filled(n),
             out: vec![0; 1],
             k: 0,
+            every_step,
+            shared: 0,
             delta: Stats::default(),
         })
+    }
+
+    fn filled(n: usize) -> Vec<u32> {
+        let mut buf = vec![0; n];
+        rewrite(&mut buf, 0);
+        buf
     }
 
     /// One run.
     pub fn run(&mut self) -> anyhow::Result<Duration> {
         let n = self.buf.len();
+        if !self.every_step {
+            self.buf = Self::filled(n);
+        }
         self.out[0] = 0;
         self.rt.launch(
             &self.kernel,
             [REDUCE_GROUPS, 1, 1],
             (&self.buf, &mut self.out, Push(&CountParams { n: n as u32 })),
         )?;
-        let shared = self.rt.residency(&self.buf).shared;
+        self.shared = self.rt.residency(&self.buf).shared;
         ensure!(
-            shared + 2 >= n * 4 / PAGE,
-            "rewrite: only {shared} pages Shared after the kernel read them"
+            self.every_step || self.shared + 2 >= n * 4 / PAGE,
+            "rewrite: only {} pages Shared after the kernel read them",
+            self.shared
         );
         self.k += 1;
         let before = self.rt.stats();

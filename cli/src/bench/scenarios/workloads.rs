@@ -470,35 +470,43 @@ fn rewrite(
     rt: &Runtime,
 ) -> anyhow::Result<()> {
     let n = bytes / 4;
-    let mut v = w::RewriteShared::new(rt, n)?;
-    let mut plain = w::Plain::new(n);
-    let mut faults = Vec::new();
-    let (s, t) = measure::sample_pair(
-        b,
-        || {
-            let d = v.run()?;
-            faults.push(v.delta.cpu_faults);
-            Ok(d)
-        },
-        || plain.rewrite(),
-    )?;
-    let faults = median_u64(&faults);
-    sub(r, "rewrite", path, "faults", faults as f64);
-    push_micro(
-        r,
-        p,
-        path,
-        Micro {
-            key: "rewrite_shared",
-            figure: format!("CPU rewrite of kernel-read {} (Shared)", size_name(bytes)),
-            baseline: "plain Vec",
-            unit: Unit::Millis,
-            vkhmm: ms(s.median()),
-            base: ms(t.median()),
-            target: Target::AtMost(1.5),
-            note: format!("{faults} faults"),
-        },
-    );
+    for every_step in [false, true] {
+        let mut v = w::RewriteShared::new(rt, n, every_step)?;
+        let mut plain = w::Plain::new(n);
+        let (mut faults, mut shared) = (Vec::new(), Vec::new());
+        let (s, t) = measure::sample_pair(
+            b,
+            || {
+                let d = v.run()?;
+                faults.push(v.delta.cpu_faults);
+                shared.push(v.shared as u64);
+                Ok(d)
+            },
+            || plain.rewrite(),
+        )?;
+        let (faults, shared) = (median_u64(&faults), median_u64(&shared));
+        let (key, figure) = if every_step {
+            ("rewrite_every_step", "every step, the same buffer")
+        } else {
+            ("rewrite_shared", "first rewrite (Shared)")
+        };
+        sub(r, key, path, "faults", faults as f64);
+        push_micro(
+            r,
+            p,
+            path,
+            Micro {
+                key,
+                figure: format!("CPU rewrite of kernel-read {}, {figure}", size_name(bytes)),
+                baseline: "plain Vec",
+                unit: Unit::Millis,
+                vkhmm: ms(s.median()),
+                base: ms(t.median()),
+                target: Target::AtMost(1.5),
+                note: format!("{faults} faults, {shared} pages Shared before"),
+            },
+        );
+    }
     Ok(())
 }
 
