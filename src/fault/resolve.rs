@@ -75,6 +75,7 @@ pub(crate) fn release_shared(space: &AddressSpace, ext: &Ext, idx: usize) -> Out
             // The next fault of a sequential writer comes where the pages lifted now end. (A
             // refused lift leaves the stream alone: its retry is the same fault again.)
             ext.set_stream(Access::Unprotect, slot, first + b, w.size);
+            ext.rewrites().lifted(b - a);
             // Bookkeeping before the wake: the writer may read the counters next.
             Counters::add(&ctx.counters.cpu_faults, 1);
             crate::trace::note_window((b - a) * PAGE);

@@ -21,7 +21,10 @@
 //!    half-moved page.
 //! 2. Read bindings: write-protect first, then upload, then `Shared`, then release — a
 //!    concurrent writer (only `unsafe` code can be one) blocks in a WP fault and lands its
-//!    write after the snapshot was taken, moving the page to `Host`.
+//!    write after the snapshot was taken, moving the page to `Host`. An input the CPU
+//!    rewrites after every launch (`mirror::rewrite`) is uploaded unprotected and stays
+//!    `Host`: a concurrent write may or may not make the snapshot, and the next launch
+//!    uploads the page again either way.
 //! 3. Written bindings: upload, then drop the host copy (`space::AddressSpace::drop_host`),
 //!    then `Device`; the page stays claimed until the kernel is done, so a toucher waits for
 //!    the result.

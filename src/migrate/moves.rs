@@ -200,7 +200,10 @@ fn migrate_run(
             r.len() * PAGE,
         )
     };
-    if !drop_host {
+    // An input the CPU rewrites after every launch is uploaded without protection and left
+    // `Host` (`mirror::rewrite`): its next rewrite takes no fault.
+    let protect = !drop_host && !ext.rewrites().leave_writable(n);
+    if protect {
         // Protocol rule 1: write-protect before copying, so a concurrent writer waits.
         for r in &copy_runs {
             write_protect(
@@ -254,7 +257,7 @@ fn migrate_run(
     for r in &copy_runs {
         if drop_host {
             droppable[r.clone()].fill(true);
-        } else {
+        } else if protect {
             states[r.clone()].fill(Residence::Shared);
         }
     }

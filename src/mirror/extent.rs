@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::page::{PageCell, Residence};
 use super::policy::Access;
+use super::rewrite::RewriteGuess;
 use super::{Residency, PAGE};
 
 /// A contiguous run of mirrored pages and its device copy.
@@ -24,6 +25,7 @@ pub struct Extent<D> {
     copy_streams: Streams,
     unprotect_streams: Streams,
     cpu_faults: AtomicU64,
+    rewrites: RewriteGuess,
 }
 
 /// Streams of faults tracked per extent and kind: a loop that walks two buffers side by side
@@ -44,6 +46,7 @@ impl<D> Extent<D> {
             copy_streams: Streams::new(),
             unprotect_streams: Streams::new(),
             cpu_faults: AtomicU64::new(0),
+            rewrites: RewriteGuess::default(),
         }
     }
 
@@ -133,6 +136,11 @@ impl<D> Extent<D> {
     /// detection, `mirror::thrash`).
     pub fn note_cpu_fault(&self) {
         self.cpu_faults.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the CPU rewrites this extent's inputs between launches ([`RewriteGuess`]).
+    pub fn rewrites(&self) -> &RewriteGuess {
+        &self.rewrites
     }
 
     /// CPU faults served on this extent since it was made.

@@ -21,6 +21,7 @@ pub mod map;
 pub mod page;
 pub mod plan;
 pub mod policy;
+pub mod rewrite;
 pub mod thrash;
 
 /// The page size the mirror tracks. vkhmm checks at start-up that the OS uses the same.
