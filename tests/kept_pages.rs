@@ -91,3 +91,36 @@ fn a_chunk_read_home_goes_again_as_its_host_pages_say() {
         assert!(ok, "{path:?}");
     });
 }
+
+#[test]
+fn read_mostly_advice_keeps_chunks_read_home_shared() {
+    each_path(|rt, path| {
+        let k = kernels(rt);
+        let pages = 2048;
+        let mut v = rt.alloc::<u32>(pages * EPP).unwrap();
+        rt.advise(&v[..], vkhmm::Advice::ReadMostly).unwrap();
+        fill_3i_plus_1(rt, &k, &mut v);
+        let ok = (0..v.len()).all(|i| v[i] == i as u32 * 3 + 1);
+        assert!(ok, "{path:?}");
+        let r = rt.residency(&v);
+        assert_eq!(
+            (r.shared, r.device),
+            (pages, 0),
+            "{path:?}: duplicates kept"
+        );
+        let before = rt.stats();
+        add_to_each(rt, &k, &mut v, 1);
+        let d = rt.stats() - before;
+        assert_eq!(d.bytes_to_device, 0, "{path:?}: nothing to upload: {d}");
+        let ok = (0..v.len()).all(|i| v[i] == i as u32 * 3 + 2);
+        assert!(ok, "{path:?}");
+
+        // Advice given while the buffer's pages are on the device applies to its next read.
+        let mut w = rt.alloc::<u32>(pages * EPP).unwrap();
+        fill_3i_plus_1(rt, &k, &mut w);
+        rt.advise(&w[..], vkhmm::Advice::ReadMostly).unwrap();
+        assert!((0..w.len()).all(|i| w[i] == i as u32 * 3 + 1), "{path:?}");
+        let r = rt.residency(&w);
+        assert_eq!((r.shared, r.device), (pages, 0), "{path:?}: advised late");
+    });
+}

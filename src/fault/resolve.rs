@@ -145,7 +145,7 @@ pub(crate) fn copy_back(space: &AddressSpace, ext: &Ext, idx: usize, write: bool
     else {
         return Outcome::Wait;
     };
-    let home = comes_home(space, b - a);
+    let home = comes_home(space, ext, b - a);
     let (done, outcome) = install_window(space, ext, a..b, write.then_some(idx), home);
     if outcome == Outcome::Done {
         // A retried fault is the same fault again, not the next one of a stream: only a
@@ -183,9 +183,10 @@ fn stream_of(ext: &Ext, access: Access, page: usize) -> (usize, (usize, usize)) 
 /// write-protected (`pages::install`), and placing them costs a third of a fresh copy; the
 /// price is that a later launch reading the chunk uploads it again, as under Linux HMM and
 /// CUDA. The rule does not depend on how many pages are kept at the moment, so the state a
-/// read leaves is the same whether this chunk found kept pages or was copied.
-fn comes_home(space: &AddressSpace, pages: usize) -> bool {
-    pages * PAGE >= KEPT_MIN && space.kept().is_some()
+/// read leaves is the same whether this chunk found kept pages or was copied. An extent
+/// advised `ReadMostly` keeps its duplicates: its chunks come home `Shared`, copied.
+fn comes_home(space: &AddressSpace, ext: &Ext, pages: usize) -> bool {
+    pages * PAGE >= KEPT_MIN && space.kept().is_some() && !ext.reads_mostly()
 }
 
 fn device(b: PageBits) -> bool {
@@ -211,7 +212,7 @@ fn read_ahead(space: &AddressSpace, ext: &Ext, slot: usize) {
     let Some((a, b)) = claim_within(ext, idx, idx..w.pages.end - first, device) else {
         return;
     };
-    let (done, outcome) = install_window(space, ext, a..b, None, comes_home(space, b - a));
+    let (done, outcome) = install_window(space, ext, a..b, None, comes_home(space, ext, b - a));
     if outcome == Outcome::Done {
         ext.set_stream(Access::Copy, slot, w.next, w.size);
     }

@@ -16,9 +16,12 @@ use super::Location;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Advice {
-    /// Mostly read: keep duplicates on both sides. This is vkhmm's default for reads (a
-    /// read binding leaves pages `Shared`; a CPU read of `Device` pages brings them back
-    /// `Shared`), so the advice only clears an earlier [`PreferredLocation`](Self::PreferredLocation).
+    /// Mostly read: keep duplicates on both sides. A read binding leaves pages `Shared`
+    /// anyway; with this advice a CPU read of `Device` pages brings them back `Shared` too,
+    /// also where large chunks otherwise come home as the only copy (`Host`, from host pages
+    /// kept for reuse), so that the next launch reading them uploads nothing. It also clears
+    /// an earlier [`PreferredLocation`](Self::PreferredLocation). It applies per mirrored
+    /// extent: advice on part of a buffer applies to the whole buffer's reads.
     ReadMostly,
     /// Where the range's pages settle when nothing forces them:
     ///
@@ -82,6 +85,11 @@ impl AdviceMap {
             .iter()
             .filter(move |(r, _)| r.start < range.end && range.start < r.end)
             .map(move |(r, a)| (r.start.max(range.start)..r.end.min(range.end), *a))
+    }
+
+    /// Whether no advice is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
     }
 
     /// Whether any part of `range` has `advice`.

@@ -9,7 +9,7 @@
 //! the tests): this module never looks inside it.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::page::{PageCell, Residence};
 use super::policy::Access;
@@ -26,6 +26,7 @@ pub struct Extent<D> {
     unprotect_streams: Streams,
     cpu_faults: AtomicU64,
     rewrites: RewriteGuess,
+    read_mostly: AtomicBool,
 }
 
 /// Streams of faults tracked per extent and kind: a loop that walks two buffers side by side
@@ -47,6 +48,7 @@ impl<D> Extent<D> {
             unprotect_streams: Streams::new(),
             cpu_faults: AtomicU64::new(0),
             rewrites: RewriteGuess::default(),
+            read_mostly: AtomicBool::new(false),
         }
     }
 
@@ -141,6 +143,18 @@ impl<D> Extent<D> {
     /// Whether the CPU rewrites this extent's inputs between launches ([`RewriteGuess`]).
     pub fn rewrites(&self) -> &RewriteGuess {
         &self.rewrites
+    }
+
+    /// Records whether the program advised (part of) this extent `ReadMostly`, for the
+    /// fault handler, which never locks the advice itself.
+    pub fn set_read_mostly(&self, on: bool) {
+        self.read_mostly.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether (part of) this extent is advised `ReadMostly`: CPU reads leave its pages
+    /// `Shared` however they come home.
+    pub fn reads_mostly(&self) -> bool {
+        self.read_mostly.load(Ordering::Relaxed)
     }
 
     /// CPU faults served on this extent since it was made.

@@ -58,7 +58,12 @@ impl Runtime {
             .advice
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .set(span, advice);
+            .set(span.clone(), advice);
+        // Extents mirrored already learn it now; later ones at their next launch.
+        let read_mostly = advice == Advice::ReadMostly;
+        self.space
+            .mirror
+            .for_each_overlapping(span, |e| e.set_read_mostly(read_mostly));
         match advice {
             Advice::PreferredLocation(to) => self.prefetch(data, to),
             Advice::ReadMostly | Advice::Unset | Advice::AccessInPlace => Ok(()),
@@ -86,6 +91,26 @@ impl Runtime {
                 w => Ok(w),
             })
             .collect()
+    }
+
+    /// Tells the extents under `bindings` whether they are advised `ReadMostly` (the fault
+    /// handler never locks the advice; extents made or joined since the advice learn it
+    /// here).
+    pub(super) fn mark_read_mostly(&self, bindings: &[Binding]) {
+        let advice = self
+            .ctx
+            .advice
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if advice.is_empty() {
+            return;
+        }
+        for b in bindings {
+            let span = binding_pages(b.addr, b.len).span;
+            self.space.mirror.for_each_overlapping(span, |e| {
+                e.set_read_mostly(advice.any(e.start()..e.end(), Advice::ReadMostly));
+            });
+        }
     }
 
     /// Settles the bindings that thrash (`mirror::thrash`) on the host, accessed in place;

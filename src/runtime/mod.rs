@@ -191,6 +191,8 @@ impl Runtime {
         self.settle_thrashing(&bindings);
         let (mut worker, launch, places) =
             self.prepare(watch, &spans, &bindings, Purpose::Kernel)?;
+        // The bindings' extents exist now (a first launch makes them).
+        self.mark_read_mostly(&bindings);
         let w = &mut *worker;
         let mut mirrored = launch.placements.iter();
         let buffers: Vec<device::BufferArg<'_>> = bindings
