@@ -11,8 +11,8 @@ mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use common::{add_to_each, each_path, each_runtime, fill_3i_plus_1, kernels, PATHS};
-use vkhmm::Runtime;
+use common::{add_to_each, each_path, each_runtime, fill_3i_plus_1, groups, kernels, PATHS};
+use vkhmm::{Push, Runtime};
 
 const PAGE: usize = 4096;
 /// Elements per page.
@@ -122,5 +122,48 @@ fn read_mostly_advice_keeps_chunks_read_home_shared() {
         assert!((0..w.len()).all(|i| w[i] == i as u32 * 3 + 1), "{path:?}");
         let r = rt.residency(&w);
         assert_eq!((r.shared, r.device), (pages, 0), "{path:?}: advised late");
+    });
+}
+
+/// Whether this machine has swap (`/proc/swaps` lists a device or file).
+fn swap_on() -> bool {
+    std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1)
+}
+
+#[test]
+fn write_protected_pages_swapped_out_before_a_launch_drops_them_come_back() {
+    // A `Shared` (write-protected) page swapped out moves into the kept pages as a swap entry
+    // that keeps its protection; copying into it later must not fault into the handler.
+    if !swap_on() {
+        eprintln!("not run: no swap on this machine");
+        return;
+    }
+    each_path(|rt, path| {
+        let k = kernels(rt);
+        let pages = 1024;
+        let mut v = rt.alloc::<u32>(pages * EPP).unwrap();
+        let mut out = rt.alloc::<u32>(pages * EPP).unwrap();
+        for round in 0..3u32 {
+            v.iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x = i as u32 ^ round);
+            // A kernel reads `v`: its pages become `Shared`, write-protected.
+            let n = v.len() as u32;
+            rt.launch(
+                &k.copy,
+                groups(v.len(), 256),
+                (&v[..], &mut out[..], Push(&common::push::N { n })),
+            )
+            .unwrap();
+            // SAFETY: advice on our own allocation; paging out changes no contents.
+            let r =
+                unsafe { libc::madvise(v.as_mut_ptr().cast(), v.len() * 4, libc::MADV_PAGEOUT) };
+            assert_eq!(r, 0, "{path:?}");
+            // A kernel writes `v`: its host pages are dropped (kept for reuse).
+            fill_3i_plus_1(rt, &k, &mut v);
+            // The CPU reads it all: chunks come home through the kept pages.
+            let ok = (0..v.len()).all(|i| v[i] == i as u32 * 3 + 1);
+            assert!(ok, "{path:?} round {round}");
+        }
     });
 }

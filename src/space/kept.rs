@@ -3,8 +3,10 @@
 //!
 //! `UFFDIO_COPY` allocates, charges and maps a fresh page for every 4 KiB it fills; on this
 //! kind of machine that runs at 3–4 GB/s, a fifth of `memcpy`. A page that is already
-//! allocated costs a `memcpy` into it and a `UFFDIO_MOVE` of its page-table entry, together
-//! about three times as fast (the limit rows of `vkhmm bench --only sweep`). The launch path
+//! allocated costs a `memcpy` into it and a `UFFDIO_MOVE` of its page-table entry: with the
+//! read that follows, about twice as fast end to end (the `bound:` rows of `vkhmm bench
+//! --only workloads`; in a process whose other threads run, each move also flushes their
+//! TLBs, which costs part of that). The launch path
 //! has such pages: the host copy it drops once a written binding's bytes are on the device
 //! ([`super::parking`]). Up to [`KEPT_CAP`] bytes of them stay here instead of being freed;
 //! a fault that brings a large chunk home takes them.
@@ -16,11 +18,13 @@
 //! pages each work in a chunk of their own, without a lock:
 //!
 //! - keeping ([`Kept::room`]): the top of a chunk with room receives pages, moved there
-//!   without holes, so the filled prefix is always present;
+//!   without holes, so the filled prefix is always present, and unprotected at once (a page
+//!   swapped out while write-protected would keep its protection, and a copy into it would
+//!   fault into the handler);
 //! - taking ([`Kept::take`]): the top pages of a filled chunk are written and moved out;
 //! - a move out that stops part-way leaves pages behind in the middle of the chunk: it is
 //!   marked spoilt and no longer used until a launch frees its pages
-//!   ([`Kept::spoilt`]), outside the fault handler (`MADV_DONTNEED` on a registered range
+//!   ([`Kept::free_spoilt`]), outside the fault handler (`MADV_DONTNEED` on a registered range
 //!   waits for the handler to read its event).
 //!
 //! Pages come home from here writable (`UFFDIO_MOVE` places writable entries), so a chunk
@@ -183,6 +187,15 @@ impl Room<'_> {
     }
 }
 
+impl Room<'_> {
+    /// Gives the chunk back spoilt: pages moved in that must not be taken (the next launch
+    /// frees them).
+    pub(crate) fn spoil(self) {
+        self.kept.put(self.chunk, SPOILT);
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Room<'_> {
     /// Nothing moved in.
     fn drop(&mut self) {
@@ -202,12 +215,13 @@ impl Lease<'_> {
     }
 
     /// Gives the chunk back after `moved` bytes of the lease went out (from its start): all
-    /// of them leaves the pages below; fewer leaves pages behind, and the chunk spoilt.
+    /// of them leaves the pages below, none leaves the chunk as it was; any other number
+    /// leaves pages behind, and the chunk spoilt.
     pub(crate) fn moved(self, moved: usize) {
-        let state = if moved == self.len() {
-            self.from
-        } else {
-            SPOILT
+        let state = match moved {
+            0 => self.from + self.pages,
+            m if m == self.len() => self.from,
+            _ => SPOILT,
         };
         self.kept.put(self.chunk, state);
         std::mem::forget(self);
@@ -268,6 +282,18 @@ mod tests {
         });
         assert_eq!(freed, [(BASE, CHUNK)]);
         assert_eq!(k.room().unwrap().addr(), BASE, "empty again");
+    }
+
+    #[test]
+    fn a_move_of_nothing_keeps_the_chunk_and_a_spoilt_room_is_never_taken() {
+        let k = Kept::new(BASE);
+        k.room().unwrap().filled(8 * PAGE);
+        k.take(8).unwrap().moved(0);
+        assert_eq!(k.bytes(), 8 * PAGE, "every leased page still there");
+        let r = k.room().unwrap();
+        assert_eq!(r.addr(), BASE + 8 * PAGE);
+        r.spoil();
+        assert!(k.take(1).is_none(), "spoilt");
     }
 
     #[test]

@@ -148,8 +148,13 @@ impl Parking {
         // A forked child gets none of it: the kept pages stay this process's alone, which a
         // move out of them needs (`EBUSY` for a page shared with a child).
         // SAFETY: advice on this module's own fresh mapping.
-        unsafe { sys::madvise_dontfork(base, SPAN) }?;
-        uffd.register(base, SPAN, true, true)?;
+        let set_up = unsafe { sys::madvise_dontfork(base, SPAN) }
+            .and_then(|()| uffd.register(base, SPAN, true, true));
+        if let Err(e) = set_up {
+            // SAFETY: the mapping is this function's own and nothing refers to it.
+            let _ = unsafe { sys::munmap(map, SPAN + HUGE) };
+            return Err(e);
+        }
         let transit = Arc::new(Transit {
             parked: Mutex::new([(0, 0); SLOTS]),
             changed: Condvar::new(),
@@ -215,13 +220,27 @@ impl Parking {
                 let len = len.min(room.len());
                 // SAFETY: as below; the room's pages are absent and held by this thread.
                 let moved = unsafe { uffd.move_whole(room.addr(), at, len, false) };
-                drop(held);
-                match moved {
+                // A page swapped out while write-protected moves as a swap entry that keeps
+                // its protection: a copy into it after swap-in would fault into the handler,
+                // which may be the thread copying. So kept pages lose protection here.
+                let unprotected = match moved {
                     Ok(n) | Err(CopyError::Again { copied: n }) if n > 0 => {
+                        Some((n, uffd.write_protect(room.addr(), n, false, false).is_ok()))
+                    }
+                    _ => None,
+                };
+                drop(held);
+                match (moved, unprotected) {
+                    (_, Some((n, true))) => {
                         room.filled(n);
                         at += n;
                     }
-                    Err(CopyError::Again { .. }) => {
+                    (_, Some((n, false))) => {
+                        // Still protected, perhaps: never taken; the next launch frees it.
+                        room.spoil();
+                        at += n;
+                    }
+                    (Err(CopyError::Again { .. }), None) => {
                         drop(room);
                         if Instant::now() > deadline {
                             return Ok(Dropped::Refused { done });
@@ -229,7 +248,7 @@ impl Parking {
                         // An event is unread: let the handler read it.
                         backoff(&mut spins);
                     }
-                    _ => keep = false,
+                    (_, None) => keep = false,
                 }
                 continue;
             }
