@@ -92,3 +92,22 @@ fn scattered_writes_leave_an_input_shared() {
         }
     });
 }
+
+#[test]
+fn read_mostly_advice_keeps_a_rewritten_input_shared() {
+    each_path(|rt, path| {
+        let k = kernels(rt);
+        let pages = 64;
+        let mut x = rt.alloc::<u32>(pages * EPP).unwrap();
+        let mut out = rt.alloc::<u32>(pages * EPP).unwrap();
+        rt.advise(&x[..], vkhmm::Advice::ReadMostly).unwrap();
+        for step in 0..4usize {
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = (step + i) as u32;
+            }
+            copy(rt, &k, &x, &mut out);
+            assert!(out.iter().zip(x.iter()).all(|(a, b)| a == b), "{path:?}");
+            assert_eq!(rt.residency(&x).shared, pages, "{path:?} step {step}");
+        }
+    });
+}

@@ -41,12 +41,31 @@ pub(crate) fn move_pages<'e>(
     mirrored: &[usize],
     watch: &LaunchWatch,
 ) -> Result<()> {
+    // Which extents' inputs this launch leaves writable (`mirror::rewrite`): decided once per
+    // extent, against all the pages the launch reads there, before anything is claimed.
+    let mut read_pages: Vec<(&Arc<Ext>, usize)> = Vec::new();
+    if purpose == Purpose::Kernel {
+        for (run, _) in roles.interior.iter().filter(|(_, write)| !write) {
+            let ext = ext_of(run.start);
+            let pages = ext.page_span(run).len();
+            match read_pages.iter_mut().find(|(e, _)| Arc::ptr_eq(e, ext)) {
+                Some((_, n)) => *n += pages,
+                None => read_pages.push((ext, pages)),
+            }
+        }
+    }
+    let writable: Vec<&Arc<Ext>> = read_pages
+        .into_iter()
+        .filter(|(ext, n)| !ext.reads_mostly() && ext.rewrites().leave_writable(*n))
+        .map(|(ext, _)| ext)
+        .collect();
     for (run, write) in &roles.interior {
         let ext = ext_of(run.start);
         let idx = ext.page_span(run);
         let mut states = claim_all(ext, idx.clone(), true);
         ext.reset_streams();
         let drop_host = *write || purpose == Purpose::Prefetch;
+        let protect = !drop_host && !writable.iter().any(|e| Arc::ptr_eq(e, ext));
         let held = *write && purpose == Purpose::Kernel;
         let moved = replay(space, watch, ext, idx.clone()).and_then(|()| {
             migrate_run(
@@ -57,6 +76,7 @@ pub(crate) fn move_pages<'e>(
                 idx.start,
                 &mut states,
                 drop_host,
+                protect,
                 watch,
             )
         });
@@ -168,7 +188,8 @@ fn replay(space: &AddressSpace, watch: &LaunchWatch, ext: &Ext, pages: Range<usi
 }
 
 /// Moves one claimed interior run (pages `first..first + states.len()` of `ext`) to the
-/// device: `Shared` (read) or `Device` (`drop_host`). Updates `states` as it goes, so that on
+/// device: `Shared` (read, `protect`), `Host` (read, left writable) or `Device`
+/// (`drop_host`). Updates `states` as it goes, so that on
 /// error they describe reality. Returns the runs (indices into `states`) of pages that were
 /// never touched, zero-filled on the device and now `Device`.
 #[allow(clippy::too_many_arguments)]
@@ -180,6 +201,7 @@ fn migrate_run(
     first: usize,
     states: &mut [Residence],
     drop_host: bool,
+    protect: bool,
     watch: &LaunchWatch,
 ) -> Result<Vec<Range<usize>>> {
     let n = states.len();
@@ -201,8 +223,7 @@ fn migrate_run(
         )
     };
     // An input the CPU rewrites after every launch is uploaded without protection and left
-    // `Host` (`mirror::rewrite`): its next rewrite takes no fault.
-    let protect = !drop_host && !ext.rewrites().leave_writable(n);
+    // `Host` (`mirror::rewrite`, `protect` false): its next rewrite takes no fault.
     if protect {
         // Protocol rule 1: write-protect before copying, so a concurrent writer waits.
         for r in &copy_runs {

@@ -32,8 +32,8 @@ impl RewriteGuess {
         self.lifted.fetch_add(pages, Ordering::Relaxed);
     }
 
-    /// A launch reads `pages` pages of the extent: whether to upload them without write
-    /// protection and leave them `Host`. Call once per launch and run.
+    /// A launch reads `pages` pages of the extent (all its read runs there): whether to
+    /// upload them without write protection and leave them `Host`. Call once per launch.
     pub fn leave_writable(&self, pages: usize) -> bool {
         let lifted = self.lifted.swap(0, Ordering::Relaxed);
         if pages > 0 && lifted * 4 >= pages * 3 {

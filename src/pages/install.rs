@@ -271,8 +271,8 @@ fn copy_piece(
     let mut done = 0;
     if let (Some(kept), Backend::Uffd(uffd), false) = (kept, trap, wp) {
         if bytes.len() >= KEPT_MIN {
-            // Whatever stopped a move there (a present page, an event, a hole) stops the
-            // copies below the same way, which say what to do about it.
+            // Whatever stopped a move there (a present page, an event, a split mapping, a
+            // page the kernel would not move) the copies below meet or not, and deal with.
             done = from_kept(uffd, kept, dst, bytes, wake);
             out.bytes += done as u64;
         }

@@ -54,16 +54,20 @@ impl Runtime {
             // Any other advice ends access in place on these pages.
             self.ctx.lock_worker().in_place.remove_overlapping(&span);
         }
-        self.ctx
-            .advice
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .set(span.clone(), advice);
-        // Extents mirrored already learn it now; later ones at their next launch.
-        let read_mostly = advice == Advice::ReadMostly;
-        self.space
-            .mirror
-            .for_each_overlapping(span, |e| e.set_read_mostly(read_mostly));
+        {
+            let mut map = self
+                .ctx
+                .advice
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.set(span.clone(), advice);
+            // Extents mirrored already learn it now (from the whole map: other advice on
+            // part of an extent leaves the rest's `ReadMostly`); later ones when a launch or
+            // a prefetch makes them.
+            self.space.mirror.for_each_overlapping(span, |e| {
+                e.set_read_mostly(map.any(e.start()..e.end(), Advice::ReadMostly));
+            });
+        }
         match advice {
             Advice::PreferredLocation(to) => self.prefetch(data, to),
             Advice::ReadMostly | Advice::Unset | Advice::AccessInPlace => Ok(()),

@@ -354,8 +354,11 @@ impl Runtime {
                 };
                 let spans = [binding_pages(addr, len).span];
                 let watch = self.space.watch_launch(&spans)?;
-                self.prepare(watch, &spans, &[b], Purpose::Prefetch)
-                    .map(drop)
+                let prepared = self.prepare(watch, &spans, &[b], Purpose::Prefetch)?;
+                // The range's extents exist now (a first prefetch makes them).
+                self.mark_read_mostly(&[b]);
+                drop(prepared);
+                Ok(())
             }
             Location::Host => {
                 // Memory that is not mirrored (copied through at launches) is home already.
