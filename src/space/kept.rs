@@ -27,11 +27,14 @@
 //!   ([`Kept::free_spoilt`]), outside the fault handler (`MADV_DONTNEED` on a registered range
 //!   waits for the handler to read its event).
 //!
+//! Kept pages nobody used for a second are freed by the parking's reaper thread
+//! ([`Kept::free_unused`]), so a program that stops migrating gets its memory back.
+//!
 //! Pages come home from here writable (`UFFDIO_MOVE` places writable entries), so a chunk
 //! taken from here comes home as the only copy (`Host`), as Linux HMM and CUDA bring pages
 //! home; see `docs/semantics.md`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::mirror::PAGE;
 
@@ -54,6 +57,8 @@ pub(crate) struct Kept {
     base: usize,
     /// Per chunk: pages filled from its start, plus `HELD` and `SPOILT`.
     chunks: [AtomicU32; CHUNKS],
+    /// Chunks held to keep or take pages so far (how [`Kept::free_unused`] sees use).
+    uses: AtomicU64,
 }
 
 /// A chunk held for receiving pages at `addr` (up to `room` bytes); see [`Kept::room`].
@@ -81,6 +86,7 @@ impl Kept {
         Kept {
             base,
             chunks: [const { AtomicU32::new(0) }; CHUNKS],
+            uses: AtomicU64::new(0),
         }
     }
 
@@ -95,8 +101,36 @@ impl Kept {
         if state & (HELD | SPOILT) != 0 || !ok(state) {
             return None;
         }
-        word.compare_exchange(state, state | HELD, Ordering::Acquire, Ordering::Relaxed)
-            .ok()
+        let held = word
+            .compare_exchange(state, state | HELD, Ordering::Acquire, Ordering::Relaxed)
+            .ok();
+        if held.is_some() {
+            self.uses.fetch_add(1, Ordering::Relaxed);
+        }
+        held
+    }
+
+    /// How many times a chunk was held so far.
+    pub(crate) fn uses(&self) -> u64 {
+        self.uses.load(Ordering::Relaxed)
+    }
+
+    /// Frees every kept page with `free` (given a chunk's filled part) if no chunk was held
+    /// since `seen` (a [`Kept::uses`] count, updated here): kept pages a program stopped
+    /// using go back to the system. A chunk whose `free` fails keeps its pages.
+    pub(crate) fn free_unused(&self, seen: &mut u64, mut free: impl FnMut(usize, usize) -> bool) {
+        let now = self.uses();
+        if now != *seen {
+            *seen = now;
+            return;
+        }
+        for c in 0..CHUNKS {
+            if let Some(filled) = self.hold(c, |s| s > 0) {
+                let ok = free(self.chunk_addr(c), filled as usize * PAGE);
+                self.put(c, if ok { 0 } else { filled });
+            }
+        }
+        *seen = self.uses();
     }
 
     /// Gives chunk `c` back with `filled` pages (or spoilt).
@@ -294,6 +328,26 @@ mod tests {
         assert_eq!(r.addr(), BASE + 8 * PAGE);
         r.spoil();
         assert!(k.take(1).is_none(), "spoilt");
+    }
+
+    #[test]
+    fn kept_pages_are_freed_only_after_a_period_without_use() {
+        let k = Kept::new(BASE);
+        let mut seen = k.uses();
+        k.room().unwrap().filled(8 * PAGE);
+        let mut freed = vec![];
+        k.free_unused(&mut seen, |a, n| {
+            freed.push((a, n));
+            true
+        });
+        assert!(freed.is_empty(), "used since the last look");
+        k.free_unused(&mut seen, |a, n| {
+            freed.push((a, n));
+            true
+        });
+        assert_eq!(freed, [(BASE, 8 * PAGE)]);
+        assert_eq!(k.bytes(), 0);
+        assert_eq!(k.room().unwrap().addr(), BASE, "empty again");
     }
 
     #[test]

@@ -58,12 +58,18 @@ const SLOTS: usize = 2;
 /// pages.
 const SPAN: usize = SLOTS * SLOT + KEPT_CAP;
 
-/// The transit slots' contents, shared with the reaper.
+/// What the reaper looks after: the transit slots' contents, and the kept pages, which it
+/// frees once a second has passed without their use ([`IDLE`]).
 struct Transit {
     /// Per slot: the parked range not yet freed (`len` 0: empty).
     parked: Mutex<[(usize, usize); SLOTS]>,
     changed: Condvar,
+    /// The pages kept for reuse, in the last `KEPT_CAP` bytes of the parking.
+    kept: Kept,
 }
+
+/// Kept pages nobody took or added for this long are freed.
+const IDLE: Duration = Duration::from_secs(1);
 
 impl Transit {
     fn parked(&self) -> std::sync::MutexGuard<'_, [(usize, usize); SLOTS]> {
@@ -90,15 +96,26 @@ impl Transit {
         self.changed.notify_all();
     }
 
-    /// The reaper: frees whatever is parked, for ever.
+    /// The reaper: frees whatever is parked, and kept pages left unused for [`IDLE`], for
+    /// ever.
     fn reap(&self) {
+        let mut seen = self.kept.uses();
         let mut parked = self.parked();
         loop {
             let Some(s) = parked.iter().position(|&(_, len)| len > 0) else {
-                parked = self
+                let (guard, waited) = self
                     .changed
-                    .wait(parked)
+                    .wait_timeout(parked, IDLE)
                     .unwrap_or_else(PoisonError::into_inner);
+                parked = guard;
+                if waited.timed_out() {
+                    drop(parked);
+                    self.kept.free_unused(&mut seen, |addr, len| {
+                        // SAFETY: the chunk is held by this call: nothing else uses its pages.
+                        unsafe { sys::madvise_dontneed(addr, len) }.is_ok()
+                    });
+                    parked = self.parked();
+                }
                 continue;
             };
             let (addr, len) = parked[s];
@@ -119,9 +136,7 @@ impl Transit {
 pub(crate) struct Parking {
     /// First byte, `HUGE`-aligned; `SPAN` bytes are mapped from here.
     base: usize,
-    /// The pages kept for reuse, in the last `KEPT_CAP` bytes.
-    kept: Kept,
-    /// The transit slots, in the first `SLOTS * SLOT` bytes.
+    /// The transit slots, in the first `SLOTS * SLOT` bytes, and the kept pages.
     transit: Arc<Transit>,
     /// One mover at a time.
     lock: Mutex<()>,
@@ -158,6 +173,7 @@ impl Parking {
         let transit = Arc::new(Transit {
             parked: Mutex::new([(0, 0); SLOTS]),
             changed: Condvar::new(),
+            kept: Kept::new(base + SLOTS * SLOT),
         });
         let reaper = transit.clone();
         std::thread::Builder::new()
@@ -165,7 +181,6 @@ impl Parking {
             .spawn(move || reaper.reap())?;
         Ok(Parking {
             base,
-            kept: Kept::new(base + SLOTS * SLOT),
             transit,
             lock: Mutex::new(()),
         })
@@ -178,7 +193,7 @@ impl Parking {
 
     /// The pages kept for reuse.
     pub(crate) fn kept(&self) -> &Kept {
-        &self.kept
+        &self.transit.kept
     }
 
     /// Drops the host pages of `range` (page-aligned, claimed by the caller, whose bytes are
@@ -193,7 +208,7 @@ impl Parking {
         let _one = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         // Kept pages a fault left behind are freed first (here, not in the handler: the
         // discard waits for the handler to read its event).
-        self.kept.free_spoilt(|addr, len| {
+        self.kept().free_spoilt(|addr, len| {
             // SAFETY: a spoilt chunk is held by this call: nothing else uses its pages.
             unsafe { sys::madvise_dontneed(addr, len) }.is_ok()
         });
@@ -209,7 +224,7 @@ impl Parking {
         let mut keep = true;
         while at < range.end {
             let done = at - range.start;
-            let room = if keep { self.kept.room() } else { None };
+            let room = if keep { self.kept().room() } else { None };
             keep = true;
             let len = (range.end - at).min(limit);
             let held = gate.write().unwrap_or_else(PoisonError::into_inner);
