@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use super::kept::{Kept, KEPT_CAP};
+use super::kept::{Kept, Room, KEPT_CAP};
 use super::watch::LaunchWatch;
 use crate::mirror::PAGE;
 use crate::sys;
@@ -220,83 +220,71 @@ impl Parking {
         let mut limit = WINDOW;
         let mut spins = 0u32;
         // Whether kept pages may take the next round (not after a move there was refused:
-        // that round goes through the transit window, which takes holes and tells why).
+        // that round goes through a transit slot, which takes holes and tells why).
         let mut keep = true;
         while at < range.end {
             let done = at - range.start;
-            let room = if keep { self.kept().room() } else { None };
-            keep = true;
             let len = (range.end - at).min(limit);
+            // Where the round's pages go, chosen outside the gate: waiting for the reaper to
+            // empty a transit slot needs the handler to read the reaper's event.
+            let to = match keep.then(|| self.kept().room()).flatten() {
+                Some(room) => To::Kept(room),
+                None => To::Transit(self.transit.empty_slot()),
+            };
+            keep = true;
             let held = gate.write().unwrap_or_else(PoisonError::into_inner);
             if !watch.intact_while(&held) {
                 return Ok(Dropped::Lost { done });
             }
-            if let Some(room) = room {
-                let len = len.min(room.len());
-                // SAFETY: as below; the room's pages are absent and held by this thread.
-                let moved = unsafe { uffd.move_whole(room.addr(), at, len, false) };
-                // A page swapped out while write-protected moves as a swap entry that keeps
-                // its protection: a copy into it after swap-in would fault into the handler,
-                // which may be the thread copying. So kept pages lose protection here.
-                let unprotected = match moved {
-                    Ok(n) | Err(CopyError::Again { copied: n }) if n > 0 => {
-                        Some((n, uffd.write_protect(room.addr(), n, false, false).is_ok()))
-                    }
-                    _ => None,
-                };
-                drop(held);
-                match (moved, unprotected) {
-                    (_, Some((n, true))) => {
-                        room.filled(n);
-                        at += n;
-                    }
-                    (_, Some((n, false))) => {
-                        // Still protected, perhaps: never taken; the next launch frees it.
-                        room.spoil();
-                        at += n;
-                    }
-                    (Err(CopyError::Again { .. }), None) => {
-                        drop(room);
-                        if Instant::now() > deadline {
-                            return Ok(Dropped::Refused { done });
-                        }
-                        // An event is unread: let the handler read it.
-                        backoff(&mut spins);
-                    }
-                    (_, None) => keep = false,
+            let (dst, len) = match &to {
+                To::Kept(room) => (room.addr(), len.min(room.len())),
+                To::Transit(slot) => (self.base + slot * SLOT + at % HUGE, len),
+            };
+            let moved = match &to {
+                // SAFETY: the caller owns the claimed pages of `at..at + len` and their bytes
+                // are valid on the device; the room's pages are absent and held by this
+                // thread; a transit slot is empty (the reaper frees it before it is used
+                // again), and the parking's pages are this module's alone.
+                To::Kept(_) => unsafe { uffd.move_whole(dst, at, len, false) },
+                // SAFETY: as above.
+                To::Transit(_) => unsafe { uffd.move_pages(dst, at, len) },
+            };
+            let n = moved.as_ref().map_or_else(CopyError::copied, |&n| n);
+            // A page swapped out while write-protected moves as a swap entry that keeps its
+            // protection: a copy into it after swap-in would fault into the handler, which
+            // may be the thread copying. So kept pages lose protection as they arrive.
+            let unprotected = matches!(to, To::Transit(_))
+                || n == 0
+                || uffd.write_protect(dst, n, false, false).is_ok();
+            drop(held);
+            let again = match moved {
+                Ok(_) => false,
+                Err(CopyError::Again { .. }) => true,
+                // Refused into kept pages (a hole, a split mapping, a shared page): the round
+                // goes again through a transit slot.
+                Err(_) if matches!(to, To::Kept(_)) => {
+                    keep = false;
+                    false
                 }
-                continue;
-            }
-            drop(held);
-            // Waiting for the reaper happens outside the gate: its discard needs the handler
-            // to read an event.
-            let slot = self.transit.empty_slot();
-            let dst = self.base + slot * SLOT + at % HUGE;
-            let held = gate.write().unwrap_or_else(PoisonError::into_inner);
-            if !watch.intact_while(&held) {
-                return Ok(Dropped::Lost { done });
-            }
-            // SAFETY: the caller owns the claimed pages of `at..at + len` and their bytes are
-            // valid on the device; the parking's pages are this module's alone, and the slot
-            // is empty (the reaper frees it before it is used again).
-            let moved = unsafe { uffd.move_pages(dst, at, len) };
-            drop(held);
-            let (n, again) = match moved {
-                Ok(n) => (n, false),
-                Err(CopyError::Again { copied }) => (copied, true),
                 // The mapping is gone from under the move (its unmap was read since the check
                 // above): the watch says so next round.
-                Err(CopyError::Gone(_)) => (0, true),
+                Err(CopyError::Gone(_)) => true,
                 Err(CopyError::Failed(e)) if e == Errno::INVAL && len > PAGE => {
                     limit = (len / 2).next_multiple_of(PAGE);
-                    (0, false)
+                    false
                 }
                 Err(CopyError::Exists { .. } | CopyError::Failed(_)) => {
                     return Ok(Dropped::Refused { done })
                 }
             };
+            match to {
+                // Still protected, perhaps: never taken; the next launch frees it.
+                To::Kept(room) if !unprotected => room.spoil(),
+                To::Kept(room) => room.filled(n),
+                To::Transit(slot) if n > 0 => self.transit.park(slot, dst, n),
+                To::Transit(_) => {}
+            }
             if n > 0 {
-                self.transit.park(slot, dst, n);
                 at += n;
                 limit = (limit * 2).min(WINDOW);
             }
@@ -312,6 +300,14 @@ impl Parking {
         }
         Ok(Dropped::All)
     }
+}
+
+/// Where a round of [`Parking::drop_pages`] moves its pages.
+enum To<'a> {
+    /// Into kept pages, for reuse.
+    Kept(Room<'a>),
+    /// Into this transit slot, for the reaper to free.
+    Transit(usize),
 }
 
 fn backoff(spins: &mut u32) {
