@@ -446,18 +446,34 @@ impl<'a> Fresh<'a> {
     }
 }
 
-/// The host side of [`Fresh`] with no device: each step allocates and fills `x`, allocates
-/// `y` zeroed, reads all of `y`, and drops both, as [`Fresh`] does around its launch. What
-/// the fresh `Vec`s cost the program whatever runs the kernel (the twin keeps its buffers).
+/// The host side of [`Fresh`] with no device, and the two copies any migration of its
+/// `Vec`s makes: each step allocates and fills `x` and copies it into a buffer kept across
+/// steps (where an upload puts it), allocates `y` zeroed and copies a result into it (what
+/// comes home), reads all of `y`, and drops both, as [`Fresh`] does around its launch. What
+/// the fresh `Vec`s cost the program whatever runs the kernel (the twin keeps its buffers
+/// and, on the Direct path, copies nothing).
 pub struct FreshVecs {
     n: usize,
     step: usize,
+    /// Where `x` is copied (an upload's destination).
+    up: Vec<f32>,
+    /// What is copied into `y` (a result's source), and its checksum.
+    result: Vec<f32>,
+    expected: f64,
 }
 
 impl FreshVecs {
     /// `n` elements per vector.
     pub fn new(n: usize) -> Self {
-        FreshVecs { n, step: 0 }
+        let result: Vec<f32> = (0..n).map(|i| x_value(i, 3)).collect();
+        let expected = checksum(&result);
+        FreshVecs {
+            n,
+            step: 0,
+            up: vec![0.0; n],
+            result,
+            expected,
+        }
     }
 
     /// One step.
@@ -466,13 +482,15 @@ impl FreshVecs {
         let (n, k) = (self.n, self.step);
         let t = Instant::now();
         let x: Vec<f32> = (0..n).map(|i| x_value(i, k)).collect();
-        let y = vec![0f32; n];
+        self.up.copy_from_slice(&x);
+        let mut y = vec![0f32; n];
+        y.copy_from_slice(&self.result);
         let sum = checksum(std::hint::black_box(&y));
-        std::hint::black_box(&x);
+        std::hint::black_box(&self.up);
         drop(x);
         drop(y);
         let d = t.elapsed();
-        ensure!(sum == 0.0, "fresh vectors: y is not zero");
+        ensure!(sum == self.expected, "fresh vectors: wrong sum of y");
         Ok(d)
     }
 }
