@@ -195,8 +195,8 @@ fn mixed_residency_copies_only_what_the_cpu_changed() {
             *x += 10;
         }
         let r = rt.residency(&v);
-        // Sequential writes lift protection in windows that double: the last one may reach
-        // past the half, but never lifts more than twice the pages written.
+        // Sequential writes lift protection in windows that grow ahead of the writer: the
+        // last one may reach past the half, as far as the pages brought back.
         assert!(
             r.host >= pages / 2 && r.host <= 2 * (pages / 2),
             "{path:?}: {r:?}"

@@ -24,8 +24,9 @@
 //! 64 MiB a 64 KiB window would), and a sequential writer's window doubles with no cap short
 //! of the extent (`write_max`): lifting protection costs the kernel less per page the larger
 //! the piece (64 MiB rewritten after lifting it in 64 KiB pieces: 9.1 ms; in one piece: 5.0 ms
-//! against 3.3 ms for unprotected memory, Linux 6.18), and a rewrite of a whole buffer takes
-//! about log2(pages) faults.
+//! against 3.3 ms for unprotected memory, Linux 6.18). The fault handler also lifts a
+//! sequential writer's next window ahead of it (`fault::resolve`), so a rewrite of a whole
+//! buffer takes about log4(pages) faults.
 //! A window of at least `split` pages is installed by two threads, half each
 //! (`pages::halves`): the kernel's per-page work, not memory bandwidth, bounds one thread.
 //!
