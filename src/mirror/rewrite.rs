@@ -5,7 +5,8 @@
 //! program that rewrites the whole input every step (update the inputs, launch, repeat)
 //! pays for that with write-protection faults on every rewrite and gains nothing: every
 //! page changes anyway. So an extent counts the pages whose protection the CPU's writes
-//! lifted since its last launch; when a launch finds that at least three quarters of the
+//! lifted since its last launch (with the windows lifted ahead of a sequential writer, which
+//! can count up to four times what a writer that stops early wrote); when a launch finds that at least three quarters of the
 //! pages it reads were rewritten, it uploads them without write protection and leaves them
 //! `Host` (the next launch uploads them again, as it would after the rewrite), and does so
 //! for the next [`TRUST`] launches without looking. Then one launch protects them again, to
