@@ -59,18 +59,18 @@ pub(crate) fn release_shared(space: &AddressSpace, ext: &Ext, idx: usize) -> Out
     else {
         return Outcome::Wait;
     };
-    match lift(space, ext, a..b) {
+    // The next fault of a sequential writer comes where the pages lifted now end. (A refused
+    // lift leaves the stream alone: its retry is the same fault again.)
+    let stream = || ext.set_stream(Access::Unprotect, slot, first + b, w.size);
+    match lift(space, ext, a..b, stream) {
         Ok(()) => {
-            // The next fault of a sequential writer comes where the pages lifted now end. (A
-            // refused lift leaves the stream alone: its retry is the same fault again.)
-            ext.set_stream(Access::Unprotect, slot, first + b, w.size);
             // Bookkeeping before the wake: the writer may read the counters next.
             Counters::add(&ctx.counters.cpu_faults, 1);
             crate::trace::note_window((b - a) * PAGE);
             ext.note_cpu_fault();
             let _ = space.backend.wake(ext.page_addr(a), (b - a) * PAGE);
             let continued = prev.0 == first + idx && ctx.policy.adaptive;
-            if continued && first + b == w.pages.end {
+            if continued && first + b == w.pages.end && !ext.reads_mostly() {
                 lift_ahead(space, ext, slot);
             }
             Outcome::Done
@@ -81,13 +81,21 @@ pub(crate) fn release_shared(space: &AddressSpace, ext: &Ext, idx: usize) -> Out
 
 /// Lifts the write protection of the claimed `Shared` pages `pages` of `ext` and releases
 /// them: `Host` (counted for the rewrite guess, `mirror::rewrite`) once lifted, `Shared`
-/// again if the kernel refused.
-fn lift(space: &AddressSpace, ext: &Ext, pages: Range<usize>) -> std::io::Result<()> {
+/// again if the kernel refused. `stream` records where the writer's stream goes next; it
+/// runs once the pages are lifted and before they are released, so that a launch claiming
+/// them next finds the stream already moved and its reset of the extent's streams stands.
+fn lift(
+    space: &AddressSpace,
+    ext: &Ext,
+    pages: Range<usize>,
+    stream: impl FnOnce(),
+) -> std::io::Result<()> {
     let (a, b) = (pages.start, pages.end);
     let r = space
         .backend
         .write_protect(ext.page_addr(a), (b - a) * PAGE, false, false);
     let settled = if r.is_ok() {
+        stream();
         ext.rewrites().lifted(b - a);
         Residence::Host
     } else {
@@ -104,10 +112,12 @@ fn lift(space: &AddressSpace, ext: &Ext, pages: Range<usize>) -> std::io::Result
 /// fault comes after three times as many pages, so a stream through a buffer takes about
 /// half the faults, each a sleep and a cross-CPU wake-up of the writer. Lifting before the
 /// writes costs the kernel no more than on a fault (a 64 MiB rewrite, lifted in doubling
-/// pieces just ahead of the writes: 1.6-1.8x a plain rewrite here; on faults: 1.9-2.1x,
-/// docs/performance.md). A writer that stops early leaves at most this window lifted and
-/// unwritten: `Host`, uploaded again by the next launch that reads it. Nothing is counted as
-/// a CPU fault; pages not `Shared`, or claimed, end the window there.
+/// pieces just ahead of the writes: 1.6-1.9x a plain rewrite here; on faults: 1.9-2.2x,
+/// docs/performance.md). A writer that stops early leaves this window and the rest of the
+/// fault's own window lifted and unwritten, up to three times what it wrote: `Host`,
+/// uploaded again by the next launch that reads it. Not on an extent advised `ReadMostly`,
+/// which keeps its duplicates. Nothing is counted as a CPU fault; pages not `Shared`, or
+/// claimed, end the window there.
 fn lift_ahead(space: &AddressSpace, ext: &Ext, slot: usize) {
     let ctx = &ext.device().owner;
     let first = ext.start() / PAGE;
@@ -121,8 +131,8 @@ fn lift_ahead(space: &AddressSpace, ext: &Ext, slot: usize) {
     let Some((a, b)) = claim_within(ext, idx, idx..w.pages.end - first, shared) else {
         return;
     };
-    if lift(space, ext, a..b).is_ok() {
-        ext.set_stream(Access::Unprotect, slot, first + b, w.size);
+    let stream = || ext.set_stream(Access::Unprotect, slot, first + b, w.size);
+    if lift(space, ext, a..b, stream).is_ok() {
         // A writer that got there meanwhile waits on these pages.
         let _ = space.backend.wake(ext.page_addr(a), (b - a) * PAGE);
     }

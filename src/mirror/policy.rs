@@ -52,7 +52,8 @@ pub struct ChunkPolicy {
     pub split: usize,
     /// Pages a write to a `Shared` page unprotects for random access (1 = 4 KiB).
     pub write_base: usize,
-    /// The most pages one such write may unprotect (`usize::MAX`: up to the whole extent).
+    /// The most pages one write-protect window may unprotect (`usize::MAX`: up to the whole
+    /// extent); a fault that continues a writer lifts its window and the next one.
     pub write_max: usize,
 }
 

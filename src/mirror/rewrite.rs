@@ -6,10 +6,11 @@
 //! pays for that with write-protection faults on every rewrite and gains nothing: every
 //! page changes anyway. So an extent counts the pages whose protection the CPU's writes
 //! lifted since its last launch (with the windows lifted ahead of a sequential writer, which
-//! can count up to four times what a writer that stops early wrote); when a launch finds that at least three quarters of the
-//! pages it reads were rewritten, it uploads them without write protection and leaves them
-//! `Host` (the next launch uploads them again, as it would after the rewrite), and does so
-//! for the next [`TRUST`] launches without looking. Then one launch protects them again, to
+//! can count up to four times what a writer that stops early wrote); when a launch finds
+//! that at least three quarters of the pages it reads were lifted, it uploads them without
+//! write protection and leaves them `Host` (the next launch uploads them again, as it
+//! would after the rewrite: lifted pages are uploaded whether they were written or not),
+//! and does so for the next [`TRUST`] launches without looking. Then one launch protects them again, to
 //! see whether the program still rewrites them. A wrong guess costs one upload of pages
 //! that did not change; a right one saves a fault per window of the rewrite.
 //!
