@@ -486,7 +486,7 @@ impl FreshVecs {
         let mut y = vec![0f32; n];
         y.copy_from_slice(&self.result);
         let sum = checksum(std::hint::black_box(&y));
-        std::hint::black_box(&self.up);
+        std::hint::black_box((&x, &self.up));
         drop(x);
         drop(y);
         let d = t.elapsed();
