@@ -20,7 +20,7 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::device::Transfer;
 use crate::mirror::page::{PageBits, Residence};
-use crate::mirror::policy::{fault_window, pick_stream, Access};
+use crate::mirror::policy::{fault_window, pick_stream, Access, Window};
 use crate::mirror::PAGE;
 use crate::pages::halves::{install_halves, Job};
 use crate::pages::install::{
@@ -119,18 +119,10 @@ fn lift(
 /// which keeps its duplicates. Nothing is counted as a CPU fault; pages not `Shared`, or
 /// claimed, end the window there.
 fn lift_ahead(space: &AddressSpace, ext: &Ext, slot: usize) {
-    let ctx = &ext.device().owner;
-    let first = ext.start() / PAGE;
-    let (next, size) = ext.streams(Access::Unprotect)[slot];
-    if next < first || next >= first + ext.pages() {
-        return;
-    }
-    let extent = first..first + ext.pages();
-    let w = fault_window(&ctx.policy, Access::Unprotect, next, extent, (next, size));
-    let idx = next - first;
-    let Some((a, b)) = claim_within(ext, idx, idx..w.pages.end - first, shared) else {
+    let Some((a, b, w)) = claim_next_window(ext, Access::Unprotect, slot, shared) else {
         return;
     };
+    let first = ext.start() / PAGE;
     let stream = || ext.set_stream(Access::Unprotect, slot, first + b, w.size);
     if lift(space, ext, a..b, stream).is_ok() {
         // A writer that got there meanwhile waits on these pages.
@@ -255,16 +247,7 @@ fn device(b: PageBits) -> bool {
 /// that are not `Device`, or claimed, end the window there; a failure leaves the pages
 /// `Device` for the ordinary fault path.
 fn read_ahead(space: &AddressSpace, ext: &Ext, slot: usize) {
-    let ctx = &ext.device().owner;
-    let first = ext.start() / PAGE;
-    let (next, size) = ext.streams(Access::Copy)[slot];
-    if next < first || next >= first + ext.pages() {
-        return;
-    }
-    let extent = first..first + ext.pages();
-    let w = fault_window(&ctx.policy, Access::Copy, next, extent, (next, size));
-    let idx = next - first;
-    let Some((a, b)) = claim_within(ext, idx, idx..w.pages.end - first, device) else {
+    let Some((a, b, w)) = claim_next_window(ext, Access::Copy, slot, device) else {
         return;
     };
     let (done, outcome) = install_window(space, ext, a..b, None, comes_home(space, ext, b - a));
@@ -275,6 +258,30 @@ fn read_ahead(space: &AddressSpace, ext: &Ext, slot: usize) {
         // A thread that touched these pages meanwhile waits on them.
         let _ = space.backend.wake(ext.page_addr(a), done * PAGE);
     }
+}
+
+/// Claims the pages `want` accepts of the next window of stream `slot` (faults of kind
+/// `access`), from its first page on: the window a fault there would take, which the
+/// read-ahead and the lift ahead serve before the CPU gets there. Returns the claimed pages
+/// (indices in `ext`) and the window, or `None` when the stream has left the extent or its
+/// next page is not to be had.
+fn claim_next_window(
+    ext: &Ext,
+    access: Access,
+    slot: usize,
+    want: impl Fn(PageBits) -> bool + Copy,
+) -> Option<(usize, usize, Window)> {
+    let first = ext.start() / PAGE;
+    let extent = first..first + ext.pages();
+    let (next, size) = ext.streams(access)[slot];
+    if !extent.contains(&next) {
+        return None;
+    }
+    let policy = &ext.device().owner.policy;
+    let w = fault_window(policy, access, next, extent, (next, size));
+    let idx = next - first;
+    let (a, b) = claim_within(ext, idx, idx..w.pages.end - first, want)?;
+    Some((a, b, w))
 }
 
 /// Installs the claimed `Device` pages `pages` (write-protected, except page `writable`, or
