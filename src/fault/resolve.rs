@@ -8,7 +8,8 @@
 //!   host pages, [`comes_home`]), count and wake; a stream that reached the largest window
 //!   reads ahead;
 //! - a write to a `Shared` page ([`release_shared`]): the `Shared` pages of the window around
-//!   it (one page, grown on sequential writes) lose write protection and become `Host`.
+//!   it (one page, grown on sequential writes) lose write protection and become `Host`; a
+//!   sequential writer's next window is lifted ahead of it.
 //!
 //! A page someone else holds (`BUSY`) is deferred ([`Outcome::Wait`]); a failed or refused
 //! install releases the pages as they were and retries ([`Outcome::Retry`]). Nothing here
@@ -69,8 +70,7 @@ pub(crate) fn release_shared(space: &AddressSpace, ext: &Ext, idx: usize) -> Out
             crate::trace::note_window((b - a) * PAGE);
             ext.note_cpu_fault();
             let _ = space.backend.wake(ext.page_addr(a), (b - a) * PAGE);
-            let continued = prev.0 == first + idx && ctx.policy.adaptive;
-            if continued && first + b == w.pages.end && !ext.reads_mostly() {
+            if w.sequential && first + b == w.pages.end && !ext.reads_mostly() {
                 lift_ahead(space, ext, slot);
             }
             Outcome::Done
@@ -285,8 +285,8 @@ fn claim_next_window(
 }
 
 /// Installs the claimed `Device` pages `pages` (write-protected, except page `writable`, or
-/// none when `home`) and releases them to what they became; returns how many from the start were installed and
-/// what becomes of the fault. Counts the bytes.
+/// none when `home`) and releases them to what they became; returns how many from the start
+/// were installed and what becomes of the fault. Counts the bytes.
 ///
 /// A window of at least `policy.split` pages is installed in two halves at once, the upper
 /// one by the assistant (`fault::assist`); each half is released by its own outcome. When

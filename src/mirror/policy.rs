@@ -117,6 +117,9 @@ pub struct Window {
     pub next: usize,
     /// Window size in pages before clipping.
     pub size: usize,
+    /// Whether the fault continues a stream (it lies where that stream's last window ended):
+    /// the window grew from the last, and the fault handler serves the next one ahead.
+    pub sequential: bool,
 }
 
 /// Chooses the window for a fault of kind `access` at absolute page `page` inside the extent
@@ -146,6 +149,7 @@ pub fn fault_window(
         pages: lo..hi,
         next: hi,
         size,
+        sequential,
     }
 }
 
@@ -257,9 +261,10 @@ mod tests {
         let mut state = (usize::MAX, 0);
         let mut page = 0;
         let mut sizes = vec![];
-        for _ in 0..8 {
+        for i in 0..8 {
             let w = fault_window(&p, Access::Copy, page, 0..100_000, state);
             assert_eq!(w.pages.start, page);
+            assert_eq!(w.sequential, i > 0, "fault {i}");
             sizes.push(w.pages.len());
             state = (w.next, w.size);
             page = w.next;
