@@ -189,8 +189,7 @@ fn replay(space: &AddressSpace, watch: &LaunchWatch, ext: &Ext, pages: Range<usi
 
 /// Moves one claimed interior run (pages `first..first + states.len()` of `ext`) to the
 /// device: `Shared` (read, `protect`), `Host` (read, left writable) or `Device`
-/// (`drop_host`). Updates `states` as it goes, so that on
-/// error they describe reality. Returns the runs (indices into `states`) of pages that were
+/// (`drop_host`). Updates `states` as it goes, so that on error they describe reality. Returns the runs (indices into `states`) of pages that were
 /// never touched, zero-filled on the device and now `Device`.
 #[allow(clippy::too_many_arguments)]
 fn migrate_run(

@@ -10,9 +10,10 @@
 //! that at least three quarters of the pages it reads were lifted, it uploads them without
 //! write protection and leaves them `Host` (the next launch uploads them again, as it
 //! would after the rewrite: lifted pages are uploaded whether they were written or not),
-//! and does so for the next [`TRUST`] launches without looking. Then one launch protects them again, to
-//! see whether the program still rewrites them. A wrong guess costs one upload of pages
-//! that did not change; a right one saves a fault per window of the rewrite.
+//! and does so for the next [`TRUST`] launches without looking. Then one launch protects
+//! them again, to see whether the program still rewrites them. A wrong guess costs one
+//! upload of pages that did not change; a right one saves a fault per window of the
+//! rewrite.
 //!
 //! Pure bookkeeping: the launch path asks, the write-protect fault path tells.
 

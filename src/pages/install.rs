@@ -132,8 +132,9 @@ pub(crate) fn install_in_place(
 
 /// Copies the device copy of the claimed, absent pages `pages` of `ext` into host memory at
 /// `dst` (the address of the first page; normally `ext.page_addr(pages.start)`), page `i`
-/// write-protected iff `wp(i)`; writable runs take `kept` pages where there are any. With `wake` false, threads waiting on the pages stay asleep
-/// until the caller wakes them (`Backend::wake`) after its bookkeeping. With `events`, each
+/// write-protected iff `wp(i)`; writable runs take `kept` pages where there are any. With
+/// `wake` false, threads waiting on the pages stay asleep until the caller wakes them
+/// (`Backend::wake`) after its bookkeeping. With `events`, each
 /// piece is copied holding that service's gate, pages gone since they were claimed skipped
 /// (counted as already present; `dst` must then be the pages' own address). When reading the
 /// device copy fails part-way, the error comes with the pages already in place ([`Failed`]):
